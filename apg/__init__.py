@@ -1,0 +1,27 @@
+"""apg: adaptive projected guidance (APG) and momentum CFG for Hugging Face Diffusers pipelines.
+
+`import apg` stays light (torch only); the Diffusers-facing parts load on first use.
+"""
+
+from importlib import import_module
+
+from .guidance import APG, CFG, PRESETS, Guidance, MomentumCFG
+
+__version__ = "0.1.0"
+
+# name -> module that defines it, imported on first attribute access (Diffusers is heavy to import).
+_LAZY = {
+    "guide": "apg.integration",
+    "GuidancePipelineMixin": "apg.integration",
+    "load_builtin": "apg.builtin",
+}
+
+__all__ = ["APG", "CFG", "MomentumCFG", "Guidance", "PRESETS", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'apg' has no attribute {name!r}")
