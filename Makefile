@@ -1,0 +1,28 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    the main job (see README)
+#   make test   the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test bench browser
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_guidance.py
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_guidance.py
+
+# Headless Chromium for the browser test of the app (Debian's package; needs root, else the test skips).
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: $(BIN)/.installed browser
+	$(BIN)/python -m pytest

@@ -1,0 +1,86 @@
+"""Atomic writes, image folders and provenance: the pieces every evaluation output shares."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+TMP_PREFIX = ".tmp-"  # partial files: skipped by every folder listing, removed on resume
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="wb"):
+    """Write to a temporary file next to `path`, then rename: readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path, data: bytes):
+    with atomic_open(path, "wb") as file:
+        file.write(data)
+
+
+def write_text(path, text: str):
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def save_png(path, image, text: dict[str, str] | None = None):
+    """PNG with optional text chunks, written atomically; deterministic bytes for the same pixels and text."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    write_bytes(path, buffer.getvalue())
+
+
+def list_images(folder) -> list[Path]:
+    """Image files directly in `folder`, sorted by name; temporary files of interrupted writes are skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"image folder {str(folder)!r} does not exist or is not a directory")
+    return sorted(
+        p for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(TMP_PREFIX) and p.is_file()
+    )
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that can change a number: Python and the installed packages."""
+    out = {"python": platform.python_version()}
+    for package in ("apg-diffusers", "torch", "diffusers", "transformers", "accelerate", "torch-fidelity",
+                    "numpy", "pillow", "scipy"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,518 @@
+"""Gradio app: the same seeds under two guidance methods (CFG, APG, momentum CFG), side by side.
+
+python app/app.py [--host 127.0.0.1] [--port 7860] [--share]
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import inspect
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import gradio as gr
+import numpy as np
+import torch
+
+import apg
+
+log = logging.getLogger("apg.app")
+
+BUILTIN = "builtin"
+BUILTIN_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+METHODS = ("CFG", "APG", "Momentum CFG")
+# Display name -> Diffusers scheduler class; "default" keeps the model's own scheduler.
+SCHEDULERS = {
+    "default": None,
+    "DDIM": "DDIMScheduler",
+    "DDPM": "DDPMScheduler",
+    "Euler": "EulerDiscreteScheduler",
+    "Euler ancestral": "EulerAncestralDiscreteScheduler",
+    "Heun": "HeunDiscreteScheduler",
+    "DPM-Solver++ 2M": "DPMSolverMultistepScheduler",
+    "UniPC": "UniPCMultistepScheduler",
+    "FlowMatch Euler": "FlowMatchEulerDiscreteScheduler",
+}
+# Bounds on every input: (low, high), inclusive.
+BOUNDS = {
+    "seed": (0, 2**32 - 1),
+    "num_seeds": (1, 8),
+    "steps": (1, 150),
+    "guidance_scale": (0.0, 30.0),
+    "eta": (0.0, 1.0),
+    "norm_threshold": (0.0, 100.0),
+    "momentum": (-1.0, 1.0),
+    "size": (64, 2048),  # height and width of text-to-image models; 0 keeps the model's default
+}
+MAX_PROMPT_CHARS = 1000
+MAX_CACHED_MODELS = 2  # hub/local models kept loaded besides the built-in one (each can be GBs)
+
+DEFAULTS = dict(
+    model=BUILTIN, prompt="cat", seed=0, num_seeds=4, steps=25, scheduler="default", guidance_scale=7.5,
+    height=0, width=0,
+    left_method="CFG", left_eta=0.0, left_norm_threshold=0.0, left_momentum=0.0,
+    right_method="APG", right_eta=0.0, right_norm_threshold=15.0, right_momentum=-0.5,
+)
+
+
+# -- requests -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Method:
+    """One side of the comparison: a method name and its parameters."""
+
+    name: str
+    eta: float
+    norm_threshold: float
+    momentum: float
+
+    def guidance(self, guidance_scale: float) -> apg.Guidance:
+        """A fresh guidance object: each request owns its momentum state."""
+        if self.name == "CFG":
+            return apg.CFG(guidance_scale)
+        if self.name == "APG":
+            return apg.APG(guidance_scale, eta=self.eta, norm_threshold=self.norm_threshold, momentum=self.momentum)
+        return apg.MomentumCFG(guidance_scale, momentum=self.momentum, norm_threshold=self.norm_threshold)
+
+
+@dataclass(frozen=True)
+class Request:
+    """Validated inputs of one comparison."""
+
+    model: str
+    prompt: str
+    seeds: tuple[int, ...]
+    steps: int
+    scheduler: str
+    guidance_scale: float
+    height: int
+    width: int
+    left: Method
+    right: Method
+
+
+def _number(name, value, integer=False):
+    """value as a float (or int) inside BOUNDS[name], else a gr.Error naming the input."""
+    low, high = BOUNDS[name]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a number, got {html.escape(repr(value))}") from None
+    if not np.isfinite(number) or not low <= number <= high:
+        raise gr.Error(f"{name} must be between {low} and {high}, got {html.escape(repr(value))}")
+    if integer:
+        if number != int(number):
+            raise gr.Error(f"{name} must be a whole number, got {html.escape(repr(value))}")
+        return int(number)
+    return number
+
+
+def _size(name, value):
+    size = _number("size", value, integer=True) if value not in (0, 0.0, None) else 0
+    if size % 8:
+        raise gr.Error(f"{name} must be a multiple of 8 (or 0 for the model's default), got {size}")
+    return size
+
+
+def _method(side, name, eta, norm_threshold, momentum):
+    if name not in METHODS:
+        raise gr.Error(f"{side} method must be one of {', '.join(METHODS)}, got {html.escape(repr(name))}")
+    return Method(name, _number("eta", eta), _number("norm_threshold", norm_threshold), _number("momentum", momentum))
+
+
+def parse_request(model, prompt, seed, num_seeds, steps, scheduler, guidance_scale, height, width,
+                  left_method, left_eta, left_norm_threshold, left_momentum,
+                  right_method, right_eta, right_norm_threshold, right_momentum) -> Request:
+    """Check every input against its bounds; a violation is a gr.Error naming the input and the value."""
+    model = (model or "").strip() or BUILTIN
+    if len(model) > 300:
+        raise gr.Error(f"model must be a hub id or a local path of at most 300 characters, got {len(model)}")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise gr.Error("prompt (or class) must not be empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise gr.Error(f"prompt must be at most {MAX_PROMPT_CHARS} characters, got {len(prompt)}")
+    if scheduler not in SCHEDULERS:
+        raise gr.Error(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {html.escape(repr(scheduler))}")
+    seed = _number("seed", seed, integer=True)
+    num_seeds = _number("num_seeds", num_seeds, integer=True)
+    if seed + num_seeds - 1 > BOUNDS["seed"][1]:
+        raise gr.Error(f"seed + num_seeds - 1 must be at most {BOUNDS['seed'][1]}, got {seed + num_seeds - 1}")
+    return Request(
+        model=model,
+        prompt=prompt.strip(),
+        seeds=tuple(range(seed, seed + num_seeds)),
+        steps=_number("steps", steps, integer=True),
+        scheduler=scheduler,
+        guidance_scale=_number("guidance_scale", guidance_scale),
+        height=_size("height", height),
+        width=_size("width", width),
+        left=_method("left", left_method, left_eta, left_norm_threshold, left_momentum),
+        right=_method("right", right_method, right_eta, right_norm_threshold, right_momentum),
+    )
+
+
+# -- models ---------------------------------------------------------------------------------------
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded or is not one that apg.guide supports."""
+
+
+@dataclass
+class LoadedModel:
+    """A cached pipeline and the lock that serialises its use (apg.guide mutates the pipeline)."""
+
+    model_id: str
+    pipe: object
+    lock: threading.Lock
+    class_conditional: bool
+
+
+def _device_and_dtype():
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if torch.backends.mps.is_available():
+        return "mps", torch.float16
+    return "cpu", torch.float32
+
+
+def _load_pipeline(model_id):
+    if model_id == BUILTIN:
+        return apg.load_builtin()
+    from diffusers import DiffusionPipeline
+
+    device, dtype = _device_and_dtype()
+    # Never trust_remote_code: only pipelines that ship with Diffusers are loaded.
+    pipe = DiffusionPipeline.from_pretrained(model_id, torch_dtype=dtype)
+    return pipe.to(device)
+
+
+class ModelCache:
+    """Loads pipelines lazily, once per id, and keeps the most recently used ones."""
+
+    def __init__(self, max_models=MAX_CACHED_MODELS, loader=_load_pipeline):
+        self.max_models = max_models
+        self._loader = loader
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model_id: str) -> LoadedModel:
+        with self._lock:
+            load_lock = self._loading.setdefault(model_id, threading.Lock())
+        with load_lock:  # one load per id; other ids load in parallel
+            with self._lock:
+                if model_id in self._models:
+                    self._models.move_to_end(model_id)
+                    return self._models[model_id]
+            model = self._load(model_id)
+            with self._lock:
+                self._models[model_id] = model
+                hub_models = [key for key in self._models if key != BUILTIN]
+                for key in hub_models[: max(0, len(hub_models) - self.max_models)]:
+                    del self._models[key]  # a request still running keeps its own reference
+            return model
+
+    def _load(self, model_id):
+        try:
+            pipe = self._loader(model_id)
+        except Exception as exc:  # offline, unknown id, missing files, bad config: all end here
+            log.exception("loading %r failed", model_id)
+            raise ModelLoadError(f"could not load model {model_id!r}: {type(exc).__name__}: {exc}") from exc
+        try:
+            with apg.guide(pipe, apg.CFG(1.0)):  # apg.guide refuses pipelines it cannot guide
+                pass
+        except (ValueError, TypeError) as exc:
+            raise ModelLoadError(f"model {model_id!r} ({type(pipe).__name__}) is not supported by apg.guide: {exc}") from exc
+        params = inspect.signature(pipe.__call__).parameters
+        class_conditional = "class_labels" in params and hasattr(pipe, "get_label_ids")
+        if not class_conditional and "prompt" not in params:
+            raise ModelLoadError(f"model {model_id!r} ({type(pipe).__name__}) takes neither a prompt nor class labels")
+        return LoadedModel(model_id, pipe, threading.Lock(), class_conditional)
+
+
+# -- generation -----------------------------------------------------------------------------------
+def _scheduler(pipe, name):
+    """A fresh scheduler of the chosen kind for this request, configured like the model's own."""
+    if SCHEDULERS[name] is None:
+        return pipe.scheduler
+    compatible = {cls.__name__ for cls in getattr(type(pipe.scheduler), "compatibles", [])} | {type(pipe.scheduler).__name__}
+    if SCHEDULERS[name] not in compatible:
+        usable = [key for key, cls in SCHEDULERS.items() if cls is None or cls in compatible]
+        raise gr.Error(f"scheduler {name!r} does not fit this model ({type(pipe.scheduler).__name__}); "
+                       f"choose one of {', '.join(usable)}")
+    import diffusers
+
+    return getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
+
+
+def _call_kwargs(model: LoadedModel, request: Request) -> dict:
+    """Pipeline arguments shared by both methods: same conditioning, same per-sample seeds."""
+    pipe, n = model.pipe, len(request.seeds)
+    if model.class_conditional:
+        try:
+            kwargs = {"class_labels": pipe.get_label_ids([request.prompt] * n)}
+        except (KeyError, ValueError) as exc:
+            raise gr.Error(f"{html.escape(repr(request.prompt))} is not a class of this model: {html.escape(str(exc))}") from None
+    else:
+        kwargs = {"prompt": [request.prompt] * n}
+    params = inspect.signature(pipe.__call__).parameters
+    for name in ("height", "width"):
+        value = getattr(request, name)
+        if value and name not in params:
+            gr.Warning(f"{name} is ignored: {type(pipe).__name__} has a fixed image size")
+        elif value:
+            kwargs[name] = value
+    kwargs["num_inference_steps"] = request.steps
+    kwargs["output_type"] = "pil"
+    return kwargs
+
+
+def _generators(seeds):
+    # CPU generators, one per sample: the same noise for both methods and on any device.
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+
+def saturation(images) -> list[float]:
+    """Per-image saturation (the paper's metric) of PIL images."""
+    from apg.evaluation import saturation as metric
+
+    return [float(metric([image])) for image in images]
+
+
+def run(request: Request, cache: ModelCache, progress=None) -> dict:
+    """Both methods on request.seeds: {"left"/"right": [PIL], "left_saturation"/...: [float], "class_conditional"}."""
+    progress = progress or (lambda *args, **kwargs: None)
+    progress(0.0, desc=f"loading {request.model}")
+    model = cache.get(request.model)
+    kwargs = _call_kwargs(model, request)
+    progress(0.0, desc=f"waiting for {request.model}")
+    result = {}
+    with model.lock:  # one run per pipeline at a time: guide() and the scheduler swap mutate it
+        pipe = model.pipe
+        own_scheduler = pipe.scheduler
+        pipe.scheduler = _scheduler(pipe, request.scheduler)
+        try:
+            for side in ("left", "right"):
+                method = getattr(request, side)
+                guidance = method.guidance(request.guidance_scale)
+                pipe.set_progress_bar_config(desc=f"{side}: {method.name}")
+                with apg.guide(pipe, guidance):
+                    result[side] = pipe(generator=_generators(request.seeds), **kwargs).images
+        finally:
+            pipe.scheduler = own_scheduler
+            pipe.set_progress_bar_config(desc=None)
+    for side in ("left", "right"):
+        result[f"{side}_saturation"] = saturation(result[side])
+    result["class_conditional"] = model.class_conditional
+    return result
+
+
+# -- presentation ---------------------------------------------------------------------------------
+def guidance_code(method: Method, guidance_scale: float) -> str:
+    """The Python expression that builds this side's guidance object."""
+    if method.name == "CFG":
+        return f"apg.CFG({guidance_scale!r})"
+    if method.name == "APG":
+        return (f"apg.APG({guidance_scale!r}, eta={method.eta!r}, norm_threshold={method.norm_threshold!r}, "
+                f"momentum={method.momentum!r})")
+    return f"apg.MomentumCFG({guidance_scale!r}, momentum={method.momentum!r}, norm_threshold={method.norm_threshold!r})"
+
+
+def reproduction_code(request: Request, class_conditional: bool) -> str:
+    """Python that reproduces a comparison outside the app; it leaves the images in `images`."""
+    lines = ["import torch", "", "import apg"]
+    if request.scheduler != "default":
+        lines.append(f"from diffusers import {SCHEDULERS[request.scheduler]}")
+    if request.model == BUILTIN:
+        lines += ["", "pipe = apg.load_builtin()"]
+    else:
+        device, dtype = _device_and_dtype()
+        lines.insert(2, "from diffusers import DiffusionPipeline")
+        lines += ["", f"pipe = DiffusionPipeline.from_pretrained({request.model!r}, torch_dtype={dtype}).to({device!r})"]
+    if request.scheduler != "default":
+        lines.append(f"pipe.scheduler = {SCHEDULERS[request.scheduler]}.from_config(pipe.scheduler.config)")
+    seeds = list(request.seeds)
+    if class_conditional:
+        condition = f"class_labels=pipe.get_label_ids([{request.prompt!r}] * len(seeds))"
+    else:
+        condition = f"prompt=[{request.prompt!r}] * len(seeds)"
+    size = "".join(f", {name}={getattr(request, name)}" for name in ("height", "width") if getattr(request, name))
+    lines += [
+        "",
+        f"seeds = {seeds}",
+        "methods = {",
+        f"    'left': {guidance_code(request.left, request.guidance_scale)},",
+        f"    'right': {guidance_code(request.right, request.guidance_scale)},",
+        "}",
+        "images = {}",
+        "for side, guidance in methods.items():",
+        "    generator = [torch.Generator('cpu').manual_seed(seed) for seed in seeds]  # same noise for both",
+        "    with apg.guide(pipe, guidance):",
+        f"        images[side] = pipe({condition}{size}, num_inference_steps={request.steps},",
+        "                            generator=generator, output_type='pil').images",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _label(method: Method, guidance_scale: float) -> str:
+    if method.name == "CFG":
+        return f"CFG w={guidance_scale:g}"
+    if method.name == "APG":
+        return f"APG w={guidance_scale:g} η={method.eta:g} r={method.norm_threshold:g} β={method.momentum:g}"
+    return f"Momentum CFG w={guidance_scale:g} r={method.norm_threshold:g} β={method.momentum:g}"
+
+
+def _summary(request: Request, result: dict) -> str:
+    left, right = _label(request.left, request.guidance_scale), _label(request.right, request.guidance_scale)
+    first, mean = "seed {}: saturation **{:.3f}**", "mean over {} seeds: {:.3f}"
+    n = len(request.seeds)
+    return (
+        f"**Left ◀ {html.escape(left)}** — {first.format(request.seeds[0], result['left_saturation'][0])}"
+        + (f", {mean.format(n, np.mean(result['left_saturation']))}" if n > 1 else "")
+        + f"  \n**Right ▶ {html.escape(right)}** — {first.format(request.seeds[0], result['right_saturation'][0])}"
+        + (f", {mean.format(n, np.mean(result['right_saturation']))}" if n > 1 else "")
+    )
+
+
+CACHE = ModelCache()
+
+
+def compare(model, prompt, seed, num_seeds, steps, scheduler, guidance_scale, height, width,
+            left_method, left_eta, left_norm_threshold, left_momentum,
+            right_method, right_eta, right_norm_threshold, right_momentum,
+            progress=gr.Progress(track_tqdm=True)):
+    """Same seeds under the left and right method: slider pair, gallery, saturation table, summary, code."""
+    request = parse_request(model, prompt, seed, num_seeds, steps, scheduler, guidance_scale, height, width,
+                            left_method, left_eta, left_norm_threshold, left_momentum,
+                            right_method, right_eta, right_norm_threshold, right_momentum)
+    try:
+        result = run(request, CACHE, progress)
+    except gr.Error:
+        raise
+    except ModelLoadError as exc:
+        raise gr.Error(html.escape(str(exc)), title="Model not loaded") from None
+    except (ValueError, TypeError) as exc:  # apg and Diffusers reject bad combinations with these
+        raise gr.Error(html.escape(f"{type(exc).__name__}: {exc}"), title="Invalid settings") from None
+    except Exception as exc:  # out of memory, a broken pipeline, ...: a message, never a traceback
+        log.exception("generation failed")
+        raise gr.Error(html.escape(f"generation failed: {type(exc).__name__}: {exc}")) from None
+    left_label = _label(request.left, request.guidance_scale)
+    right_label = _label(request.right, request.guidance_scale)
+    gallery, table = [], []
+    for i, seed in enumerate(request.seeds):
+        sat_left, sat_right = result["left_saturation"][i], result["right_saturation"][i]
+        gallery.append((result["left"][i], f"seed {seed} · {left_label} · saturation {sat_left:.3f}"))
+        gallery.append((result["right"][i], f"seed {seed} · {right_label} · saturation {sat_right:.3f}"))
+        table.append([seed, round(sat_left, 4), round(sat_right, 4)])
+    code = reproduction_code(request, result["class_conditional"])
+    return (result["left"][0], result["right"][0]), _summary(request, result), gallery, table, code
+
+
+# -- UI -------------------------------------------------------------------------------------------
+def _preset_values(preset):
+    """Method and (eta, r, beta) for a preset; the paper's presets are APG settings."""
+    if preset == "custom":
+        return gr.update(), gr.update(), gr.update(), gr.update()
+    values = apg.PRESETS[preset]
+    return "APG", values["eta"], values["norm_threshold"], values["momentum"]
+
+
+def _method_visibility(method):
+    """Show only the parameters the method uses (CFG: none; momentum CFG: r and beta)."""
+    return (gr.update(visible=method == "APG"), gr.update(visible=method != "CFG"),
+            gr.update(visible=method != "CFG"), gr.update(visible=method == "APG"))
+
+
+def _method_panel(side):
+    d = {key[len(side) + 1:]: value for key, value in DEFAULTS.items() if key.startswith(side + "_")}
+    with gr.Group():
+        method = gr.Radio(list(METHODS), value=d["method"], label=f"{side.capitalize()} method")
+        preset = gr.Dropdown(["custom", *apg.PRESETS], value="custom", label="APG preset (paper)",
+                             visible=d["method"] == "APG")
+        eta = gr.Slider(*BOUNDS["eta"], value=d["eta"], step=0.05, label="η (parallel weight)",
+                        visible=d["method"] == "APG")
+        norm_threshold = gr.Slider(*BOUNDS["norm_threshold"], value=d["norm_threshold"], step=0.5,
+                                   label="r (norm threshold, 0 = off)", visible=d["method"] != "CFG")
+        momentum = gr.Slider(*BOUNDS["momentum"], value=d["momentum"], step=0.05, label="β (momentum)",
+                             visible=d["method"] != "CFG")
+    method.change(_method_visibility, method, [eta, norm_threshold, momentum, preset], api_visibility="private")
+    preset.change(_preset_values, preset, [method, eta, norm_threshold, momentum], api_visibility="private")
+    return [method, eta, norm_threshold, momentum]
+
+
+CSS = """
+.pixelated img { image-rendering: pixelated; }
+#title { margin-bottom: 0; }
+"""
+
+
+def build_demo(concurrency_limit: int = 4) -> gr.Blocks:
+    """The Blocks app; `compare` is its named API endpoint."""
+    with gr.Blocks(title="apg: CFG vs APG") as demo:
+        gr.Markdown(
+            "# CFG vs APG, same seed\n"
+            "Adaptive Projected Guidance (Sadat et al., ICLR 2025) against classifier-free guidance. "
+            "Both sides use the same seeds, so the only difference is the guidance rule. "
+            "Drag the slider to compare; saturation is the paper's metric (mean of (max−min)/max per pixel).",
+            elem_id="title",
+        )
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                model = gr.Textbox(DEFAULTS["model"], label="Model",
+                                   info="'builtin' (CIFAR-10 toy model, offline) or a hub id / local path of a "
+                                        "pipeline apg.guide supports (SD, SDXL, SD3, PixArt, Sana, DiT, Flux)")
+                prompt = gr.Dropdown(BUILTIN_CLASSES, value=DEFAULTS["prompt"], allow_custom_value=True,
+                                     label="Prompt or class", info="a class name for class-conditional models")
+                with gr.Row():
+                    seed = gr.Number(DEFAULTS["seed"], label="Seed", precision=0, minimum=BOUNDS["seed"][0],
+                                     maximum=BOUNDS["seed"][1])
+                    num_seeds = gr.Slider(*BOUNDS["num_seeds"], value=DEFAULTS["num_seeds"], step=1,
+                                          label="Seeds in gallery")
+                with gr.Row():
+                    steps = gr.Slider(*BOUNDS["steps"], value=DEFAULTS["steps"], step=1, label="Steps")
+                    scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULTS["scheduler"], label="Scheduler")
+                guidance_scale = gr.Slider(*BOUNDS["guidance_scale"], value=DEFAULTS["guidance_scale"], step=0.5,
+                                           label="Guidance scale w (both sides)")
+                with gr.Accordion("Image size (text-to-image models)", open=False):
+                    with gr.Row():
+                        height = gr.Number(DEFAULTS["height"], label="Height (0 = model default)", precision=0)
+                        width = gr.Number(DEFAULTS["width"], label="Width (0 = model default)", precision=0)
+                with gr.Row():
+                    with gr.Column(min_width=150):
+                        left = _method_panel("left")
+                    with gr.Column(min_width=150):
+                        right = _method_panel("right")
+                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=3, min_width=360):
+                slider = gr.ImageSlider(label="Left ◀ ▶ Right (first seed)", format="png", type="pil",
+                                        elem_id="slider", elem_classes=["pixelated"], max_height=480,
+                                        interactive=False)
+                summary = gr.Markdown(elem_id="summary")
+                gallery = gr.Gallery(label="All seeds: left, right", format="png", columns=4, height="auto",
+                                     elem_id="gallery", elem_classes=["pixelated"], object_fit="contain",
+                                     interactive=False)
+                table = gr.Dataframe(headers=["seed", "left saturation", "right saturation"],
+                                     datatype=["number", "number", "number"], label="Saturation per image",
+                                     interactive=False)
+                code = gr.Code(language="python", label="Copy as code", interactive=False)
+        inputs = [model, prompt, seed, num_seeds, steps, scheduler, guidance_scale, height, width, *left, *right]
+        generate.click(compare, inputs, [slider, summary, gallery, table, code], api_name="compare",
+                       concurrency_limit=concurrency_limit, concurrency_id="compare")
+    return demo
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    demo = build_demo()
+    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                                  css=CSS, theme=gr.themes.Soft())
+
+
+if __name__ == "__main__":
+    main()
