@@ -18,13 +18,15 @@ import numpy as np
 import torch
 
 import apg
+from apg.builtin import CIFAR10_CLASSES
+from apg.evaluation import per_image_saturation
 
 log = logging.getLogger("apg.app")
 
 BUILTIN = "builtin"
-BUILTIN_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 METHODS = ("CFG", "APG", "Momentum CFG")
-# Display name -> Diffusers scheduler class; "default" keeps the model's own scheduler.
+SHORT = {"CFG": "CFG", "APG": "APG", "Momentum CFG": "M-CFG"}  # gallery captions are narrow
+# Display name -> Diffusers scheduler class (those apg.guide supports); "default" keeps the model's own.
 SCHEDULERS = {
     "default": None,
     "DDIM": "DDIMScheduler",
@@ -32,6 +34,8 @@ SCHEDULERS = {
     "Euler": "EulerDiscreteScheduler",
     "Euler ancestral": "EulerAncestralDiscreteScheduler",
     "Heun": "HeunDiscreteScheduler",
+    "LMS": "LMSDiscreteScheduler",
+    "PNDM": "PNDMScheduler",
     "DPM-Solver++ 2M": "DPMSolverMultistepScheduler",
     "UniPC": "UniPCMultistepScheduler",
     "FlowMatch Euler": "FlowMatchEulerDiscreteScheduler",
@@ -54,8 +58,10 @@ DEFAULTS = dict(
     model=BUILTIN, prompt="cat", seed=0, num_seeds=4, steps=25, scheduler="default", guidance_scale=7.5,
     height=0, width=0,
     left_method="CFG", left_eta=0.0, left_norm_threshold=0.0, left_momentum=0.0,
-    right_method="APG", right_eta=0.0, right_norm_threshold=15.0, right_momentum=-0.5,
+    right_method="APG", **{f"right_{key}": value for key, value in apg.PRESETS["sdxl"].items()},
 )
+
+INPUT_NAMES = tuple(DEFAULTS)  # compare()'s inputs, in order
 
 
 # -- requests -------------------------------------------------------------------------------------
@@ -93,24 +99,29 @@ class Request:
     right: Method
 
 
-def _number(name, value, integer=False):
-    """value as a float (or int) inside BOUNDS[name], else a gr.Error naming the input."""
-    low, high = BOUNDS[name]
+def _text(value) -> str:
+    """User-supplied text made safe for gr.Error, which renders HTML (quotes stay readable)."""
+    return html.escape(str(value), quote=False)
+
+
+def _number(name, value, bounds, integer=False):
+    """value as a float (or int) inside bounds (inclusive), else a gr.Error naming the input."""
+    low, high = bounds
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a number, got {html.escape(repr(value))}") from None
+        raise gr.Error(f"{name} must be a number, got {_text(repr(value))}") from None
     if not np.isfinite(number) or not low <= number <= high:
-        raise gr.Error(f"{name} must be between {low} and {high}, got {html.escape(repr(value))}")
+        raise gr.Error(f"{name} must be between {low} and {high}, got {_text(repr(value))}")
     if integer:
         if number != int(number):
-            raise gr.Error(f"{name} must be a whole number, got {html.escape(repr(value))}")
+            raise gr.Error(f"{name} must be a whole number, got {_text(repr(value))}")
         return int(number)
     return number
 
 
 def _size(name, value):
-    size = _number("size", value, integer=True) if value not in (0, 0.0, None) else 0
+    size = _number(name, value, BOUNDS["size"], integer=True) if value not in (0, 0.0, None) else 0
     if size % 8:
         raise gr.Error(f"{name} must be a multiple of 8 (or 0 for the model's default), got {size}")
     return size
@@ -118,8 +129,10 @@ def _size(name, value):
 
 def _method(side, name, eta, norm_threshold, momentum):
     if name not in METHODS:
-        raise gr.Error(f"{side} method must be one of {', '.join(METHODS)}, got {html.escape(repr(name))}")
-    return Method(name, _number("eta", eta), _number("norm_threshold", norm_threshold), _number("momentum", momentum))
+        raise gr.Error(f"{side}_method must be one of {', '.join(METHODS)}, got {_text(repr(name))}")
+    values = {key: _number(f"{side}_{key}", value, BOUNDS[key])
+              for key, value in (("eta", eta), ("norm_threshold", norm_threshold), ("momentum", momentum))}
+    return Method(name, **values)
 
 
 def parse_request(model, prompt, seed, num_seeds, steps, scheduler, guidance_scale, height, width,
@@ -134,18 +147,18 @@ def parse_request(model, prompt, seed, num_seeds, steps, scheduler, guidance_sca
     if len(prompt) > MAX_PROMPT_CHARS:
         raise gr.Error(f"prompt must be at most {MAX_PROMPT_CHARS} characters, got {len(prompt)}")
     if scheduler not in SCHEDULERS:
-        raise gr.Error(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {html.escape(repr(scheduler))}")
-    seed = _number("seed", seed, integer=True)
-    num_seeds = _number("num_seeds", num_seeds, integer=True)
+        raise gr.Error(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {_text(repr(scheduler))}")
+    seed = _number("seed", seed, BOUNDS["seed"], integer=True)
+    num_seeds = _number("num_seeds", num_seeds, BOUNDS["num_seeds"], integer=True)
     if seed + num_seeds - 1 > BOUNDS["seed"][1]:
         raise gr.Error(f"seed + num_seeds - 1 must be at most {BOUNDS['seed'][1]}, got {seed + num_seeds - 1}")
     return Request(
         model=model,
         prompt=prompt.strip(),
         seeds=tuple(range(seed, seed + num_seeds)),
-        steps=_number("steps", steps, integer=True),
+        steps=_number("steps", steps, BOUNDS["steps"], integer=True),
         scheduler=scheduler,
-        guidance_scale=_number("guidance_scale", guidance_scale),
+        guidance_scale=_number("guidance_scale", guidance_scale, BOUNDS["guidance_scale"]),
         height=_size("height", height),
         width=_size("width", width),
         left=_method("left", left_method, left_eta, left_norm_threshold, left_momentum),
@@ -162,7 +175,6 @@ class ModelLoadError(RuntimeError):
 class LoadedModel:
     """A cached pipeline and the lock that serialises its use (apg.guide mutates the pipeline)."""
 
-    model_id: str
     pipe: object
     lock: threading.Lock
     class_conditional: bool
@@ -223,12 +235,13 @@ class ModelCache:
             with apg.guide(pipe, apg.CFG(1.0)):  # apg.guide refuses pipelines it cannot guide
                 pass
         except (ValueError, TypeError) as exc:
-            raise ModelLoadError(f"model {model_id!r} ({type(pipe).__name__}) is not supported by apg.guide: {exc}") from exc
+            name = type(pipe).__name__
+            raise ModelLoadError(f"model {model_id!r} ({name}) is not supported by apg.guide: {exc}") from exc
         params = inspect.signature(pipe.__call__).parameters
         class_conditional = "class_labels" in params and hasattr(pipe, "get_label_ids")
         if not class_conditional and "prompt" not in params:
             raise ModelLoadError(f"model {model_id!r} ({type(pipe).__name__}) takes neither a prompt nor class labels")
-        return LoadedModel(model_id, pipe, threading.Lock(), class_conditional)
+        return LoadedModel(pipe, threading.Lock(), class_conditional)
 
 
 # -- generation -----------------------------------------------------------------------------------
@@ -236,7 +249,7 @@ def _scheduler(pipe, name):
     """A fresh scheduler of the chosen kind for this request, configured like the model's own."""
     if SCHEDULERS[name] is None:
         return pipe.scheduler
-    compatible = {cls.__name__ for cls in getattr(type(pipe.scheduler), "compatibles", [])} | {type(pipe.scheduler).__name__}
+    compatible = {cls.__name__ for cls in pipe.scheduler.compatibles} | {type(pipe.scheduler).__name__}
     if SCHEDULERS[name] not in compatible:
         usable = [key for key, cls in SCHEDULERS.items() if cls is None or cls in compatible]
         raise gr.Error(f"scheduler {name!r} does not fit this model ({type(pipe.scheduler).__name__}); "
@@ -253,7 +266,7 @@ def _call_kwargs(model: LoadedModel, request: Request) -> dict:
         try:
             kwargs = {"class_labels": pipe.get_label_ids([request.prompt] * n)}
         except (KeyError, ValueError) as exc:
-            raise gr.Error(f"{html.escape(repr(request.prompt))} is not a class of this model: {html.escape(str(exc))}") from None
+            raise gr.Error(f"{_text(repr(request.prompt))} is not a class of this model: {_text(str(exc))}") from None
     else:
         kwargs = {"prompt": [request.prompt] * n}
     params = inspect.signature(pipe.__call__).parameters
@@ -273,13 +286,6 @@ def _generators(seeds):
     return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
 
-def saturation(images) -> list[float]:
-    """Per-image saturation (the paper's metric) of PIL images."""
-    from apg.evaluation import saturation as metric
-
-    return [float(metric([image])) for image in images]
-
-
 def run(request: Request, cache: ModelCache, progress=None) -> dict:
     """Both methods on request.seeds: {"left"/"right": [PIL], "left_saturation"/...: [float], "class_conditional"}."""
     progress = progress or (lambda *args, **kwargs: None)
@@ -290,46 +296,40 @@ def run(request: Request, cache: ModelCache, progress=None) -> dict:
     result = {}
     with model.lock:  # one run per pipeline at a time: guide() and the scheduler swap mutate it
         pipe = model.pipe
-        own_scheduler = pipe.scheduler
+        own_scheduler, own_bar = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
         pipe.scheduler = _scheduler(pipe, request.scheduler)
         try:
             for side in ("left", "right"):
                 method = getattr(request, side)
-                guidance = method.guidance(request.guidance_scale)
-                pipe.set_progress_bar_config(desc=f"{side}: {method.name}")
-                with apg.guide(pipe, guidance):
+                pipe.set_progress_bar_config(**{**own_bar, "desc": f"{side}: {method.name}"})
+                with apg.guide(pipe, method.guidance(request.guidance_scale)):
                     result[side] = pipe(generator=_generators(request.seeds), **kwargs).images
         finally:
             pipe.scheduler = own_scheduler
-            pipe.set_progress_bar_config(desc=None)
+            pipe.set_progress_bar_config(**own_bar)
     for side in ("left", "right"):
-        result[f"{side}_saturation"] = saturation(result[side])
+        result[f"{side}_saturation"] = per_image_saturation(result[side]).tolist()  # the paper's metric
     result["class_conditional"] = model.class_conditional
     return result
 
 
 # -- presentation ---------------------------------------------------------------------------------
 def guidance_code(method: Method, guidance_scale: float) -> str:
-    """The Python expression that builds this side's guidance object."""
-    if method.name == "CFG":
-        return f"apg.CFG({guidance_scale!r})"
-    if method.name == "APG":
-        return (f"apg.APG({guidance_scale!r}, eta={method.eta!r}, norm_threshold={method.norm_threshold!r}, "
-                f"momentum={method.momentum!r})")
-    return f"apg.MomentumCFG({guidance_scale!r}, momentum={method.momentum!r}, norm_threshold={method.norm_threshold!r})"
+    """The Python expression that builds this side's guidance object (its repr, qualified)."""
+    return f"apg.{method.guidance(guidance_scale)!r}"
 
 
 def reproduction_code(request: Request, class_conditional: bool) -> str:
     """Python that reproduces a comparison outside the app; it leaves the images in `images`."""
-    lines = ["import torch", "", "import apg"]
-    if request.scheduler != "default":
-        lines.append(f"from diffusers import {SCHEDULERS[request.scheduler]}")
+    classes = ([] if request.model == BUILTIN else ["DiffusionPipeline"]) + (
+        [SCHEDULERS[request.scheduler]] if request.scheduler != "default" else [])
+    lines = ["import torch"] + ([f"from diffusers import {', '.join(classes)}"] if classes else [])
+    lines += ["", "import apg", ""]
     if request.model == BUILTIN:
-        lines += ["", "pipe = apg.load_builtin()"]
+        lines.append("pipe = apg.load_builtin()")
     else:
         device, dtype = _device_and_dtype()
-        lines.insert(2, "from diffusers import DiffusionPipeline")
-        lines += ["", f"pipe = DiffusionPipeline.from_pretrained({request.model!r}, torch_dtype={dtype}).to({device!r})"]
+        lines.append(f"pipe = DiffusionPipeline.from_pretrained({request.model!r}, torch_dtype={dtype}).to({device!r})")
     if request.scheduler != "default":
         lines.append(f"pipe.scheduler = {SCHEDULERS[request.scheduler]}.from_config(pipe.scheduler.config)")
     seeds = list(request.seeds)
@@ -355,12 +355,13 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+SYMBOLS = {"guidance_scale": "w", "eta": "η", "norm_threshold": "r", "momentum": "β"}
+
+
 def _label(method: Method, guidance_scale: float) -> str:
-    if method.name == "CFG":
-        return f"CFG w={guidance_scale:g}"
-    if method.name == "APG":
-        return f"APG w={guidance_scale:g} η={method.eta:g} r={method.norm_threshold:g} β={method.momentum:g}"
-    return f"Momentum CFG w={guidance_scale:g} r={method.norm_threshold:g} β={method.momentum:g}"
+    """'APG w=7.5 η=0 r=15 β=-0.5': the method and the parameters it uses."""
+    config = method.guidance(guidance_scale).to_dict()
+    return " ".join([method.name] + [f"{SYMBOLS[key]}={value:g}" for key, value in config.items() if key != "type"])
 
 
 def _summary(request: Request, result: dict) -> str:
@@ -368,9 +369,9 @@ def _summary(request: Request, result: dict) -> str:
     first, mean = "seed {}: saturation **{:.3f}**", "mean over {} seeds: {:.3f}"
     n = len(request.seeds)
     return (
-        f"**Left ◀ {html.escape(left)}** — {first.format(request.seeds[0], result['left_saturation'][0])}"
+        f"**Left ◀ {left}** — {first.format(request.seeds[0], result['left_saturation'][0])}"
         + (f", {mean.format(n, np.mean(result['left_saturation']))}" if n > 1 else "")
-        + f"  \n**Right ▶ {html.escape(right)}** — {first.format(request.seeds[0], result['right_saturation'][0])}"
+        + f"  \n**Right ▶ {right}** — {first.format(request.seeds[0], result['right_saturation'][0])}"
         + (f", {mean.format(n, np.mean(result['right_saturation']))}" if n > 1 else "")
     )
 
@@ -391,19 +392,17 @@ def compare(model, prompt, seed, num_seeds, steps, scheduler, guidance_scale, he
     except gr.Error:
         raise
     except ModelLoadError as exc:
-        raise gr.Error(html.escape(str(exc)), title="Model not loaded") from None
+        raise gr.Error(_text(str(exc)), title="Model not loaded") from None
     except (ValueError, TypeError) as exc:  # apg and Diffusers reject bad combinations with these
-        raise gr.Error(html.escape(f"{type(exc).__name__}: {exc}"), title="Invalid settings") from None
+        raise gr.Error(_text(f"{type(exc).__name__}: {exc}"), title="Invalid settings") from None
     except Exception as exc:  # out of memory, a broken pipeline, ...: a message, never a traceback
         log.exception("generation failed")
-        raise gr.Error(html.escape(f"generation failed: {type(exc).__name__}: {exc}")) from None
-    left_label = _label(request.left, request.guidance_scale)
-    right_label = _label(request.right, request.guidance_scale)
+        raise gr.Error(_text(f"generation failed: {type(exc).__name__}: {exc}")) from None
     gallery, table = [], []
     for i, seed in enumerate(request.seeds):
         sat_left, sat_right = result["left_saturation"][i], result["right_saturation"][i]
-        gallery.append((result["left"][i], f"seed {seed} · {left_label} · saturation {sat_left:.3f}"))
-        gallery.append((result["right"][i], f"seed {seed} · {right_label} · saturation {sat_right:.3f}"))
+        gallery.append((result["left"][i], f"#{seed} {SHORT[request.left.name]} · {sat_left:.3f}"))
+        gallery.append((result["right"][i], f"#{seed} {SHORT[request.right.name]} · {sat_right:.3f}"))
         table.append([seed, round(sat_left, 4), round(sat_right, 4)])
     code = reproduction_code(request, result["class_conditional"])
     return (result["left"][0], result["right"][0]), _summary(request, result), gallery, table, code
@@ -426,10 +425,13 @@ def _method_visibility(method):
 
 def _method_panel(side):
     d = {key[len(side) + 1:]: value for key, value in DEFAULTS.items() if key.startswith(side + "_")}
+    values = {key: d[key] for key in ("eta", "norm_threshold", "momentum")}
+    preset_value = next((name for name, preset in apg.PRESETS.items() if preset == values), "custom")
     with gr.Group():
-        method = gr.Radio(list(METHODS), value=d["method"], label=f"{side.capitalize()} method")
-        preset = gr.Dropdown(["custom", *apg.PRESETS], value="custom", label="APG preset (paper)",
-                             visible=d["method"] == "APG")
+        method = gr.Radio(list(METHODS), value=d["method"], label=f"{side.capitalize()} method",
+                          elem_id=f"{side}-method")
+        preset = gr.Dropdown(["custom", *apg.PRESETS], value=preset_value, label="APG preset (paper)",
+                             visible=d["method"] == "APG", elem_id=f"{side}-preset")
         eta = gr.Slider(*BOUNDS["eta"], value=d["eta"], step=0.05, label="η (parallel weight)",
                         visible=d["method"] == "APG")
         norm_threshold = gr.Slider(*BOUNDS["norm_threshold"], value=d["norm_threshold"], step=0.5,
@@ -437,10 +439,13 @@ def _method_panel(side):
         momentum = gr.Slider(*BOUNDS["momentum"], value=d["momentum"], step=0.05, label="β (momentum)",
                              visible=d["method"] != "CFG")
     method.change(_method_visibility, method, [eta, norm_threshold, momentum, preset], api_visibility="private")
-    preset.change(_preset_values, preset, [method, eta, norm_threshold, momentum], api_visibility="private")
+    preset.input(_preset_values, preset, [method, eta, norm_threshold, momentum], api_visibility="private")
+    for slider in (eta, norm_threshold, momentum):  # a hand-set value is no longer the preset
+        slider.input(lambda: "custom", None, preset, api_visibility="private")
     return [method, eta, norm_threshold, momentum]
 
 
+THEME = gr.themes.Soft()
 CSS = """
 .pixelated img { image-rendering: pixelated; }
 #title { margin-bottom: 0; }
@@ -462,11 +467,10 @@ def build_demo(concurrency_limit: int = 4) -> gr.Blocks:
                 model = gr.Textbox(DEFAULTS["model"], label="Model",
                                    info="'builtin' (CIFAR-10 toy model, offline) or a hub id / local path of a "
                                         "pipeline apg.guide supports (SD, SDXL, SD3, PixArt, Sana, DiT, Flux)")
-                prompt = gr.Dropdown(BUILTIN_CLASSES, value=DEFAULTS["prompt"], allow_custom_value=True,
+                prompt = gr.Dropdown(list(CIFAR10_CLASSES), value=DEFAULTS["prompt"], allow_custom_value=True,
                                      label="Prompt or class", info="a class name for class-conditional models")
                 with gr.Row():
-                    seed = gr.Number(DEFAULTS["seed"], label="Seed", precision=0, minimum=BOUNDS["seed"][0],
-                                     maximum=BOUNDS["seed"][1])
+                    seed = gr.Number(DEFAULTS["seed"], label="Seed", precision=0)
                     num_seeds = gr.Slider(*BOUNDS["num_seeds"], value=DEFAULTS["num_seeds"], step=1,
                                           label="Seeds in gallery")
                 with gr.Row():
@@ -489,29 +493,37 @@ def build_demo(concurrency_limit: int = 4) -> gr.Blocks:
                                         elem_id="slider", elem_classes=["pixelated"], max_height=480,
                                         interactive=False)
                 summary = gr.Markdown(elem_id="summary")
-                gallery = gr.Gallery(label="All seeds: left, right", format="png", columns=4, height="auto",
-                                     elem_id="gallery", elem_classes=["pixelated"], object_fit="contain",
-                                     interactive=False)
+                gallery = gr.Gallery(label="All seeds, left and right (#seed method · saturation)", format="png",
+                                     columns=4, height="auto", object_fit="contain", interactive=False,
+                                     elem_id="gallery", elem_classes=["pixelated"])
                 table = gr.Dataframe(headers=["seed", "left saturation", "right saturation"],
                                      datatype=["number", "number", "number"], label="Saturation per image",
                                      interactive=False)
-                code = gr.Code(language="python", label="Copy as code", interactive=False)
+                code = gr.Code(language="python", label="Copy as code", interactive=False, elem_id="code")
         inputs = [model, prompt, seed, num_seeds, steps, scheduler, guidance_scale, height, width, *left, *right]
+        # Up to concurrency_limit requests run at once; each model's lock lets one of them use a pipeline.
         generate.click(compare, inputs, [slider, summary, gallery, table, code], api_name="compare",
-                       concurrency_limit=concurrency_limit, concurrency_id="compare")
-    return demo
+                       concurrency_limit=concurrency_limit, concurrency_id="compare", show_progress_on=[slider])
+    return demo.queue(default_concurrency_limit=1)
 
 
-def main(argv=None):
+def launch(demo: gr.Blocks, **kwargs):
+    """demo.launch with the app's look; kwargs go to Blocks.launch (server_name, server_port, share, ...)."""
+    return demo.launch(css=CSS, theme=THEME, **kwargs)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    demo = build_demo()
-    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                                  css=CSS, theme=gr.themes.Soft())
+    launch(build_demo(), server_name=args.host, server_port=args.port, share=args.share)
 
 
 if __name__ == "__main__":

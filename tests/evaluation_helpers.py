@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
@@ -47,3 +46,104 @@ def register_extractor():
     if EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
         register_feature_extractor(EXTRACTOR, PoolFeatures)
     return EXTRACTOR
+
+
+CLASSES = ("red", "green", "blue", "grey")
+PALETTE = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.15, 0.2, 0.9], [0.5, 0.5, 0.5]])  # [K, 3]
+
+
+class FakePipeline:
+    """Stand-in with DiTPipeline's calling convention: a few x0-space steps guided by `self.guidance`.
+
+    The conditional prediction pulls towards the class colour, the unconditional one towards grey, so a
+    larger CFG scale pushes colours out of gamut: saturation grows with the scale, as with real models.
+    Env APG_FAKE_DELAY (seconds per call) slows it down for kill tests; APG_FAKE_LOG appends the seeds
+    of every generated image to a file.
+    """
+
+    def __init__(self, size=16):
+        self.size, self.guidance = size, None
+        self.labels = {name: k for k, name in enumerate(CLASSES)}
+
+    def get_label_ids(self, names):
+        return [self.labels[name] for name in names]
+
+    def __call__(self, class_labels, num_inference_steps, generator, output_type="pil"):
+        import os
+        import time
+
+        from PIL import Image
+
+        assert self.guidance is not None, "FakePipeline must be guided"
+        self.guidance.reset()
+        noise = torch.stack([torch.randn(3, self.size, self.size, generator=g) for g in generator])  # [B, 3, H, W]
+        colours = PALETTE[torch.tensor(class_labels)][:, :, None, None]  # [B, 3, 1, 1]
+        x = noise
+        for step in range(num_inference_steps):
+            sigma = 1.0 - step / num_inference_steps
+            pred_cond = colours + 0.2 * sigma * x  # [B, 3, H, W], x0 space
+            pred_uncond = 0.5 + 0.2 * sigma * x
+            denoised = self.guidance(pred_cond, pred_uncond)
+            x = denoised + (sigma - 1.0 / num_inference_steps) * noise
+        pixels = (denoised.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        if os.environ.get("APG_FAKE_LOG"):
+            with open(os.environ["APG_FAKE_LOG"], "a") as log:
+                log.write("".join(f"{g.initial_seed()}\n" for g in generator))
+        time.sleep(float(os.environ.get("APG_FAKE_DELAY", "0")))
+        return SimpleNamespace(images=[Image.fromarray(p) for p in pixels])
+
+
+def fake_guide(pipe, guidance):
+    """Stand-in for apg.guide on a FakePipeline: a context manager that sets its guidance."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guided():
+        pipe.guidance = guidance
+        try:
+            yield pipe
+        finally:
+            pipe.guidance = None
+
+    return guided()
+
+
+def main(argv=None):
+    """Generation run for subprocess tests: `python tests/evaluation_helpers.py OUT --num-images N ...`."""
+    import argparse
+
+    import apg
+    from apg.evaluation import generation as generate_module
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--model", choices=("fake", "builtin"), default="fake")
+    parser.add_argument("--num-images", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--scale", type=float, default=3.0)
+    parser.add_argument("--score", help="then score the images against this folder, into OUT/score.json")
+    args = parser.parse_args(argv)
+    if args.model == "fake":
+        pipe, classes = FakePipeline(), list(CLASSES)
+        generate_module.apply_guidance = fake_guide
+    else:
+        pipe, classes = apg.load_builtin(), ["airplane", "cat", "ship"]
+    generate_module.generate(pipe, apg.APG(args.scale, norm_threshold=2.0), args.out, num_images=args.num_images,
+                             classes=classes, seed=7, batch_size=args.batch_size, num_inference_steps=args.steps,
+                             model=args.model, progress=False)
+    if args.score:
+        from accelerate import PartialState
+
+        from apg.evaluation.files import write_json
+        from apg.evaluation.fidelity import score
+
+        result = score(args.out, args.score, metrics=("fid", "saturation"), feature_extractor=register_extractor(),
+                       batch_size=2, progress=False)
+        if PartialState().is_main_process:
+            write_json(f"{args.out}/score.json", result)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    main()

@@ -8,6 +8,7 @@ a feature cache keyed by what produced it, and extraction split across `accelera
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -15,13 +16,13 @@ import os
 import sys
 import tarfile
 import time
-import urllib.error
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .files import IMAGE_SUFFIXES, atomic_open, list_images, versions
+from .clip import DEFAULT_CLIP_MODEL, clip_score
+from .files import IMAGE_SUFFIXES, atomic_open, list_images, process_state, versions
 from .metrics import feature_statistics, frechet_distance, per_image_saturation
 
 __all__ = ["ImageSource", "open_images", "Reference", "open_reference", "extract_features", "score",
@@ -31,7 +32,7 @@ __all__ = ["ImageSource", "open_images", "Reference", "open_reference", "extract
 DEFAULT_EXTRACTORS = {"fid": "inception-v3-compat", "kid": "inception-v3-compat", "isc": "inception-v3-compat",
                       "prc": "vgg16"}
 FEATURE_METRICS = tuple(DEFAULT_EXTRACTORS)
-ALL_METRICS = FEATURE_METRICS + ("saturation",)
+ALL_METRICS = FEATURE_METRICS + ("saturation", "clip")
 SATURATION = "saturation"  # per-image saturation travels with the features: one decoding pass for both
 
 
@@ -63,10 +64,10 @@ class ImageSource(torch.utils.data.Dataset):
             raise ValueError(f"{description} contains no images ({', '.join(IMAGE_SUFFIXES)})")
         self.names, self._read, self.description, self.resize = list(names), read, description, resize
         self.fingerprint = fingerprint
-        self.size = None  # (H, W) of the first image, before any resize
-        self.size = tuple(self._decode(0).shape[-2:]) if resize is None else None
-        first = self[0]
-        self.output_size = tuple(first.shape[-2:])  # (H, W) after resize
+        self.size = None  # (H, W) every image must have; None when each one is resized and cropped anyway
+        if resize is None:
+            self.size = tuple(self._decode(0).shape[-2:])
+        self.output_size = tuple(self[0].shape[-2:])  # (H, W) as scored
 
     def __len__(self):
         return len(self.names)
@@ -96,13 +97,31 @@ class ImageSource(torch.utils.data.Dataset):
         return image
 
 
+# Readers are module-level functions bound with partial, so DataLoader workers can pickle a source.
+def _read_listed(items, i):
+    return items[i]
+
+
+def _read_bytes(members, names, i):
+    return io.BytesIO(members[names[i]])
+
+
+def _read_dataset(dataset, i):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(dataset[i].permute(1, 2, 0).numpy()).save(buffer, format="PNG")  # uint8 [3, H, W] -> PNG
+    buffer.seek(0)
+    return buffer
+
+
 def _folder_source(folder, resize):
     files = list_images(folder)
     digest = hashlib.sha256()
     for path in files:  # names, sizes and modification times: a changed folder gets new features
         stat = path.stat()
         digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return ImageSource([p.name for p in files], lambda i: files[i], f"folder {str(folder)!r}",
+    return ImageSource([p.name for p in files], functools.partial(_read_listed, files), f"folder {str(folder)!r}",
                        f"folder:{Path(folder).resolve()}:{digest.hexdigest()}", resize)
 
 
@@ -117,12 +136,11 @@ def _archive_source(archive, prefix, resize):
     names = sorted(members)
     stat = archive.stat()
     where = f"archive {str(archive)!r}" + (f" under {prefix!r}" if prefix else "")
-    return ImageSource(names, lambda i: io.BytesIO(members[names[i]]), where,
+    return ImageSource(names, functools.partial(_read_bytes, members, names), where,
                        f"archive:{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{prefix}", resize)
 
 
 def _registered_source(name, resize, datasets_root):
-    from PIL import Image
     from torch_fidelity.registry import DATASETS_REGISTRY
 
     root = datasets_root or os.path.join(torch.hub.get_dir(), "..", "fidelity_datasets")
@@ -130,19 +148,12 @@ def _registered_source(name, resize, datasets_root):
     try:
         dataset = DATASETS_REGISTRY[name](root, True)
     except Exception as error:
-        raise FeatureWeightsError(
+        raise OSError(
             f"could not load or download the registered reference {name!r} into {root!r} ({error}); offline, pass "
             "a folder of images, a tar archive or a statistics file (.npz) as the reference instead"
         ) from error
-
-    def read(i):
-        buffer = io.BytesIO()
-        Image.fromarray(dataset[i].permute(1, 2, 0).numpy()).save(buffer, format="PNG")
-        buffer.seek(0)
-        return buffer
-
-    return ImageSource([f"{name}[{i}]" for i in range(len(dataset))], read, f"registered dataset {name!r}",
-                       f"registered:{name}:{len(dataset)}", resize)
+    return ImageSource([f"{name}[{i}]" for i in range(len(dataset))], functools.partial(_read_dataset, dataset),
+                       f"registered dataset {name!r}", f"registered:{name}:{len(dataset)}", resize)
 
 
 def open_images(spec, resize=None, datasets_root=None) -> ImageSource:
@@ -184,7 +195,7 @@ def _create_extractor(extractor, layers, weights, device):
     try:
         model = create_feature_extractor(extractor, sorted(layers), cuda=False, verbose=False,
                                          feature_extractor_weights_path=None if weights is None else str(weights))
-    except (OSError, urllib.error.URLError, ConnectionError, RuntimeError) as error:
+    except (OSError, ConnectionError) as error:  # urllib's URLError and HTTPError are OSErrors
         source = _weights_source(extractor)
         if weights is not None or source is None:
             raise
@@ -192,7 +203,8 @@ def _create_extractor(extractor, layers, weights, device):
         raise FeatureWeightsError(
             f"the {extractor} feature extractor needs its weights file {file_name}, which torch-fidelity downloads "
             f"from {url}; the download failed ({type(error).__name__}: {error}). On a machine without internet, "
-            f"fetch that file elsewhere and pass it with --feature-weights PATH (Python: feature_weights=PATH)."
+            f"fetch that file elsewhere and pass it with --feature-weights PATH (Python: feature_weights=PATH; "
+            f"with several extractors: --feature-weights {extractor}=PATH, feature_weights={{{extractor!r}: PATH}})."
         ) from error
     return model.to(device)
 
@@ -221,19 +233,19 @@ def extract_features(source: ImageSource, extractor: str | None, layers=(), *, f
     `cache_dir`, read from / written to a cache file keyed by the source, extractor, layers and weights.
     Returns (features, info) where info has the count and the images/s of this run.
     """
-    from accelerate import PartialState
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    state = PartialState()
+    state = process_state()
     layers = set(layers) if extractor is not None else set()
     cache_file = key = None
     if cache_dir is not None:
         cache_file, key = _cache_path(cache_dir, source, extractor, layers, feature_weights, source.resize)
         if cache_file.is_file():
             with np.load(cache_file) as cached:
-                return {name: cached[name] for name in cached.files if name != "key"}, {
-                    "count": len(source), "cache": str(cache_file)}
+                if str(cached["key"]) == key:  # the full key, not only its hash in the file name
+                    return {name: cached[name] for name in cached.files if name != "key"}, {
+                        "count": len(source), "cache": str(cache_file), "processes": state.num_processes}
     model = _create_extractor(extractor, layers, feature_weights, state.device) if layers else None
     if num_workers is None:
         num_workers = 0 if state.device.type == "cpu" else min(4, os.cpu_count() or 1)
@@ -286,13 +298,14 @@ class Reference:
 
 def _load_statistics(path) -> dict:
     try:
-        with np.load(path) as data:
-            arrays = {name: data[name] for name in data.files}
+        with np.load(path) as data:  # only the small arrays: ADM's files also hold 10k reference images
+            arrays = {name: data[name] for name in ("mu", "sigma", "meta") if name in data.files}
+            found = list(data.files)
     except Exception as error:
         raise ValueError(f"reference statistics {str(path)!r} cannot be read as .npz: {error}") from error
     if "mu" not in arrays or "sigma" not in arrays:
         raise ValueError(f"reference statistics {str(path)!r} must hold arrays 'mu' and 'sigma' "
-                         f"(as written by `apg-eval stats` or pytorch-fid), found {sorted(arrays)}")
+                         f"(as written by `apg-eval stats` or pytorch-fid), found {sorted(found)}")
     mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"reference statistics {str(path)!r}: expected mu [D] and sigma [D, D], "
@@ -328,15 +341,30 @@ def save_reference_statistics(reference, path, *, feature_extractor="inception-v
     mu, sigma = feature_statistics(features[layer])
     meta = {"extractor": feature_extractor, "layer": layer, "size": list(source.output_size),
             "count": len(source), "source": source.description, "versions": versions()}
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         with atomic_open(path) as file:
             np.savez(file, mu=mu, sigma=sigma, meta=np.array(json.dumps(meta, sort_keys=True)))
     return meta
 
 
 # ------------------------------------------------------------------------------------------------- score
+
+
+def _weights_per_extractor(feature_weights, extractors) -> dict:
+    """feature_weights as {extractor: path}: a single path serves the one extractor in use."""
+    if feature_weights is None:
+        return {}
+    if isinstance(feature_weights, dict):
+        unused = set(feature_weights) - set(extractors)
+        if unused:
+            raise ValueError(f"feature_weights names {sorted(unused)}, but these metrics use {sorted(extractors)}")
+        return dict(feature_weights)
+    if len(extractors) != 1:
+        raise ValueError(
+            f"feature_weights: these metrics use {len(extractors)} feature extractors ({', '.join(sorted(extractors))})"
+            f"; give one weights file per extractor as {{name: path}} (CLI: --feature-weights NAME=PATH, repeated)"
+        )
+    return {next(iter(extractors)): feature_weights}
 
 
 def _check_metrics(metrics):
@@ -349,11 +377,12 @@ def _check_metrics(metrics):
 
 def score(images, reference=None, *, metrics=("fid", "saturation"), feature_extractor=None, feature_weights=None,
           resize=None, batch_size=64, kid_subset_size=1000, kid_subsets=100, isc_splits=10, seed=2020,
-          cache_dir=None, datasets_root=None, progress=True) -> dict:
+          cache_dir=None, datasets_root=None, clip_model=None, progress=True) -> dict:
     """Score a folder of images (or any `open_images` spec) against a reference; returns a JSON-able dict.
 
-    metrics: any of fid, kid, isc, prc (precision/recall), saturation. feature_extractor: one torch-fidelity
-    extractor name for every metric, default InceptionV3 (fid, kid, isc) and VGG16 (prc).
+    metrics: any of fid, kid, isc, prc (precision/recall), saturation, clip (CLIP score against the prompts
+    stored in the PNGs; its model comes from the hub). feature_extractor: one torch-fidelity extractor name
+    for every metric, default InceptionV3 (fid, kid, isc) and VGG16 (prc).
     """
     from torch_fidelity.metric_isc import isc_features_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
@@ -387,25 +416,27 @@ def score(images, reference=None, *, metrics=("fid", "saturation"), feature_extr
             raise ValueError(f"reference {ref.spec!r} is a statistics file, which serves FID only; "
                              f"{', '.join(other)} need a reference of images")
         meta, (name, layer) = ref.statistics["meta"], plan["fid"]
-        if (meta["extractor"], meta["layer"]) != (name, layer) or ref.statistics["mu"].shape[0] == 0:
+        if (meta["extractor"], meta["layer"]) != (name, layer):
             raise ValueError(f"reference {ref.spec!r} holds statistics of {meta['extractor']} layer {meta['layer']}, "
                              f"expected {name} layer {layer} to score with")
         if meta.get("size") and tuple(meta["size"]) != generated.output_size:
             raise ValueError(f"reference {ref.spec!r} was computed on {meta['size'][1]}x{meta['size'][0]} images, "
                              f"the scored images are {generated.output_size[1]}x{generated.output_size[0]}")
 
-    options = dict(feature_weights=feature_weights, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    weights = _weights_per_extractor(feature_weights, per_extractor)
+    options = dict(batch_size=batch_size, cache_dir=cache_dir, progress=progress)
     gen_features, ref_features, timing = {}, {}, {}
     for name, layers in per_extractor.items() or [(None, set())]:
-        features, timing[name or SATURATION] = extract_features(generated, name, layers, **options)
+        features, timing[name or SATURATION] = extract_features(generated, name, layers,
+                                                                feature_weights=weights.get(name), **options)
         gen_features[name] = features
         if ref is not None and ref.images is not None and needs_reference:
-            ref_features[name], _ = extract_features(ref.images, name, layers, **options)
+            ref_features[name], _ = extract_features(ref.images, name, layers, feature_weights=weights.get(name),
+                                                     **options)
 
     out = {}
-    any_features = next(iter(gen_features.values()))
-    if "saturation" in metrics:
-        out["saturation"] = float(any_features[SATURATION].mean())
+    if "saturation" in metrics:  # every extraction pass also records saturation; take the first
+        out["saturation"] = float(next(iter(gen_features.values()))[SATURATION].mean())
         if ref_features:
             out["reference_saturation"] = float(next(iter(ref_features.values()))[SATURATION].mean())
     kwargs = dict(verbose=False, rng_seed=seed, kid_subsets=kid_subsets, isc_splits=isc_splits)
@@ -435,14 +466,21 @@ def score(images, reference=None, *, metrics=("fid", "saturation"), feature_extr
                                          **kwargs)
             out["precision"], out["recall"], out["f_score"] = prc["precision"], prc["recall"], prc["f_score"]
 
+    if "clip" in metrics:
+        if isinstance(images, ImageSource):
+            raise ValueError("metrics: 'clip' needs a folder of generated images (their PNGs carry the prompts)")
+        clip = clip_score(images, clip_model=clip_model or DEFAULT_CLIP_MODEL, batch_size=batch_size,
+                          progress=progress)
+        out.update(clip_score=clip["clip_score"], clip_score_std=clip["clip_score_std"])
     result = {
         "metrics": out,
         "images": {"spec": str(images if not isinstance(images, ImageSource) else images.description),
                    "count": len(generated), "size": list(generated.output_size)},
         "reference": ref.describe() if ref is not None else None,
         "feature_extractors": {m: {"extractor": n, "layer": l} for m, (n, l) in plan.items()},
-        "feature_weights": None if feature_weights is None else str(feature_weights),
+        "feature_weights": {name: str(path) for name, path in weights.items()},
         "resize": resize,
+        "clip_model": (clip_model or DEFAULT_CLIP_MODEL) if "clip" in metrics else None,
         "timing": timing,
         "versions": versions(),
     }

@@ -84,3 +84,17 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def process_state():
+    """accelerate's PartialState for this process, also across CPU-only processes.
+
+    `accelerate launch --multi_gpu --num_processes N` starts N processes with torchrun; on a machine
+    without CUDA (or with ACCELERATE_USE_CPU set, as `--cpu` does) they must join with gloo on the CPU,
+    which PartialState does only when told `cpu=True`.
+    """
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())

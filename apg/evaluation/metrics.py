@@ -28,7 +28,9 @@ def _to_rgb_float64(image) -> np.ndarray:
             raise ValueError(f"images: an array must be [H, W, C] or [N, H, W, C], got shape {image.shape}")
         array = image[None] if image.ndim == 3 else image
     else:
-        raise TypeError(f"images: expected a PIL image, a tensor, an array or a list of them, got {type(image).__name__}")
+        raise TypeError(
+            f"images: expected a PIL image, a tensor, an array or a list of them, got {type(image).__name__}"
+        )
     if array.shape[-1] != 3:
         raise ValueError(f"images: expected 3 colour channels (RGB), got shape {array.shape} (channels last here)")
     if array.dtype == np.uint8:

@@ -1,0 +1,93 @@
+"""Sweeps (CSV, plot, grid) and reports: mechanics on the fake pipeline, saturation vs scale on the built-in model."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import evaluation_helpers as helpers  # noqa: E402
+
+import apg  # noqa: E402
+from apg.evaluation import generation, saturation  # noqa: E402
+from apg.evaluation.cli import main as cli_main  # noqa: E402
+from apg.evaluation.sweeps import collect_scores, sweep, write_report  # noqa: E402
+
+EXTRACTOR = helpers.register_extractor()
+
+
+def read_csv(path):
+    with open(path) as file:
+        return list(csv.DictReader(file))
+
+
+def test_sweep_writes_csv_plot_grid_and_report(monkeypatch, tmp_path):
+    monkeypatch.setattr(generation, "apply_guidance", helpers.fake_guide)
+    reference = tmp_path / "reference"
+    generation.generate(helpers.FakePipeline(), generation.make_guidance("cfg", 1.0), reference, num_images=8,
+                        classes=list(helpers.CLASSES), seed=1000, num_inference_steps=3, progress=False)
+    out = tmp_path / "sweep"
+    rows = sweep(helpers.FakePipeline(), out, methods=("cfg", "apg"), scales=(1.0, 3.0), num_images=6,
+                 classes=list(helpers.CLASSES), num_inference_steps=3, batch_size=4, reference=reference,
+                 score_options={"feature_extractor": EXTRACTOR}, method_params={"apg": {"norm_threshold": 1.0}},
+                 model="fake", grid_count=4, progress=False)
+    table = read_csv(out / "sweep.csv")
+    assert [(r["method"], float(r["guidance_scale"])) for r in table] == [
+        ("cfg", 1.0), ("cfg", 3.0), ("apg", 1.0), ("apg", 3.0)]
+    for row, folder in zip(table, ["cfg_w1", "cfg_w3", "apg_w1", "apg_w3"]):
+        images = [Image.open(p) for p in sorted((out / folder).glob("*.png"))]
+        assert len(images) == 6 and float(row["saturation"]) == pytest.approx(saturation(images), abs=1e-9)
+        assert np.isfinite(float(row["fid"]))
+        recorded = json.loads((out / folder / "score.json").read_text())
+        assert recorded["run"]["guidance"]["guidance_scale"] == float(row["guidance_scale"])
+    assert table[0]["fid"] == table[2]["fid"]  # at w = 1 CFG and APG are the conditional model, same seeds
+    plot = Image.open(out / "sweep.png")
+    assert plot.width > 2 * plot.height  # three panels: saturation, FID, FID vs saturation
+    grid = Image.open(out / "grid.png")
+    assert grid.height == 4 * (96 + 4) and grid.width == 110 + 4 * (96 + 4)  # 4 settings x 4 samples, 16 px x 6
+    # report: the same rows back from the score files, as CSV and a Markdown table.
+    collected = collect_scores([out])
+    assert sorted(r["fid"] for r in collected) == sorted(r["fid"] for r in rows)
+    text = write_report(collected, tmp_path / "report.csv")
+    assert text.startswith("| run | method | guidance_scale") and len(read_csv(tmp_path / "report.csv")) == 4
+    with pytest.raises(ValueError, match="no score.json found"):
+        collect_scores([reference])
+
+
+def test_builtin_sweep_saturation_grows_with_cfg_scale(tmp_path, capsys):
+    """The paper's observation on the built-in CIFAR-10 model, through the command line."""
+    out = tmp_path / "sweep"
+    code = cli_main(["sweep", "--model", "builtin", "--classes", "airplane,cat,frog,ship", "--num-images", "8",
+                     "--steps", "8", "--batch-size", "8", "--methods", "cfg,apg", "--scales", "1,3,6,10",
+                     "--norm-threshold", "2.5", "--momentum", "-0.75", "--out", str(out), "--no-cache"])
+    assert code == 0, capsys.readouterr().err
+    table = read_csv(out / "sweep.csv")
+    cfg = [float(r["saturation"]) for r in table if r["method"] == "cfg"]
+    apg_ = [float(r["saturation"]) for r in table if r["method"] == "apg"]
+    assert all(a < b for a, b in zip(cfg, cfg[1:])), cfg  # strictly growing with the CFG scale
+    assert apg_[-1] < cfg[-1], (apg_, cfg)  # APG saturates less at the highest scale
+    assert (out / "sweep.png").stat().st_size > 10_000 and Image.open(out / "grid.png").height == 8 * 100
+    run = json.loads((out / "cfg_w10" / "run.json").read_text())
+    assert run["model"] == "builtin" and run["scheduler"]["class"] and run["num_inference_steps"] == 8
+    assert cli_main(["report", str(out), "--output", str(tmp_path / "report.csv")]) == 0
+    reported = sorted((float(r["guidance_scale"]), float(r["saturation"])) for r in read_csv(tmp_path / "report.csv")
+                      if r["method"] == "cfg")
+    assert [value for _, value in reported] == cfg
+
+
+def test_cli_generate_on_the_builtin_model_records_the_preset(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["generate", "--model", "builtin", "--classes", "cat,3", "--num-images", "3", "--steps", "2",
+            "--method", "apg", "--preset", "sdxl", "--scale", "5", "--seed", "11", "--out", str(out)]
+    assert cli_main(args) == 0, capsys.readouterr().err
+    run = json.loads((out / "run.json").read_text())
+    assert run["guidance"] == apg.APG.from_preset("sdxl", 5.0).to_dict()
+    assert run["conditioning"]["class_labels"] == ["cat", 3] and run["pipeline"] == "ClassConditionalPipeline"
+    meta = generation.read_image_metadata(out / "000002.png")
+    assert (meta["seed"], meta["class"], meta["scheduler"]) == (13, "cat", run["scheduler"]["class"])
+    assert cli_main([*args[:-6], "--scale", "6", "--seed", "11", "--out", str(out)]) == 2  # another run, same folder
+    assert "holds a different run (guidance differ" in capsys.readouterr().err
