@@ -1,6 +1,6 @@
 """Time one guidance step: stock CFG, apg.CFG, apg.APG (all knobs on) and Diffusers' normalized_guidance.
 
-    python benchmarks/bench_guidance.py [--repeats 200]
+    python benchmarks/bench_guidance.py [--repeats 200] [--threads N]
 
 All methods run on the same tensors in one process; the table reports medians and ratios against the stock
 CFG line that Diffusers pipelines hard-code, plus the max relative error of APG against a float64 evaluation.
@@ -47,7 +47,10 @@ def reference_float64(pred_cond, pred_uncond, steps):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")

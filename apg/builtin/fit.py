@@ -1,6 +1,6 @@
 """Rebuild the built-in model's parameter file from CIFAR-10 (JPEG), deterministically.
 
-    python -m apg.builtin.fit --data ../shared/data/cifar10-jpeg.tar.gz --rank 64
+    python -m apg.builtin.fit --data ../shared/data/cifar10-jpeg.tar.gz --rank 256
 
 Per class k: the mean and the covariance of the training images (pixels in [-1, 1], float64), whose top
 `rank` eigenpairs are kept; the other eigenvalues are replaced by their mean (the isotropic residual), which
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "cifar10-gmm"
-DEFAULT_RANK = 64
+DEFAULT_RANK = 256  # the largest that keeps the fp16 file under 16 MB; see benchmarks/bench_builtin.py ranks
 
 
 def read_split(archive: str | os.PathLike, split: str = "train") -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -102,8 +102,11 @@ def save_atomically(pipe, out: str | os.PathLike) -> None:
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private
     try:
         pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+        for path in tmp.rglob("*"):  # safetensors writes 0600; package data must be world-readable
+            path.chmod(0o755 if path.is_dir() else 0o644)
         pipe.to(torch.float32)
         old = out.with_name(f".{out.name}-old")
         if out.exists():
@@ -121,6 +124,9 @@ def main(argv=None) -> None:
     parser.add_argument("--rank", type=int, default=DEFAULT_RANK, help="eigenvectors kept per class")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="pipeline folder to (re)write")
     args = parser.parse_args(argv)
+    from diffusers.utils import logging
+
+    logging.set_verbosity_error()  # .to(float16) before saving warns about keep-in-float32 modules we do not have
     classes, images, labels = read_split(args.data, "train")
     params = truncate(class_moments(images, labels, len(classes)), args.rank)
     save_atomically(build_pipeline(params, classes, images.shape[-1]), args.out)

@@ -33,13 +33,11 @@ class GaussianMixtureOutput(BaseOutput):
 class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
     """Predicts epsilon from (x_t, t, class_labels) under its own VP schedule; label num_classes = unconditional."""
 
-    _supports_gradient_checkpointing = False
-
     @register_to_config
     def __init__(
         self,
         num_classes: int = 10,
-        rank: int = 64,
+        rank: int = 256,
         in_channels: int = 3,
         sample_size: int = 32,
         class_names: list[str] | None = None,
@@ -54,7 +52,8 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
             raise ValueError(f"class_names has {len(class_names)} names, expected num_classes={num_classes}")
         # Fixed statistics, not trained: parameters only so that save/load and .to() treat them like weights.
         self.means = nn.Parameter(torch.zeros(num_classes, dim), requires_grad=False)  # [K, D]
-        self.basis = nn.Parameter(torch.zeros(num_classes, dim, rank), requires_grad=False)  # [K, D, R]
+        # [K, D, R], orthonormal columns (until loaded: the first R pixel axes, a valid if dull mixture)
+        self.basis = nn.Parameter(torch.eye(dim, rank).repeat(num_classes, 1, 1), requires_grad=False)
         self.variances = nn.Parameter(torch.ones(num_classes, rank), requires_grad=False)  # [K, R]
         self.residual_variance = nn.Parameter(torch.ones(num_classes), requires_grad=False)  # [K]
         # The same alphas_cumprod (float32) every stock scheduler builds from this config.
@@ -98,17 +97,20 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
 
     def posterior_mean(self, y: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
         """E[x0 | y] for y = x0 + sigma * noise, [B, D]; label num_classes mixes all classes by p(k | y)."""
-        means, basis_flat, variances, residual, mean_proj = self._statistics(y.device, y.dtype)
-        batch, (num_classes, dim), rank = y.shape[0], means.shape, variances.shape[1]
+        projector, variances, residual, mean_proj, mean_sq = self._statistics(y.device, y.dtype)
+        batch, dim, (num_classes, rank) = y.shape[0], y.shape[1], variances.shape
         s2 = (sigma**2)[:, None]  # [B, 1]
-        proj = (y @ basis_flat).view(batch, num_classes, rank) - mean_proj  # p_k = U_k^T (y - mu_k), [B, K, R]
+        # One GEMM gives every class's basis coordinates and y . mu_k: [B, K * R + K].
+        coords = y @ projector
+        proj = coords[:, : num_classes * rank].view(batch, num_classes, rank) - mean_proj  # U_k^T (y - mu_k)
+        dist_sq = y.square().sum(-1, keepdim=True) - 2 * coords[:, num_classes * rank:] + mean_sq  # ||y - mu_k||^2
         var_in = variances + s2[:, :, None]  # [B, K, R], variance of y along U_k
         var_out = residual + s2  # [B, K], variance of y off U_k
 
         # log N(y; mu_k, Sigma_k + s^2 I) up to a shared constant; uniform class prior.
-        dist_sq = (y[:, None, :] - means).square().sum(-1)  # ||y - mu_k||^2, [B, K]
-        proj_sq = proj.square().sum(-1)
-        mahalanobis = (proj.square() / var_in).sum(-1) + (dist_sq - proj_sq).clamp_min(0) / var_out
+        proj_sq = proj.square()
+        off_sq = (dist_sq - proj_sq.sum(-1)).clamp_min(0)  # energy off the basis, [B, K]
+        mahalanobis = (proj_sq / var_in).sum(-1) + off_sq / var_out
         log_det = var_in.log().sum(-1) + (dim - rank) * var_out.log()
         responsibilities = torch.softmax(-0.5 * (mahalanobis + log_det), dim=-1)  # [B, K]
         one_hot = nn.functional.one_hot(class_labels.clamp(max=num_classes - 1), num_classes).to(y.dtype)
@@ -116,23 +118,21 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
 
         shrink_out = residual / var_out  # [B, K]
         shrink_in = variances / var_in - shrink_out[:, :, None]  # [B, K, R]
-        coeffs = (weights[:, :, None] * shrink_in * proj).view(batch, num_classes * rank)
-        return (
-            (weights * shrink_out).sum(-1, keepdim=True) * y
-            + (weights * (1 - shrink_out)) @ means
-            + coeffs @ basis_flat.T
-        )
+        # sum_k w_k (mu_k + c_k (y - mu_k) + U_k (shrink_in_k * p_k)): the basis and mean terms in one GEMM.
+        coeffs = torch.cat([(weights[:, :, None] * shrink_in * proj).view(batch, -1), weights * (1 - shrink_out)], 1)
+        return (weights * shrink_out).sum(-1, keepdim=True) * y + coeffs @ projector.T
 
     def _statistics(self, device, dtype):
         """Parameters in the compute dtype, the basis re-orthonormalised (fp16 storage rounds it); cached."""
         params = (self.means, self.basis, self.variances, self.residual_variance)
         key = (device, dtype, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
         if self._derived is None or self._derived[0] != key:
-            means, basis, variances, residual = (p.detach().to(device, torch.float64) for p in params)
-            q, r = torch.linalg.qr(basis)  # [K, D, R]; signs fixed so q matches the stored vectors
-            basis = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(1)
-            mean_proj = torch.einsum("kd,kdr->kr", means, basis)
-            basis_flat = basis.permute(1, 0, 2).reshape(basis.shape[1], -1)  # [D, K * R], class-major columns
-            tensors = (means, basis_flat.contiguous(), variances, residual, mean_proj)
-            self._derived = (key, tuple(t.to(dtype) for t in tensors))
+            means, basis, variances, residual = (p.detach().to(device, dtype) for p in params)
+            # Cholesky QR: U chol(U^T U)^-T has orthonormal columns; U^T U is ~I, so float32 suffices.
+            chol = torch.linalg.cholesky(basis.transpose(1, 2) @ basis)  # [K, R, R]
+            basis = torch.linalg.solve_triangular(chol, basis.transpose(1, 2), upper=False).transpose(1, 2)
+            projector = torch.cat([basis.permute(1, 0, 2).reshape(basis.shape[1], -1), means.T], 1)  # [D, K*R + K]
+            mean_proj = torch.einsum("kd,kdr->kr", means, basis)  # [K, R]
+            tensors = (projector, variances, residual, mean_proj, means.square().sum(-1))
+            self._derived = (key, tuple(t.contiguous() for t in tensors))
         return self._derived[1]
