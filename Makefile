@@ -13,7 +13,8 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/python benchmarks/bench_guidance.py
+	$(BIN)/apg compare --model builtin --classes cat ship --scales 1 4 8 15 --seeds 0 1 --out grid.png
+	$(BIN)/python app/app.py
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_guidance.py

@@ -10,7 +10,6 @@ import argparse
 import inspect
 import json
 import sys
-from pathlib import Path
 
 from .guidance import PRESETS
 
@@ -24,6 +23,7 @@ class CommandError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="apg", description="Adaptive projected guidance for Diffusers pipelines.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("eval", add_help=False, help="evaluation: generate, score, sweep, report (the same as apg-eval)")
     compare = sub.add_parser("compare", help="side-by-side grid of CFG and APG from the same seeds, with saturation",
                              description=__doc__.splitlines()[0])
     compare.add_argument("--model", default="builtin",
@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["eval"]:  # `apg eval ...` is `apg-eval ...`
+        from .evaluation.cli import main as evaluate
+
+        return evaluate(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return compare(args)
@@ -57,45 +62,16 @@ def main(argv=None) -> int:
 
 
 def load_pipeline(model: str, device: str):
-    """'builtin', a local pipeline folder or a hub id, loaded without progress bars or hub chatter."""
-    from diffusers.utils import logging
-
-    bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()  # the hub client's retry warnings are not for the terminal
-    try:
-        return _load_pipeline(model, device)
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
-
-
-def _load_pipeline(model: str, device: str):
+    """apg.loading.load_pipeline with float16 on CUDA and its errors as one-line command errors."""
     import torch
 
-    if model == "builtin":
-        from .builtin import load_builtin
+    from .loading import ModelLoadError
+    from .loading import load_pipeline as load
 
-        return load_builtin().to(device)
-    from diffusers import DiffusionPipeline
-    from diffusers.utils import deprecation_utils
-
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    # Diffusers renamed torch_dtype to dtype (the old name warns); older releases know only torch_dtype.
-    dtype_arg = "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
-    local = Path(model).expanduser()
-    if local.exists() and not (local / "model_index.json").is_file():
-        raise CommandError(f"--model {model!r} is a path without a model_index.json: not a Diffusers pipeline folder")
     try:
-        return DiffusionPipeline.from_pretrained(model, **{dtype_arg: dtype}).to(device)  # never remote code
-    except OSError as error:
-        if local.exists():
-            raise CommandError(f"cannot load the pipeline folder {model!r}: {str(error).splitlines()[0]}") from None
-        raise CommandError(
-            f"model {model!r} is not in the local Hugging Face cache and could not be downloaded; pass a local "
-            "pipeline folder with --model PATH, or run once on a machine with network access to cache it"
-        ) from None
+        return load(model, device, torch.float16 if device.startswith("cuda") else torch.float32)
+    except ModelLoadError as error:
+        raise CommandError(str(error)) from None
 
 
 def make_guidances(args) -> dict[str, list]:

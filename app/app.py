@@ -20,10 +20,10 @@ import torch
 import apg
 from apg.builtin import CIFAR10_CLASSES
 from apg.evaluation import per_image_saturation
+from apg.loading import BUILTIN, load_pipeline
 
 log = logging.getLogger("apg.app")
 
-BUILTIN = "builtin"
 METHODS = ("CFG", "APG", "Momentum CFG")
 SHORT = {"CFG": "CFG", "APG": "APG", "Momentum CFG": "M-CFG"}  # gallery captions are narrow
 # Display name -> Diffusers scheduler class (those apg.guide supports); "default" keeps the model's own.
@@ -189,14 +189,9 @@ def _device_and_dtype():
 
 
 def _load_pipeline(model_id):
-    if model_id == BUILTIN:
-        return apg.load_builtin()
-    from diffusers import DiffusionPipeline
-
-    device, dtype = _device_and_dtype()
-    # Never trust_remote_code: only pipelines that ship with Diffusers are loaded.
-    pipe = DiffusionPipeline.from_pretrained(model_id, torch_dtype=dtype)
-    return pipe.to(device)
+    # Never trust_remote_code (apg.loading): only pipelines that ship with Diffusers are loaded.
+    # The built-in model is tiny: it stays on the CPU in float32.
+    return load_pipeline(model_id) if model_id == BUILTIN else load_pipeline(model_id, *_device_and_dtype())
 
 
 class ModelCache:

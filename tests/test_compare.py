@@ -96,3 +96,12 @@ def test_uncached_hub_model_offline_is_one_line_without_traceback(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "'someorg/not-a-cached-model'" in lines[0] and "--model PATH" in lines[0] and "network" in lines[0]
+
+
+def test_apg_eval_is_apg_eval(capsys):
+    from apg.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: apg-eval")

@@ -160,9 +160,9 @@ def test_missing_weights_offline_give_one_clear_error(cifar, monkeypatch, tmp_pa
         score(cifar["cat_a"], cifar["ship"], metrics=("fid",), feature_weights=tmp_path / "missing.pth",
               progress=False)
     # FID (InceptionV3) and precision/recall (VGG16) need one weights file each, named.
-    with pytest.raises(ValueError, match="use 2 feature extractors \(inception-v3-compat, vgg16\)"):
+    with pytest.raises(ValueError, match=r"use 2 feature extractors \(inception-v3-compat, vgg16\)"):
         score(cifar["cat_a"], cifar["ship"], metrics=("fid", "prc"), feature_weights=tmp_path / "w.pth")
-    with pytest.raises(ValueError, match="names \['vgg16'\], but these metrics use \['inception-v3-compat'\]"):
+    with pytest.raises(ValueError, match=r"names \['vgg16'\], but these metrics use \['inception-v3-compat'\]"):
         score(cifar["cat_a"], cifar["ship"], metrics=("fid",), feature_weights={"vgg16": tmp_path / "w.pth"})
 
 

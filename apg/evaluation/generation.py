@@ -52,21 +52,12 @@ def apply_guidance(pipe, guidance: Guidance):
 
 
 def load_pipeline(model: str, device=None, dtype=None):
-    """'builtin' (the offline CIFAR-10 model) or a Diffusers hub id / local folder."""
-    if model == "builtin":
-        from .. import load_builtin
+    """The shared loader (apg.loading), with progress bars off: generation draws its own."""
+    from ..loading import load_pipeline as load
 
-        pipe = load_builtin()
-    else:
-        from diffusers import DiffusionPipeline
-
-        try:
-            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
-        except OSError as error:
-            raise OSError(f"model {model!r}: not a local pipeline folder and not downloadable from the Hugging Face "
-                          f"hub here ({error})") from error
+    pipe = load(model, device, dtype)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device) if device is not None else pipe
+    return pipe
 
 
 def image_name(index: int, num_images: int) -> str:
