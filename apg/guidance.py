@@ -49,9 +49,10 @@ def apg_step(pred_cond, diff, scale, eta, norm_threshold):
     # D_c = 0 gives dot = 0, so the parallel part is 0 rather than 0/0.
     ratio = dot.div_(cond_sq.clamp_(min=torch.finfo(cond_sq.dtype).tiny))
     a = torch.rsub(ratio.mul_(c), 1.0, alpha=1.0 - eta)  # coefficient of pred_cond: 1 - (1 - eta) c ratio
+    guided = pred_cond * a.view(per_sample)  # the one full-size allocation of the output
     if not isinstance(c, torch.Tensor):
-        return torch.add(pred_cond * a.view(per_sample), diff, alpha=c)
-    return torch.addcmul(pred_cond * a.view(per_sample), diff, c.view(per_sample))
+        return guided.add_(diff, alpha=c)
+    return guided.addcmul_(diff, c.view(per_sample))
 
 
 def momentum_update(diff, running, beta):
