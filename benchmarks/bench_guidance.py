@@ -2,7 +2,7 @@
 
     python benchmarks/bench_guidance.py [--repeats 200] [--threads N]
 
-All methods run on the same tensors in one process; the table reports medians and ratios against the stock
+All methods run on the same tensors in one process, alternating in short blocks; the table reports medians and ratios against the stock
 CFG line that Diffusers pipelines hard-code, plus the max relative error of APG against a float64 evaluation.
 """
 
@@ -17,17 +17,20 @@ from apg import APG, CFG
 W, ETA, R, BETA = 7.5, 0.0, 15.0, -0.5
 
 
-def median_seconds(fns, repeats):
-    """Median seconds per call of each fn; calls interleave so background load hits all methods alike."""
-    for fn in fns:
-        for _ in range(5):
-            fn()
+def median_seconds(fns, repeats, rounds=10):
+    """Median seconds per call of each fn. Methods alternate in short blocks, so background load hits all
+    alike while each block runs with its own allocator pattern (one method's big float64 temporaries would
+    otherwise make the next method's allocations page-fault)."""
     times = [[] for _ in fns]
-    for _ in range(repeats):
+    block = max(1, repeats // rounds)
+    for _ in range(rounds):
         for fn, bucket in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
+            for _ in range(3):
+                fn()
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                bucket.append(time.perf_counter() - start)
     return [statistics.median(bucket) for bucket in times]
 
 
