@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 import tarfile
@@ -215,27 +216,23 @@ def _cifar_test_saturation(limit_per_class=100) -> float:
     return saturation(np.stack([im for ims in per_class.values() for im in ims]))
 
 
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location("bench_builtin", Path(__file__).parents[1] / "benchmarks" / "bench_builtin.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.skipif(not DATA.is_file(), reason=f"CIFAR-10 archive not found at {DATA}")
 def test_cfg_oversaturates_and_apg_stays_near_the_data():
-    from apg.evaluation import saturation
-
     pipe = load_builtin()
     pipe.set_progress_bar_config(disable=True)
     labels = [k for k in range(10) for _ in range(3)]
 
+    sample_stats = _benchmark_module().sample_stats  # the same measurement the rank study reports
+
     def sample(guidance):
-        """(saturation, fraction of pixel values outside [-1, 1] before the final clamp)."""
-        final = {}
-
-        def keep_latents(pipe, i, t, tensors):
-            final["latents"] = tensors["latents"]
-            return tensors
-
-        generators = [torch.Generator().manual_seed(i) for i in range(len(labels))]
-        with apg.guide(pipe, guidance):
-            images = pipe(class_labels=labels, num_inference_steps=32, generator=generators, output_type="pt",
-                          callback_on_step_end=keep_latents).images
-        return saturation(images), float((final["latents"].abs() > 1).float().mean())
+        return sample_stats(pipe, guidance, labels)
 
     cfg = [sample(apg.CFG(w)) for w in (1.0, 3.0, 15.0)]
     assert cfg[0][0] < cfg[1][0] < cfg[2][0], cfg
