@@ -5,14 +5,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench browser
+.PHONY: run test bench browser compiler
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
-run: $(BIN)/.installed
+run: $(BIN)/.installed compiler
 	$(BIN)/apg compare --model builtin --classes cat ship --scales 1 4 8 15 --seeds 0 1 --out grid.png
 	$(BIN)/python app/app.py
 
@@ -24,5 +24,10 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: $(BIN)/.installed browser
+# A C compiler for apg's fused CPU kernel (without one apg warns and uses torch ops, and its tests skip).
+compiler:
+	@command -v cc >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc >/dev/null)
+
+test: $(BIN)/.installed browser compiler
 	$(BIN)/python -m pytest

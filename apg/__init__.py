@@ -5,6 +5,7 @@
 
 from importlib import import_module
 
+from ._fused import status as kernel_status
 from .guidance import APG, CFG, PRESETS, Guidance, MomentumCFG
 
 __version__ = "0.1.0"
@@ -16,7 +17,7 @@ _LAZY = {
     "load_builtin": "apg.builtin",
 }
 
-__all__ = ["APG", "CFG", "MomentumCFG", "Guidance", "PRESETS", *_LAZY]
+__all__ = ["APG", "CFG", "MomentumCFG", "Guidance", "PRESETS", "kernel_status", *_LAZY]
 
 
 def __getattr__(name):

@@ -1,52 +1,24 @@
-"""The guidance math (apg.guidance) against an independent float64 implementation of Algorithm 1."""
+"""The guidance math (apg.guidance) against an independent float64 implementation of Algorithm 1.
+
+Every test runs twice: on the fused CPU kernel (apg/_fused_cpu.c) and on the torch ops (apg.guidance.apg_torch).
+"""
 
 import json
 import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from guidance_helpers import pairs, reference, rel_err, use_implementation
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import apg
 from apg import APG, CFG, PRESETS, Guidance, MomentumCFG
 
 
-def reference(conds, unconds, w, eta=0.0, r=0.0, beta=0.0):
-    """Algorithm 1 step by step in float64, one sample at a time, over a list of steps."""
-    outs = []
-    running = None
-    for cond, uncond in zip(conds, unconds):
-        cond, uncond = cond.double(), uncond.double()
-        out = torch.empty_like(cond)
-        if running is None:
-            running = torch.zeros_like(cond)
-        for i in range(cond.shape[0]):
-            wi = float(w[i]) if isinstance(w, (list, torch.Tensor)) else w
-            diff = cond[i] - uncond[i]
-            if beta != 0:
-                running[i] = diff + beta * running[i]
-                diff = running[i].clone()
-            if r > 0:
-                norm = diff.norm().item()
-                diff = diff * min(1.0, r / norm) if norm > 0 else diff
-            c = cond[i]
-            par = (diff * c).sum() / (c * c).sum() * c if (c * c).sum() > 0 else torch.zeros_like(c)
-            orth = diff - par
-            out[i] = c + (wi - 1) * (orth + eta * par)
-        outs.append(out)
-    return outs
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
-
-
-def pairs(shape, steps=1, seed=0, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    conds = [torch.randn(shape, generator=gen).to(dtype) for _ in range(steps)]
-    unconds = [c + 0.3 * torch.randn(shape, generator=gen).to(dtype) for c in conds]
-    return conds, unconds
+@pytest.fixture(autouse=True, params=["fused", "torch"])
+def implementation(request, monkeypatch):
+    return use_implementation(request.param, monkeypatch)
 
 
 SHAPES = [(2, 4, 8, 8), (3, 16, 8), (2, 3, 2, 4, 4)]  # images, packed tokens, video
@@ -153,7 +125,7 @@ def test_dtype_and_device_preserved(dtype, make):
     assert rel_err(out, expected) < tol
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     shape=st.sampled_from(SHAPES + [(1, 64), (5, 2, 3)]),
     w=st.floats(0.0, 30.0),
