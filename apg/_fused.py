@@ -36,6 +36,8 @@ _FLAG_SETS = tuple(["-O3", "-fno-trapping-math", *flags] for flags in (
     ["-fopenmp-simd"],
 ))
 
+# torch < 2.3 lacks it; there a traced call just graph-breaks at the ctypes call, which stays correct.
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 _lock = threading.Lock()
 _state: dict = {}  # "mode"; "functions": {dtype: ctypes function}, or None when required but unavailable;
 #                    "path" of the library or "error"
@@ -151,7 +153,7 @@ def status() -> str:
 def kernel(pred_cond: torch.Tensor):
     """The kernel for these (validated) inputs, or None: not on the CPU, float64, autograd or tracing (these need
     torch ops), APG_KERNEL=torch, or no compiler under "auto"."""
-    if (pred_cond.device.type != "cpu" or pred_cond.dtype not in _SERVED or torch.compiler.is_compiling()
+    if (pred_cond.device.type != "cpu" or pred_cond.dtype not in _SERVED or _is_compiling()
             or (pred_cond.requires_grad and torch.is_grad_enabled())):
         return None
     return functions().get(torch.float32 if pred_cond.dtype == torch.float16 else pred_cond.dtype)

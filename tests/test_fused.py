@@ -118,6 +118,15 @@ def test_autograd_uses_torch_ops_with_the_same_values(fused):
         assert torch.equal(APG(6.0, norm_threshold=2.0)(leaf, uncond), expected)
 
 
+def test_torch_compile_traces_the_torch_ops(fused):
+    """Dynamo cannot trace a ctypes call; under tracing the step is torch ops, so fullgraph=True compiles."""
+    (cond,), (uncond,) = pairs((2, 4, 16, 16))
+    expected = APG(6.0, norm_threshold=2.0)(cond, uncond)  # the kernel
+    g = APG(6.0, norm_threshold=2.0)
+    compiled = torch.compile(lambda c, u: g(c, u), backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(cond, uncond), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_worker_threads_get_the_same_results(fused):
     """Gradio calls from worker threads, each with its own guidance object."""
     conds, unconds = pairs((2, 4, 96, 96), steps=4)
