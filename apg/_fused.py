@@ -29,7 +29,7 @@ _SYMBOLS = {torch.float32: "apg_f32", torch.bfloat16: "apg_bf16"}
 _SERVED = (torch.float32, torch.bfloat16, torch.float16)  # float16 through torch's casts and the float32 kernel
 _MODES = ("auto", "fused", "torch")
 # Tried in order; the first that compiles wins. -march=native is why the cache key includes the CPU's flags;
-# -fno-trapping-math (results unchanged) lets gcc turn the 16-bit conversions' selects into vector code.
+# -fno-trapping-math (results unchanged) lets gcc if-convert selects on float compares into vector code.
 _FLAG_SETS = tuple(["-O3", "-fno-trapping-math", *flags] for flags in (
     ["-march=native", "-fopenmp"],
     ["-march=native", "-fopenmp-simd"],  # compilers without OpenMP (Apple clang): one thread
@@ -74,12 +74,15 @@ def _compile(compiler: str) -> Path:
     """Build the shared library, or reuse the cached one, and return its path; raises RuntimeError."""
     folder, source = _cache_folder(), _SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    errors = []
+    targets = []
     for flags in _FLAG_SETS:
         key = "\0".join([compiler, version, *flags, platform.machine(), _cpu_flags()]).encode() + source
-        target = folder / f"apg_fused_cpu-{hashlib.sha256(key).hexdigest()[:20]}.so"
+        targets.append((flags, folder / f"apg_fused_cpu-{hashlib.sha256(key).hexdigest()[:20]}.so"))
+    for _, target in targets:  # a cached build with a fallback flag set means the earlier sets failed here
         if target.exists():
             return target
+    errors = []
+    for flags, target in targets:
         # Built under a unique name, then renamed: concurrent builds never load a half-written file.
         fd, partial = tempfile.mkstemp(dir=folder, suffix=".so.partial")
         os.close(fd)
