@@ -19,15 +19,17 @@ run: $(BIN)/.installed compiler
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_guidance.py
 
-# Headless Chromium for the browser test of the app (Debian's package; needs root, else the test skips).
+# $(call apt_install,COMMAND,PACKAGE): install Debian's PACKAGE when COMMAND is missing and we are root.
+apt_install = @command -v $(1) >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null)
+
+# Headless Chromium for the browser test of the app (without root the test skips).
 browser:
-	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	$(call apt_install,chromium,chromium)
 
 # A C compiler for apg's fused CPU kernel (without one apg warns and uses torch ops, and its tests skip).
 compiler:
-	@command -v cc >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc >/dev/null)
+	$(call apt_install,cc,gcc)
 
 test: $(BIN)/.installed browser compiler
 	$(BIN)/python -m pytest

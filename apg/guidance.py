@@ -27,6 +27,11 @@ PRESETS: dict[str, dict[str, float]] = {
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the arithmetic, the momentum state and per-sample scales: float32 for 16-bit inputs."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
 def apg_step(pred_cond, diff, scale, eta, norm_threshold):
     """D = D_c + (w - 1) (D_orth + eta D_par) with diff rescaled to norm <= r (Alg. 1, lines 5-8).
 
@@ -67,8 +72,7 @@ def apg_torch(pred_cond, pred_uncond, running, scale, eta, norm_threshold, momen
     float16/bfloat16 are computed in float32 (momentum state too), never float64; running=None starts at 0.
     """
     dtype = pred_cond.dtype
-    if dtype in _LOW_PRECISION:
-        pred_cond, pred_uncond = pred_cond.float(), pred_uncond.float()
+    pred_cond, pred_uncond = pred_cond.to(compute_dtype(dtype)), pred_uncond.to(compute_dtype(dtype))
     diff = pred_cond - pred_uncond  # [B, ...], x0 space
     if momentum != 0:
         running = diff = momentum_update(diff, running, momentum)
@@ -154,9 +158,8 @@ class Guidance:
         if pred_cond.device != pred_uncond.device:
             raise ValueError(f"pred_cond device {pred_cond.device} != pred_uncond device {pred_uncond.device}")
         running = self._running
-        state_dtype = torch.float32 if pred_cond.dtype in _LOW_PRECISION else pred_cond.dtype
         if running is not None and (running.shape, running.device, running.dtype) != (
-            pred_cond.shape, pred_cond.device, state_dtype
+            pred_cond.shape, pred_cond.device, compute_dtype(pred_cond.dtype)
         ):
             raise ValueError(
                 f"momentum state holds shape {tuple(running.shape)}, {running.dtype} on {running.device} from "
@@ -173,7 +176,7 @@ class Guidance:
                 f"guidance_scale has {scale.numel()} per-sample values {scale.tolist()}, "
                 f"but the batch has {like.shape[0]} samples"
             )
-        dtype = torch.float32 if like.dtype in _LOW_PRECISION else like.dtype
+        dtype = compute_dtype(like.dtype)
         cached = self._scale_cache
         if cached is None or cached[0] != like.device or cached[1] != dtype:
             cached = self._scale_cache = (like.device, dtype, scale.to(like.device, dtype))
