@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 # name -> module that defines it, imported on first attribute access (Diffusers is heavy to import).
 _LAZY = {
     "guide": "apg.integration",
+    "register_pipeline": "apg.registry",
     "GuidancePipelineMixin": "apg.integration",
     "load_builtin": "apg.builtin",
 }

@@ -22,7 +22,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-__all__ = ["SUPPORTED_SCHEDULERS", "check_scheduler", "denoised_coefficients"]
+__all__ = ["SUPPORTED_SCHEDULERS", "check_scheduler", "denoised_coefficients", "noise_level"]
 
 _EPS_V = ("epsilon", "v_prediction")
 _EPS_V_SAMPLE = ("epsilon", "v_prediction", "sample")
@@ -94,3 +94,22 @@ def denoised_coefficients(scheduler, family: str, timestep) -> tuple[float, floa
     if prediction == "v_prediction":
         return alpha, -sigma
     return 1.0, -sigma  # flow_prediction
+
+
+def noise_level(scheduler, family: str, timestep) -> float:
+    """EDM noise level sigma = sigma_t / alpha_t of the evaluated step (x_t = alpha_t x0 + sigma_t eps).
+
+    One definition for every family, so a sigma interval carries over between models; +inf where a flow
+    schedule reaches s = 1 (pure noise).
+    """
+    if family == "alphas_cumprod":
+        alpha_sq = float(scheduler.alphas_cumprod[int(timestep)])
+        return math.sqrt((1.0 - alpha_sq) / alpha_sq)
+    sigma = float(scheduler.sigmas[_step_index(scheduler, timestep)])
+    if family == "karras_sigma":  # sample = x0 + sigma * eps: already the EDM sigma
+        return sigma
+    if family == "alpha_sigma":
+        alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(scheduler.sigmas[_step_index(scheduler, timestep)])
+        alpha_t, sigma_t = float(alpha_t), float(sigma_t)
+        return math.inf if alpha_t == 0 else sigma_t / alpha_t
+    return math.inf if sigma >= 1.0 else sigma / (1.0 - sigma)  # flow_match: x_t = (1 - s) x0 + s eps

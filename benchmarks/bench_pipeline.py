@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from tiny_pipelines import tiny_sd_pipeline  # noqa: E402
 
 import apg  # noqa: E402
-from apg import integration  # noqa: E402
+from apg import _run  # noqa: E402
 
 
 def main():
@@ -67,7 +67,7 @@ def main():
     print(f"  ratio APG / stock, CPU time:  {cpu_medians[names[1]] / cpu_medians[names[0]]:.4f}")
 
     # apg's own work per step (x0 conversion, guidance, mapping back), timed directly: a noise-free floor.
-    spent, guide_output = [], integration._GuidedRun.guide_output
+    spent, guide_output = [], _run._GuidedRun.guide_output
 
     def timed(self, *args):
         start = time.perf_counter()
@@ -75,13 +75,13 @@ def main():
         spent.append(time.perf_counter() - start)
         return out
 
-    integration._GuidedRun.guide_output = timed
+    _run._GuidedRun.guide_output = timed
     per_call = []
     for _ in range(5):
         spent.clear()
         guided()
         per_call.append(sum(spent))
-    integration._GuidedRun.guide_output = guide_output
+    _run._GuidedRun.guide_output = guide_output
     own = statistics.median(per_call)
     print(f"  apg's step wrapper: {own * 1e3:.1f} ms per call ({own / medians[names[0]] * 100:.1f}% of the stock call)")
 

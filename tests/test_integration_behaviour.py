@@ -8,7 +8,7 @@ import torch
 from tiny_pipelines import call, make_scheduler, tiny_sd3_pipeline, tiny_sd_pipeline
 
 import apg
-from apg.integration import register_pipeline
+from apg.registry import register_pipeline
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -250,7 +250,7 @@ def test_each_pipelines_file_defines_one_supported_class(name):
     cls = find_pipeline_class(module)  # what custom_pipeline= loading uses: exactly one pipeline class
     assert issubclass(cls, apg.GuidancePipelineMixin)
     assert "guidance" in inspect.signature(cls.__call__).parameters
-    from apg.integration import _spec_for
+    from apg.registry import spec_for as _spec_for
 
     _spec_for(cls.__new__(cls))  # registered family: raises if not
 

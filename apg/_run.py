@@ -1,0 +1,155 @@
+"""One guided pipeline call: capture the denoiser's outputs, guide them in x0 space, step the scheduler.
+
+Per call, a forward hook on the denoiser records its conditional and unconditional outputs;
+`scheduler.step` is shadowed on the instance by a wrapper that turns both into x0 with the scheduler's own
+coefficients, applies the guidance, maps the result back to the model's parameterization
+(`out_uncond + (x0_guided - x0_uncond) / b`, exact) and calls the real step. Both are removed when the call
+ends, whether it returns or raises. The pipeline's own CFG line still runs; its result is replaced.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import threading
+
+import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+from .guidance import Guidance
+from .registry import PipelineSpec
+from .schedulers import check_scheduler, denoised_coefficients
+
+__all__ = ["run_guided"]
+
+# Innermost guided run per thread: a denoiser shared by two pipelines (from_pipe) feeds only that run.
+_active = threading.local()
+
+
+def _active_runs() -> list:
+    if not hasattr(_active, "runs"):
+        _active.runs = []
+    return _active.runs
+
+
+class _GuidedRun:
+    """State of one guided pipeline call: its own copy of the guidance and the captured outputs."""
+
+    def __init__(self, pipe, spec: PipelineSpec, guidance: Guidance, space: str):
+        self.pipe, self.spec, self.space = pipe, spec, space
+        self.guidance = copy.deepcopy(guidance)  # the caller's object never carries this run's momentum
+        self.guidance.reset()
+        self.family = check_scheduler(pipe.scheduler)
+        self.outputs: list[torch.Tensor] = []  # denoiser outputs since the last step
+
+    def capture(self, module, args, output):
+        runs = _active_runs()
+        if runs and runs[-1] is self:
+            self.outputs.append(output[0] if isinstance(output, tuple) else output.sample)
+
+    def guided_step(self, step):
+        """Wrap the scheduler's bound `step`; `inspect.signature` sees the original through __wrapped__."""
+
+        @functools.wraps(step)
+        def guided(model_output, timestep, sample, *args, **kwargs):
+            return step(self.guide_output(model_output, timestep, sample), timestep, sample, *args, **kwargs)
+
+        return guided
+
+    def _split(self, model_output):
+        outputs, self.outputs = self.outputs, []
+        spec, name = self.spec, type(self.pipe).__name__
+        expected = 2 if spec.batch == "separate" else 1
+        if len(outputs) != expected:
+            raise RuntimeError(
+                f"{name}: expected {expected} {spec.denoiser} evaluation(s) before each scheduler.step "
+                f"(batch={spec.batch!r}), got {len(outputs)}; this call does not follow the registered CFG pattern"
+            )
+        if spec.batch == "separate":
+            pred_cond, pred_uncond = outputs
+        else:
+            first, second = outputs[0].chunk(2)
+            pred_uncond, pred_cond = (first, second) if spec.batch == "uncond_first" else (second, first)
+        step_batch = pred_cond.shape[0] * (2 if spec.steps_both_halves else 1)
+        if pred_cond.shape != pred_uncond.shape or model_output.shape[0] != step_batch:
+            raise RuntimeError(
+                f"{name}: the {spec.denoiser} ran on batch {sum(o.shape[0] for o in outputs)} and the scheduler "
+                f"steps batch {model_output.shape[0]}; the pipeline did not run its unconditional pass as registered"
+            )
+        return pred_cond, pred_uncond
+
+    def guide_output(self, model_output, timestep, sample):
+        """Model output whose x0 is the guided x0 (or, in raw space, the guided output itself)."""
+        if model_output.shape != sample.shape:
+            raise RuntimeError(
+                f"{type(self.pipe).__name__}: scheduler.step got model_output {tuple(model_output.shape)} "
+                f"for sample {tuple(sample.shape)}; apg guides outputs shaped like the latents"
+            )
+        pred_cond, pred_uncond = self._split(model_output)
+        n, channels = pred_cond.shape[0], model_output.shape[1]
+        # [n, C, ...] each, the model's parameterization; learned-sigma channels beyond C are dropped.
+        pred_cond = pred_cond[:, :channels].to(model_output.dtype)
+        pred_uncond = pred_uncond[:, :channels].to(model_output.dtype)
+        if pred_cond.shape[1:] != model_output.shape[1:]:
+            raise RuntimeError(
+                f"{type(self.pipe).__name__}: denoiser output {tuple(pred_cond.shape)} does not match the "
+                f"scheduler's model_output {tuple(model_output.shape)}"
+            )
+        if self.space == "raw":
+            guided = self.guidance(pred_cond, pred_uncond)
+        else:
+            a, b = denoised_coefficients(self.pipe.scheduler, self.family, timestep)
+            if b == 0:
+                raise RuntimeError(f"x0 does not depend on the model output at timestep {timestep} (noise level 0)")
+            # At least float32: at high noise a * sample and b * output nearly cancel, too close for half precision.
+            dtype = torch.promote_types(model_output.dtype, torch.float32)
+            scaled_sample = sample[:n].to(dtype) * a  # x0 = a * sample + b * output, [n, C, ...]
+            denoised_cond = torch.add(scaled_sample, pred_cond.to(dtype), alpha=b)
+            denoised_uncond = torch.add(scaled_sample, pred_uncond.to(dtype), alpha=b)
+            denoised = self.guidance(denoised_cond, denoised_uncond)
+            guided = torch.add(pred_uncond.to(dtype), denoised - denoised_uncond, alpha=1.0 / b)
+            guided = guided.to(model_output.dtype)
+        rescale = getattr(self.pipe, self.spec.rescale_attr) if self.spec.rescale_attr else 0.0
+        if rescale > 0:
+            guided = rescale_noise_cfg(guided, pred_cond, guidance_rescale=rescale)
+        return torch.cat([guided, guided]) if self.spec.steps_both_halves else guided
+
+
+def _pipeline_scale(guidance: Guidance) -> float:
+    # Any scale > 1 makes the pipeline run its unconditional pass; its own CFG result is then replaced.
+    scale = guidance.guidance_scale
+    scale = float(scale.max()) if isinstance(scale, torch.Tensor) else scale
+    return scale if scale > 1.0 else 2.0
+
+
+def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, args, kwargs):
+    """Run `call(*args, **kwargs)`, a stock `__call__` of `pipe`, with its CFG result replaced by `guidance`."""
+    bound = inspect.signature(call).bind_partial(*args, **kwargs).arguments
+    if spec.scale_arg in bound:
+        raise ValueError(
+            f"{spec.scale_arg}={bound[spec.scale_arg]!r} was passed to a {type(pipe).__name__} guided by "
+            f"{guidance!r}; the guidance's own scale governs. Set the scale on the guidance object, or call "
+            "apg.guide(pipe, None) for stock behaviour"
+        )
+    kwargs = {**kwargs, spec.scale_arg: _pipeline_scale(guidance)}
+    arg = spec.negative_prompt_arg
+    if arg and bound.get(arg) is None and bound.get("negative_prompt_embeds") is None:
+        kwargs[arg] = ""  # the uncond pass runs only with a negative prompt
+    run = _GuidedRun(pipe, spec, guidance, space)
+    scheduler = pipe.scheduler
+    shadowed = scheduler.__dict__.get("step")  # an outer guided run on a shared scheduler
+    handle = getattr(pipe, spec.denoiser).register_forward_hook(run.capture)
+    scheduler.step = run.guided_step(type(scheduler).step.__get__(scheduler))
+    _active_runs().append(run)
+    try:
+        return call(*args, **kwargs)
+    finally:
+        _active_runs().remove(run)
+        handle.remove()
+        if shadowed is None:
+            del scheduler.step
+        else:
+            scheduler.step = shadowed
+
+
