@@ -1,0 +1,283 @@
+"""The Gradio interface: widgets built from the library's registries, inputs bound to the request by name."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import math
+import socket
+import sys
+
+import gradio as gr
+import pandas as pd
+
+import apg
+from apg.runtime import ModelLoadError
+
+from . import logic
+from .logic import SIDES, InputError
+
+log = logging.getLogger("apg.app")
+
+CACHE = logic.ModelCache()
+PROGRESS = "progress"
+
+# Stale results: any settings change dims the results and shows a note until the next Generate.
+MARK_STALE = "() => { if (document.querySelector('#slider img')) document.querySelector('#results')?.classList.add('stale'); }"
+MARK_FRESH = "() => { document.querySelector('#results')?.classList.remove('stale'); }"
+
+CSS = """
+.pixelated img { image-rendering: pixelated; }
+#title { margin-bottom: 0; }
+#gallery .caption-label { white-space: normal; overflow: visible; text-overflow: clip; max-width: 100%; }
+#stale-note { display: none; }
+#results.stale #stale-note { display: block; }
+#results.stale #slider, #results.stale #gallery, #results.stale #summary, #results.stale #table { opacity: 0.4; }
+"""
+THEME = gr.themes.Soft()
+
+
+def _message(title: str, exc: BaseException) -> gr.Error:
+    """A toast with one line: Gradio 6's frontend shows "Error" whatever `title=` says, so the title leads the text."""
+    text = str(exc).replace("\n", " ")
+    log.warning("%s: %s", title, text)  # one line in the terminal, no traceback
+    return gr.Error(f"{title}: {text}", title=title, print_exception=False)
+
+
+def compare_values(values: dict, progress=None):
+    """The endpoint's work on inputs by name: (slider, summary, gallery, table, code, notes)."""
+    try:
+        request = logic.parse_request(**values)
+        result = logic.run(request, CACHE, progress)
+    except ModelLoadError as exc:
+        raise _message("Model not loaded", exc) from None
+    except (InputError, ValueError, TypeError) as exc:  # ours, and apg's/Diffusers' refusals of a combination
+        raise _message("Invalid settings", exc) from None
+    except Exception as exc:  # out of memory, a broken pipeline, ...: a message in the UI, the trace in the log
+        log.exception("generation failed")
+        raise gr.Error(f"Generation failed: {type(exc).__name__}: {exc}", title="Generation failed",
+                       print_exception=False) from None
+    for note in result.notes:
+        gr.Warning(note)
+    names = logic.column_names(request)
+    gallery, rows = [], []
+    for i, seed in enumerate(request.seeds):
+        row = [seed]
+        for side, name in zip(SIDES, names):
+            saturation, clipped = result.saturation[side][i], result.clipping[side][i]
+            caption = f"#{seed} {name} · S {saturation:.3f} · clipped {logic.percent(clipped)}"
+            gallery.append((result.images[side][i], caption))
+            row += [round(saturation, 4), round(100 * clipped, 2)]
+        rows.append(row)
+    headers = ["seed"] + [f"{name} {what}" for name in names for what in ("saturation", "clipped %")]
+    slider = (result.images["left"][0], result.images["right"][0])
+    code = logic.reproduction_code(request, result.class_conditional)
+    return slider, logic.summary(request, result), gallery, pd.DataFrame(rows, columns=headers), code
+
+
+def make_endpoint(names: list[str]):
+    """`compare(**inputs)`: its signature (what Gradio and its API read) lists the inputs by name, with defaults."""
+    defaults = logic.defaults()
+    parameters = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults[name])
+                  for name in names]
+    parameters.append(inspect.Parameter(PROGRESS, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                        default=gr.Progress(track_tqdm=True)))
+    signature = inspect.Signature(parameters)
+
+    def compare(*args, **kwargs):
+        """Same seeds under the left and right method: slider pair, summary, gallery, table, code."""
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        progress = values.pop(PROGRESS)
+        return compare_values(values, progress)
+
+    compare.__signature__ = signature
+    return compare
+
+
+# -- widgets --------------------------------------------------------------------------------------
+def _number(param: apg.Param, value, label: str, visible=True, **kwargs) -> gr.Number:
+    """A number box: no slider, because Gradio's sliders clamp a typed value silently; bounds are checked once."""
+    info = f"{logic._bounds(param)}; {param.help}"
+    step = 1 if param.kind is int else 0.05 if math.isfinite(param.high) and param.high - param.low <= 2 else 0.5
+    return gr.Number(value, label=label, info=info, step=step, visible=visible, **kwargs)
+
+
+def _method_updates(method: str, side_params: dict, reset: bool):
+    """Visibility (and, when the user picks a method, the class defaults) of a side's knobs and preset box."""
+    own = {param.name: param for param in apg.METHODS[method].parameters}
+    updates = []
+    for name in side_params:
+        value = own[name].default if reset and name in own else gr.update()
+        updates.append(gr.update(visible=name in own, value=value) if reset else gr.update(visible=name in own))
+    updates.append(gr.update(visible=_takes_presets(method)))
+    return updates
+
+
+def _takes_presets(method: str) -> bool:
+    """apg.PRESETS hold APG settings: offer them for methods whose knobs include every preset key."""
+    own = {param.name for param in apg.METHODS[method].parameters}
+    return all(set(preset) <= own for preset in apg.PRESETS.values())
+
+
+def _interval_choices():
+    choices = [("off", logic.INTERVAL_OFF), ("σ range (below)", logic.INTERVAL_CUSTOM)]
+    return choices + [(f"{name}: σ ∈ ({low:g}, {high:g}]", name) for name, (low, high) in apg.INTERVALS.items()]
+
+
+def _interval_updates(choice):
+    if choice in apg.INTERVALS:
+        low, high = apg.INTERVALS[choice]
+        return gr.update(visible=True, value=low), gr.update(visible=True, value=None if high == math.inf else high)
+    return gr.update(visible=choice != logic.INTERVAL_OFF), gr.update(visible=choice != logic.INTERVAL_OFF)
+
+
+def _method_panel(side: str, d: dict) -> dict:
+    """One side's widgets, by input name."""
+    side_params = logic.method_parameters()
+    method = d[f"{side}_method"]
+    own = {param.name for param in apg.METHODS[method].parameters}
+    widgets = {}
+    with gr.Group():
+        widgets[f"{side}_method"] = radio = gr.Radio(
+            [(cls.label, key) for key, cls in apg.METHODS.items()], value=method,
+            label=f"{side.capitalize()} method", elem_id=f"{side}-method")
+        preset = gr.Dropdown(["custom", *apg.PRESETS], value="custom", label="APG preset (paper)",
+                             visible=_takes_presets(method), elem_id=f"{side}-preset")
+        for name, param in side_params.items():
+            widgets[f"{side}_{name}"] = _number(param, d[f"{side}_{name}"], f"{logic.SYMBOLS.get(name, name)} ({name})",
+                                                visible=name in own, elem_id=f"{side}-{name}")
+        interval = widgets[f"{side}_interval"] = gr.Dropdown(
+            _interval_choices(), value=d[f"{side}_interval"], label="σ interval (guide only where low < σ ≤ high)",
+            info="EDM noise level σ = σ_t/α_t; outside, the result is the conditional prediction",
+            elem_id=f"{side}-interval")
+        with gr.Row():
+            low = widgets[f"{side}_sigma_low"] = gr.Number(d[f"{side}_sigma_low"], label="σ low", step=0.01,
+                                                           visible=False, elem_id=f"{side}-sigma-low")
+            high = widgets[f"{side}_sigma_high"] = gr.Number(d[f"{side}_sigma_high"], label="σ high (empty: ∞)",
+                                                             step=0.01, visible=False, elem_id=f"{side}-sigma-high")
+    knobs = [widgets[f"{side}_{name}"] for name in side_params]
+    private = dict(api_visibility="private", queue=False, show_progress="hidden")
+    radio.change(lambda m: _method_updates(m, side_params, reset=False), radio, [*knobs, preset], **private)
+    radio.input(lambda m: _method_updates(m, side_params, reset=True), radio, [*knobs, preset], **private)
+    preset_keys = [name for name in side_params if any(name in p for p in apg.PRESETS.values())]
+
+    def apply_preset(name):
+        if name == "custom":
+            return [gr.update()] * (1 + len(preset_keys))
+        return ["apg", *(apg.PRESETS[name][key] for key in preset_keys)]
+
+    preset.input(apply_preset, preset, [radio, *(widgets[f"{side}_{key}"] for key in preset_keys)], **private)
+    for knob in knobs:  # a hand-set value is no longer the preset
+        knob.input(lambda: "custom", None, preset, **private)
+    interval.input(_interval_updates, interval, [low, high], **private)
+    for box in (low, high):
+        box.input(lambda: logic.INTERVAL_CUSTOM, None, interval, **private)
+    return widgets
+
+
+def build_demo(concurrency_limit: int = 4) -> gr.Blocks:
+    """The Blocks app; `compare` is its named API endpoint, with every input by name."""
+    from apg.builtin import CIFAR10_CLASSES
+
+    d = logic.defaults()
+    w = {}  # input name -> component
+    with gr.Blocks(title="apg: CFG vs APG") as demo:
+        gr.Markdown(
+            "# CFG vs APG, same seed\n"
+            "Adaptive Projected Guidance (Sadat et al., ICLR 2025) and other guidance rules, side by side on the "
+            "same seeds, so the only difference is the rule. Saturation is the paper's metric (mean of "
+            "(max−min)/max per pixel); *clipped* is the share of channel values at 0 or 255, burnt or crushed. "
+            "A burnt pixel has saturation ≈ 0, so read the two together.",
+            elem_id="title",
+        )
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                w["model"] = gr.Textbox(d["model"], label="Model", elem_id="model",
+                                        info="'builtin' (CIFAR-10 toy model, offline) or a hub id / local folder of a "
+                                             f"pipeline apg.guide supports. {logic.SCOPE}.")
+                w["prompt"] = gr.Dropdown(list(CIFAR10_CLASSES), value=d["prompt"], allow_custom_value=True,
+                                          label="Prompt or class", info="a class name for class-conditional models")
+                w["negative_prompt"] = gr.Textbox(d["negative_prompt"], label="Negative prompt (text-to-image models)")
+                with gr.Row():
+                    w["seed"] = _number(logic.SEED, d["seed"], "Seed")
+                    w["num_seeds"] = _number(logic.NUM_SEEDS, d["num_seeds"], "Seeds in gallery")
+                with gr.Row():
+                    w["steps"] = _number(logic.STEPS, d["steps"], "Steps", elem_id="steps")
+                    w["scheduler"] = gr.Dropdown(list(logic.SCHEDULERS), value=d["scheduler"], label="Scheduler")
+                w["guidance_scale"] = _number(apg.SCALE, d["guidance_scale"], "Guidance scale w (both sides)")
+                with gr.Accordion("Image size (text-to-image models)", open=False):
+                    with gr.Row():
+                        w["height"] = gr.Number(d["height"], label="Height (0 = model default)", step=8)
+                        w["width"] = gr.Number(d["width"], label="Width (0 = model default)", step=8)
+                with gr.Row():
+                    for side in SIDES:
+                        with gr.Column(min_width=150):
+                            w.update(_method_panel(side, d))
+                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=3, min_width=360, elem_id="results"):
+                gr.Markdown("**Settings changed: these results are from the previous ones. Press Generate.**",
+                            elem_id="stale-note")
+                slider = gr.ImageSlider(label="Left ◀ ▶ Right (first seed)", format="png", type="pil",
+                                        elem_id="slider", elem_classes=["pixelated"], max_height=480,
+                                        interactive=False)
+                summary = gr.Markdown(elem_id="summary")
+                gallery = gr.Gallery(label="All seeds: left, right per row (#seed method · saturation · clipped)",
+                                     format="png", columns=2, height="auto", object_fit="contain",
+                                     interactive=False, allow_preview=True, elem_id="gallery",
+                                     elem_classes=["pixelated"])
+                table = gr.Dataframe(label="Saturation and clipped values per image", interactive=False,
+                                     elem_id="table")
+                code = gr.Code(language="python", label="Copy as code", interactive=False, elem_id="code")
+        missing = set(d) - set(w)
+        assert not missing, f"inputs without a widget: {sorted(missing)}"
+        names = list(w)
+        # Up to concurrency_limit requests run at once; each model's lock lets one of them use a pipeline.
+        event = generate.click(make_endpoint(names), [w[name] for name in names], [slider, summary, gallery, table, code],
+                               api_name="compare", concurrency_limit=concurrency_limit, concurrency_id="compare",
+                               show_progress_on=[slider])
+        generate.click(None, None, None, js=MARK_FRESH, queue=False, api_visibility="private")
+        event.failure(None, None, None, js=MARK_STALE, queue=False, api_visibility="private")
+        for component in w.values():
+            component.change(None, None, None, js=MARK_STALE, queue=False, api_visibility="private")
+    return demo.queue(default_concurrency_limit=1)
+
+
+def launch(demo: gr.Blocks, **kwargs):
+    """demo.launch with the app's look; kwargs go to Blocks.launch (server_name, server_port, share, ...)."""
+    return demo.launch(css=CSS, theme=THEME, **kwargs)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="apg app", description="The Gradio app: two guidance methods side by side.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    return parser.parse_args(argv)
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def main(argv=None):
+    """Launch the app and serve until interrupted; a busy port is one line naming --port, exit code 2."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    demo = build_demo()
+    try:
+        launch(demo, server_name=args.host, server_port=args.port, share=args.share)
+    except OSError:
+        if not _port_in_use(args.host, args.port):
+            raise
+        print(f"apg app: port {args.port} on {args.host} is in use; pass another one with --port "
+              f"(e.g. --port {args.port + 1}, or `make run PORT={args.port + 1}`)", file=sys.stderr)
+        raise SystemExit(2) from None
