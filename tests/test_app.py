@@ -1,9 +1,11 @@
-"""The Gradio app: its functions called directly, then a launched app driven through gradio_client."""
+"""The Gradio app (apg.app): its logic and endpoint called directly, then a launched app through gradio_client."""
 
 import concurrent.futures
-import importlib.util
+import logging
+import math
 import re
 import socket
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -17,32 +19,16 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 import apg  # noqa: E402
+from apg.app import logic, ui  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dict(steps=8, num_seeds=2)  # small runs: the whole file shares two CPU cores with other work
+FAST = dict(steps=6, num_seeds=2)  # small runs: the whole file shares two CPU cores with other work
 
 
-def load_app():
-    """app/app.py as module `apg_app` (app/ is a folder of scripts, not a package)."""
-    if "apg_app" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("apg_app", ROOT / "app" / "app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["apg_app"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["apg_app"]
-
-
-app = load_app()
-
-
-def inputs(**overrides):
-    """compare()'s positional inputs: the app's defaults with overrides."""
-    values = {**app.DEFAULTS, **overrides}
-    return [values[name] for name in app.INPUT_NAMES]
-
-
-def request(**overrides):
-    return app.parse_request(*inputs(**overrides))
+def compare(**inputs):
+    """The endpoint, called as Gradio calls it (positionally, in its signature's order)."""
+    endpoint = ui.make_endpoint(list(logic.defaults()))
+    return endpoint(**inputs)
 
 
 def reference_saturation(image):
@@ -50,6 +36,12 @@ def reference_saturation(image):
     rgb = np.asarray(image, dtype=np.float64) / 255.0
     high, low = rgb.max(-1), rgb.min(-1)
     return float(np.where(high > 0, (high - low) / np.where(high > 0, high, 1), 0).mean())
+
+
+def reference_clipping(image):
+    """Share of uint8 channel values at 0 or 255."""
+    values = np.asarray(image.convert("RGB"))
+    return float(((values == 0) | (values == 255)).mean())
 
 
 def local_path(file):
@@ -63,62 +55,139 @@ def pixels(image):
     return np.asarray(image, dtype=np.int16)
 
 
+def test_import_apg_does_not_import_gradio():
+    code = "import sys, apg; assert 'gradio' not in sys.modules and 'apg.app' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
 def test_command_line_binds_this_machine_only_unless_told():
-    args = app.parse_args([])
+    args = ui.parse_args([])
     assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
-    args = app.parse_args(["--host", "0.0.0.0", "--port", "8000", "--share"])
+    args = ui.parse_args(["--host", "0.0.0.0", "--port", "8000", "--share"])
     assert (args.host, args.port, args.share) == ("0.0.0.0", 8000, True)
 
 
+def test_busy_port_is_one_line_naming_the_port_option():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        done = subprocess.run([sys.executable, "app/app.py", "--port", str(port)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("INFO")]
+    assert len(lines) == 1 and "--port" in lines[0] and str(port) in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # -- validation ------------------------------------------------------------------------------------
+def _library_bound_cases():
+    """Just outside each library bound of every method's knobs and of the scale: refused, naming the input."""
+    cases = [("guidance_scale", apg.SCALE.low - 0.5, {})]
+    for key, cls in apg.METHODS.items():
+        for param in cls.parameters:
+            outside = [param.low - (1 if param.kind is int else 0.5)]
+            if math.isfinite(param.high):
+                outside.append(param.high + (1 if param.kind is int else 0.5))
+            cases += [(f"right_{param.name}", value, {"right_method": key}) for value in outside]
+    return cases
+
+
+@pytest.mark.parametrize("name, value, extra", _library_bound_cases())
+def test_library_bounds_are_the_apps(name, value, extra):
+    with pytest.raises(gr.Error) as info:
+        compare(**{name: value, **extra})
+    message = info.value.message
+    assert message.startswith("Invalid settings: ") and name in message and f"{value!r}" in message
+
+
 @pytest.mark.parametrize(
     "name, value, words",
     [
-        ("steps", 0, ["steps", "0"]),
-        ("steps", 151, ["steps", "151"]),
+        ("steps", 0, ["steps", "0", "in [1, 1000]"]),
+        ("steps", 10000, ["steps", "10000", "in [1, 1000]"]),
         ("steps", 2.5, ["steps", "whole"]),
         ("seed", -1, ["seed", "-1"]),
         ("seed", 2**32, ["seed", str(2**32)]),
         ("num_seeds", 9, ["num_seeds", "9"]),
-        ("guidance_scale", 31.0, ["guidance_scale", "31"]),
         ("guidance_scale", float("nan"), ["guidance_scale", "nan"]),
         ("guidance_scale", "lots", ["guidance_scale", "lots"]),
-        ("right_eta", 1.5, ["right_eta", "1.5"]),
-        ("right_norm_threshold", -1.0, ["right_norm_threshold", "-1"]),
-        ("left_momentum", -2.0, ["left_momentum", "-2"]),
         ("height", 100, ["height", "multiple of 8"]),
         ("width", 4096, ["width", "4096"]),
-        ("left_method", "PAG", ["left_method", "PAG"]),
+        ("left_method", "PAG", ["left_method", "PAG", "cfg-zero-star"]),
         ("scheduler", "LCM", ["scheduler", "LCM"]),
         ("prompt", "  ", ["prompt", "empty"]),
         ("prompt", "x" * 1001, ["prompt", "1000"]),
+        ("right_interval", "paper", ["right_interval", "paper", "sdxl"]),
     ],
 )
 def test_bad_input_is_a_message_naming_it(name, value, words):
     with pytest.raises(gr.Error) as info:
-        app.compare(*inputs(**{name: value}))
+        compare(**{name: value})
     for word in words:
         assert word in info.value.message
 
 
-def test_defaults_parse_to_the_documented_request():
-    req = request(seed=5, num_seeds=3)
-    assert req.model == "builtin" and req.prompt == "cat"
-    assert req.seeds == (5, 6, 7)
-    assert req.left.guidance(3.0) == apg.CFG(3.0)
-    assert req.right.guidance(3.0) == apg.APG(3.0, eta=0.0, norm_threshold=15.0, momentum=-0.5)
-    momentum_cfg = request(right_method="Momentum CFG").right.guidance(2.0)
-    assert momentum_cfg == apg.MomentumCFG(2.0, momentum=-0.5, norm_threshold=15.0)
+def test_custom_interval_needs_low_below_high():
+    with pytest.raises(gr.Error, match=r"right_sigma_low must be below right_sigma_high, got \(5, 1\]"):
+        compare(right_interval="custom", right_sigma_low=5, right_sigma_high=1)
+    request = logic.parse_request(right_interval="custom", right_sigma_low=0.5)  # empty high: no upper end
+    assert request.right.interval == (0.5, math.inf)
 
 
-def test_unknown_class_names_the_class():
-    with pytest.raises(gr.Error, match="unicorn"):
-        app.compare(*inputs(prompt="unicorn", **FAST))
+def test_user_error_logs_one_line_without_traceback(caplog):
+    with caplog.at_level(logging.INFO, logger="apg.app"), pytest.raises(gr.Error) as info:
+        compare(steps=0)
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None and "\n" not in record.getMessage()
+    assert info.value.print_exception is False  # Gradio prints no traceback for it either
+
+
+def test_defaults_are_the_library_class_defaults():
+    request = logic.parse_request(seed=5, num_seeds=3)
+    assert request.model == "builtin" and request.prompt == "cat" and request.seeds == (5, 6, 7)
+    assert request.guidance_scale == apg.SCALE.default
+    assert request.left.guidance(3.0) == apg.CFG(3.0)
+    assert request.right.guidance(3.0) == apg.APG(3.0)  # eta 0, r 0, beta -0.5: no silent preset
+    for key, cls in apg.METHODS.items():  # a knob left out takes the chosen class's own default
+        assert logic.parse_request(right_method=key, right_momentum=None).right.guidance(2.0) == cls(2.0)
+
+
+def test_every_registered_method_and_a_new_one_are_offered():
+    class Halfway(apg.CFG):
+        """A test rule with a knob of its own."""
+
+        label = "Halfway"
+        parameters = (apg.Param("blend", 0.5, 0.0, 1.0, "a test knob"),)
+
+        def __init__(self, guidance_scale, blend=0.5, *, interval=None):
+            super().__init__(guidance_scale, interval=interval)
+            self.blend = blend
+
+    apg.register_method("halfway-test", Halfway)
+    try:
+        config = ui.build_demo().get_config_file()
+        radios = [c["props"] for c in config["components"] if c["props"].get("elem_id") == "right-method"]
+        offered = [choice[1] for choice in radios[0]["choices"]]
+        assert offered == list(apg.METHODS) and "halfway-test" in offered
+        ids = {c["props"].get("elem_id") for c in config["components"]}
+        assert {"left-blend", "right-blend"} <= ids
+        assert logic.parse_request(right_method="halfway-test", right_blend=0.25).right.params == {"blend": 0.25}
+        with pytest.raises(logic.InputError, match=r"right_blend must be in \[0.0, 1.0\], got 2"):
+            logic.parse_request(right_method="halfway-test", right_blend=2)
+    finally:
+        del apg.METHODS["halfway-test"]
+
+
+def test_unknown_class_is_named_once():
+    with pytest.raises(gr.Error) as info:
+        compare(prompt="zebra", num_seeds=4, steps=2)
+    assert info.value.message.count("zebra") == 2  # "'zebra' is not a class ... ['zebra']", not once per seed
 
 
 def test_size_on_a_fixed_size_model_warns_and_keeps_size():
-    with pytest.warns(UserWarning, match="height is ignored"):
-        slider, *_ = app.compare(*inputs(height=64, **FAST))
+    with pytest.warns(UserWarning, match="height ignored"):
+        slider, *_ = compare(height=64, steps=2, num_seeds=1)
     assert slider[0].size == (32, 32)
 
 
@@ -126,78 +195,114 @@ def test_size_on_a_fixed_size_model_warns_and_keeps_size():
 @pytest.fixture(scope="module")
 def default_result():
     """One default-settings comparison (small), shared by the checks below."""
-    return app.compare(*inputs(**FAST))
+    return compare(**FAST)
 
 
 def test_left_cfg_equals_the_builtin_pipelines_own_cfg(default_result):
     # Independent reference: the built-in pipeline's native CFG, with no apg.guide involved.
     slider, _, gallery, _, _ = default_result
     pipe = apg.load_builtin()
-    req = request(**FAST)
-    generator = [torch.Generator("cpu").manual_seed(seed) for seed in req.seeds]
-    reference = pipe(class_labels=pipe.get_label_ids(["cat"] * 2), guidance_scale=req.guidance_scale,
-                     num_inference_steps=req.steps, generator=generator, output_type="pil").images
+    generator = [torch.Generator("cpu").manual_seed(seed) for seed in (0, 1)]
+    reference = pipe(class_labels=pipe.get_label_ids(["cat"] * 2), guidance_scale=apg.SCALE.default,
+                     num_inference_steps=FAST["steps"], generator=generator, output_type="pil").images
     for i, ref in enumerate(reference):
         assert np.abs(pixels(gallery[2 * i][0]) - pixels(ref)).max() <= 1
     assert np.abs(pixels(slider[0]) - pixels(reference[0])).max() <= 1
 
 
-def test_apg_side_differs_and_is_less_saturated(default_result):
+def test_apg_side_differs_and_clips_less(default_result):
     slider, _, _, table, _ = default_result
-    left, right = pixels(slider[0]), pixels(slider[1])
-    assert np.abs(left - right).max() > 10  # the right side really used another rule
-    assert np.mean([row[2] for row in table]) < np.mean([row[1] for row in table])
+    assert np.abs(pixels(slider[0]) - pixels(slider[1])).max() > 10  # the right side really used another rule
+    assert table["APG clipped %"].mean() < table["CFG clipped %"].mean()
 
 
-def test_saturation_shown_is_the_metric_of_each_image(default_result):
+def test_metrics_shown_are_those_of_each_image(default_result):
     _, summary, gallery, table, _ = default_result
-    assert [row[0] for row in table] == [0, 1]
-    for i, row in enumerate(table):
-        for column, (image, caption) in ((1, gallery[2 * i]), (2, gallery[2 * i + 1])):
-            expected = reference_saturation(image)
-            assert row[column] == pytest.approx(expected, abs=1e-4)  # table: 4 decimals
-            shown = float(re.search(r"^#\d+ (CFG|APG|M-CFG) · (\d\.\d{3})$", caption).group(2))
-            assert shown == pytest.approx(expected, abs=5e-4 + 1e-9)  # caption: 3 decimals
-    shown = [float(x) for x in re.findall(r"saturation \*\*(\d\.\d{3})\*\*", summary)]
-    assert shown == pytest.approx([table[0][1], table[0][2]], abs=5e-4 + 1e-9)
+    assert list(table.columns) == ["seed", "CFG saturation", "CFG clipped %", "APG saturation", "APG clipped %"]
+    assert list(table["seed"]) == [0, 1]
+    caption = re.compile(r"^#(\d+) (CFG|APG) · S (\d\.\d{3}) · clipped ([\d.]+) %$")
+    for i in range(2):
+        for name, (image, text) in zip(("CFG", "APG"), gallery[2 * i: 2 * i + 2]):
+            saturation, clipped = reference_saturation(image), reference_clipping(image)
+            assert table[f"{name} saturation"][i] == pytest.approx(saturation, abs=1e-4)
+            assert table[f"{name} clipped %"][i] == pytest.approx(100 * clipped, abs=0.005 + 1e-9)
+            seed, shown_name, shown_saturation, shown_clipped = caption.match(text).groups()
+            assert (int(seed), shown_name) == (i, name)
+            assert float(shown_saturation) == pytest.approx(saturation, abs=5e-4 + 1e-9)
+            assert float(shown_clipped) == pytest.approx(100 * clipped, rel=0.05, abs=0.01)
+    first = re.findall(r"saturation \*\*(\d\.\d{3})\*\*, clipped \*\*([\d.]+) %\*\*", summary)
+    assert [float(s) for s, _ in first] == pytest.approx([table["CFG saturation"][0], table["APG saturation"][0]],
+                                                          abs=5e-4 + 1e-9)
+    assert [float(c) for _, c in first] == pytest.approx([table["CFG clipped %"][0], table["APG clipped %"][0]],
+                                                         rel=0.05, abs=0.01)
+
+
+def test_same_method_on_both_sides_names_the_sides():
+    request = logic.parse_request(left_method="apg", right_method="apg", right_norm_threshold=5)
+    assert logic.column_names(request) == ("APG (left)", "APG (right)")
+
+
+def _exec_images(code):
+    namespace = {}
+    exec(compile(code, "<copy-as-code>", "exec"), namespace)  # the code a user would paste
+    return namespace["images"]
 
 
 def test_copy_as_code_reproduces_the_images(default_result):
-    slider, _, gallery, _, code = default_result
-    namespace = {}
-    exec(compile(code, "<copy-as-code>", "exec"), namespace)  # the code a user would paste
-    images = namespace["images"]
+    _, _, gallery, _, code = default_result
+    images = _exec_images(code)
     for i in range(2):
         assert np.array_equal(pixels(images["left"][i]), pixels(gallery[2 * i][0]))
         assert np.array_equal(pixels(images["right"][i]), pixels(gallery[2 * i + 1][0]))
 
 
+@pytest.mark.parametrize("method", list(apg.METHODS))
+def test_each_method_runs_with_an_interval_and_its_code_reproduces_it(method):
+    interval = next(iter(apg.INTERVALS))
+    slider, summary, gallery, _, code = compare(left_method=method, right_method=method, right_interval=interval,
+                                                steps=4, num_seeds=1)
+    cls = apg.METHODS[method]
+    assert summary.count(cls.label) == 2 and "σ∈(" in summary
+    assert f"interval={tuple(apg.INTERVALS[interval])!r}" in code and f"apg.INTERVALS[{interval!r}]" in code
+    images = _exec_images(code)
+    assert np.array_equal(pixels(images["left"][0]), pixels(slider[0]))
+    assert np.array_equal(pixels(images["right"][0]), pixels(slider[1]))
+    # Independent of the app: the same rule through apg.guide directly.
+    pipe = apg.load_builtin()
+    with apg.guide(pipe, cls(apg.SCALE.default, interval=apg.INTERVALS[interval])):
+        direct = pipe(class_labels=pipe.get_label_ids(["cat"]), num_inference_steps=4,
+                      generator=[torch.Generator("cpu").manual_seed(0)], output_type="pil").images
+    assert np.array_equal(pixels(direct[0]), pixels(slider[1]))
+
+
 def test_scheduler_choice_is_used_and_the_models_own_is_restored():
-    model = app.CACHE.get("builtin")
+    model = ui.CACHE.get("builtin")
     own = model.pipe.scheduler
-    dpm, *_ = app.compare(*inputs(scheduler="DPM-Solver++ 2M", **FAST))
-    default, *_ = app.compare(*inputs(**FAST))
+    dpm, *_ = compare(scheduler="DPM-Solver++ 2M", **FAST)
+    default, *_ = compare(**FAST)
     assert model.pipe.scheduler is own
     assert np.abs(pixels(dpm[1]) - pixels(default[1])).max() > 0
     with pytest.raises(gr.Error, match="does not fit this model"):  # a flow-matching scheduler on an eps model
-        app.compare(*inputs(scheduler="FlowMatch Euler", **FAST))
+        compare(scheduler="FlowMatch Euler", **FAST)
     assert model.pipe.scheduler is own
 
 
 def test_per_request_state_same_images_when_repeated_after_other_work():
-    first, *_ = app.compare(*inputs(right_method="Momentum CFG", right_momentum=-0.75, **FAST))
-    app.compare(*inputs(seed=9, **FAST))  # other runs in between must leave no momentum behind
-    again, *_ = app.compare(*inputs(right_method="Momentum CFG", right_momentum=-0.75, **FAST))
+    first, *_ = compare(right_method="mcfg", right_momentum=-0.75, **FAST)
+    compare(seed=9, **FAST)  # other runs in between must leave no momentum behind
+    again, *_ = compare(right_method="mcfg", right_momentum=-0.75, **FAST)
     assert np.array_equal(pixels(first[1]), pixels(again[1]))
 
 
 # -- models ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["{tmp}/no-such-model", "nobody-apg-test/no-such-model"])
-def test_missing_model_is_a_message(model, tmp_path):
+def test_missing_model_is_a_message_a_ui_user_can_act_on(model, tmp_path):
     # A missing local path, and an unknown hub id (here offline; online the Hub answers 404): both a message.
-    with pytest.raises(gr.Error, match="could not load model") as info:
-        app.compare(*inputs(model=model.format(tmp=tmp_path), **FAST))
-    assert "no-such-model" in info.value.message
+    with pytest.raises(gr.Error) as info:
+        compare(model=model.format(tmp=tmp_path), **FAST)
+    message = info.value.message
+    assert message.startswith("Model not loaded: ") and "no-such-model" in message
+    assert "--model" not in message  # a command-line option means nothing in the UI
 
 
 def test_hub_models_load_without_remote_code(monkeypatch):
@@ -210,8 +315,8 @@ def test_hub_models_load_without_remote_code(monkeypatch):
         raise OSError("offline")
 
     monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", from_pretrained)
-    with pytest.raises(app.ModelLoadError, match="could not load model 'org/model': .*not in the local Hugging Face cache"):
-        app.ModelCache().get("org/model")
+    with pytest.raises(apg.runtime.ModelLoadError, match="'org/model' is not in the local Hugging Face cache"):
+        logic.ModelCache().get("org/model")
     [(model_id, kwargs)] = calls
     assert model_id == "org/model"
     assert not kwargs.get("trust_remote_code") and "custom_pipeline" not in kwargs
@@ -224,7 +329,7 @@ def test_cache_loads_each_model_once_and_evicts_old_hub_models():
         loads.append(model_id)
         return apg.load_builtin()
 
-    cache = app.ModelCache(max_models=1, loader=loader)
+    cache = logic.ModelCache(max_models=1, loader=loader)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         models = list(pool.map(cache.get, ["builtin"] * 4))
     assert loads == ["builtin"] and all(m is models[0] for m in models)
@@ -237,30 +342,47 @@ def test_cache_loads_each_model_once_and_evicts_old_hub_models():
 
 @pytest.fixture(scope="module")
 def tiny_sd_path(tmp_path_factory):
-    tiny = pytest.importorskip("tiny_pipelines", reason="tests/tiny_pipelines.py (issue #3) not there yet")
+    import tiny_pipelines
+
     path = tmp_path_factory.mktemp("tiny-sd")
-    tiny.tiny_sd_pipeline().save_pretrained(path)
+    tiny_pipelines.tiny_sd_pipeline().save_pretrained(path)
     return str(path)
 
 
 def test_text_to_image_model_by_local_path_matches_a_direct_call(tiny_sd_path):
     from diffusers import DiffusionPipeline
 
-    slider, _, gallery, table, code = app.compare(*inputs(model=tiny_sd_path, prompt="a red bus", **FAST))
+    slider, _, gallery, _, code = compare(model=tiny_sd_path, prompt="a red bus", negative_prompt="blurry", **FAST)
     pipe = DiffusionPipeline.from_pretrained(tiny_sd_path)
     generator = [torch.Generator("cpu").manual_seed(seed) for seed in (0, 1)]
-    with apg.guide(pipe, apg.APG(7.5, eta=0.0, norm_threshold=15.0, momentum=-0.5)):
-        reference = pipe(prompt=["a red bus"] * 2, num_inference_steps=8, generator=generator, output_type="pil").images
+    with apg.guide(pipe, apg.APG(apg.SCALE.default)):
+        reference = pipe(prompt=["a red bus"] * 2, negative_prompt=["blurry"] * 2, num_inference_steps=FAST["steps"],
+                         generator=generator, output_type="pil").images
     assert np.abs(pixels(slider[1]) - pixels(reference[0])).max() <= 1
     assert np.abs(pixels(gallery[3][0]) - pixels(reference[1])).max() <= 1
-    assert f"from_pretrained({tiny_sd_path!r}" in code and "prompt=['a red bus']" in code
+    assert f"from_pretrained({tiny_sd_path!r}, dtype=torch.float32)" in code and "torch_dtype" not in code
+    assert "prompt=['a red bus'] * len(seeds), negative_prompt=['blurry'] * len(seeds)" in code
+    without, *_ = compare(model=tiny_sd_path, prompt="a red bus", **FAST)
+    assert np.abs(pixels(without[1]) - pixels(slider[1])).max() > 0  # the negative prompt was used
 
 
 def test_text_to_image_model_takes_the_size(tiny_sd_path):
-    slider, *_, code = app.compare(*inputs(model=tiny_sd_path, prompt="a red bus", height=64, width=128,
-                                           steps=2, num_seeds=1))
+    slider, *_, code = compare(model=tiny_sd_path, prompt="a red bus", height=64, width=128, steps=2, num_seeds=1)
     assert slider[0].size == slider[1].size == (128, 64)
     assert "height=64, width=128" in code
+
+
+def test_image_to_image_model_is_refused_and_the_ui_says_why(tmp_path):
+    import tiny_pipelines
+
+    tiny_pipelines.tiny_sd_pipeline(img2img=True).save_pretrained(tmp_path)
+    with pytest.raises(gr.Error) as info:
+        compare(model=str(tmp_path), prompt="a red bus", **FAST)
+    assert "StableDiffusionImg2ImgPipeline" in info.value.message and "needs an input image" in info.value.message
+    assert logic.SCOPE in info.value.message
+    config = ui.build_demo().get_config_file()
+    [model_box] = [c["props"] for c in config["components"] if c["props"].get("elem_id") == "model"]
+    assert logic.SCOPE in model_box["info"]  # said up front, not only after a failed load
 
 
 def test_unsupported_pipeline_is_a_message(tmp_path):
@@ -270,7 +392,7 @@ def test_unsupported_pipeline_is_a_message(tmp_path):
                        down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), norm_num_groups=4)
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path)
     with pytest.raises(gr.Error, match="not supported|neither a prompt"):
-        app.compare(*inputs(model=str(tmp_path), **FAST))
+        compare(model=str(tmp_path), **FAST)
 
 
 # -- launched app ----------------------------------------------------------------------------------
@@ -282,8 +404,8 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def client():
-    demo = app.build_demo()
-    app.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    demo = ui.build_demo()
+    ui.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         # No downloads (gradio_client leaves a folder in /tmp per file): outputs are the server's own files.
         yield gradio_client.Client(demo.local_url, verbose=False, download_files=False)
@@ -291,27 +413,34 @@ def client():
         demo.close()
 
 
-def test_compare_endpoint_with_no_arguments_returns_two_pngs(client):
-    slider, summary, gallery, table, code = client.predict(api_name="/compare")
+def test_api_lists_every_input_by_name(client):
+    names = [p["parameter_name"] for p in client.view_api(print_info=False, return_format="dict")
+             ["named_endpoints"]["/compare"]["parameters"]]
+    assert names == list(logic.defaults())
+
+
+def test_compare_endpoint_with_defaults_returns_two_pngs(client):
+    slider, summary, gallery, table, code = client.predict(steps=6, api_name="/compare")
     left, right = slider
     for path in (left, right):
         with Image.open(local_path(path)) as image:
             assert image.format == "PNG" and image.size == (32, 32)
-    assert len(gallery) == 2 * app.DEFAULTS["num_seeds"]
-    direct, *_ = app.compare(*inputs())
+    assert len(gallery) == 2 * logic.NUM_SEEDS.default
+    assert table["headers"][1:] == ["CFG saturation", "CFG clipped %", "APG saturation", "APG clipped %"]
+    direct, *_ = compare(steps=6)
     assert np.array_equal(pixels(left), pixels(direct[0]))  # PNG: lossless, the same pixels
     assert np.array_equal(pixels(right), pixels(direct[1]))
 
 
 def test_bad_input_through_the_api_is_a_message_and_the_app_stays_up(client, tmp_path):
-    with pytest.raises(Exception, match="less than minimum value 1"):  # Gradio's own slider check
-        client.predict(steps=0, api_name="/compare")
-    with pytest.raises(Exception, match="height must be a multiple of 8"):
-        client.predict(height=100, api_name="/compare")
-    with pytest.raises(Exception, match="seed must be between 0 and"):
-        client.predict(seed=-3, api_name="/compare")
-    with pytest.raises(Exception, match="could not load model"):
-        client.predict(model=str(tmp_path / "missing"), api_name="/compare")
+    for inputs, words in [
+        (dict(steps=0), r"Invalid settings: steps must be in \[1, 1000\], got 0"),
+        (dict(height=100), "height must be a multiple of 8"),
+        (dict(seed=-3), "seed must be in"),
+        (dict(model=str(tmp_path / "missing")), "Model not loaded"),
+    ]:
+        with pytest.raises(Exception, match=words):
+            client.predict(**inputs, api_name="/compare")
     slider, *_ = client.predict(steps=4, num_seeds=1, api_name="/compare")
     assert local_path(slider[0]).is_file()
 
@@ -333,18 +462,11 @@ def assert_concurrent_equals_sequential(client, settings):
     return sequential
 
 
-def test_concurrent_requests_give_the_sequential_images(client):
-    sequential = assert_concurrent_equals_sequential(client, [
-        dict(seed=3, right_method="APG", right_momentum=-0.75),
-        dict(seed=3, right_method="Momentum CFG", right_momentum=-0.5),
-        dict(seed=11, prompt="ship", left_method="APG", left_norm_threshold=5.0),
-    ])
-    assert not np.array_equal(pixels(sequential[0][1]), pixels(sequential[1][1]))  # the settings do differ
-
-
 def test_concurrent_requests_on_two_models_give_the_sequential_images(client, tiny_sd_path):
-    assert_concurrent_equals_sequential(client, [
+    sequential = assert_concurrent_equals_sequential(client, [
+        dict(seed=3, right_momentum=-0.75),
+        dict(seed=3, right_method="mcfg", right_momentum=-0.5),
         dict(model=tiny_sd_path, prompt="a red bus", right_momentum=-0.75),
-        dict(seed=5, right_method="Momentum CFG"),
         dict(model=tiny_sd_path, prompt="a red bus", seed=1, scheduler="Euler"),
     ])
+    assert not np.array_equal(pixels(sequential[0][1]), pixels(sequential[1][1]))  # the settings do differ
