@@ -1,9 +1,10 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    the main job (see README)
+#   make run    the main job (see README); `make run PORT=7861` serves the app on another port
 #   make test   the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PORT ?= 7860
 
 .PHONY: run test bench browser compiler
 
@@ -14,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 
 run: $(BIN)/.installed compiler
 	$(BIN)/apg compare --model builtin --classes cat ship --scales 1 4 8 15 --seeds 0 1 --out grid.png
-	$(BIN)/python app/app.py
+	$(BIN)/python app/app.py --port $(PORT)
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_guidance.py

@@ -30,7 +30,13 @@ MARK_FRESH = "() => { document.querySelector('#results')?.classList.remove('stal
 CSS = """
 .pixelated img { image-rendering: pixelated; }
 #title { margin-bottom: 0; }
-#gallery .caption-label { white-space: normal; overflow: visible; text-overflow: clip; max-width: 100%; }
+/* Every row in view (no scroll box) and each caption in full, under its image rather than cut over it. */
+#gallery, #gallery .gallery-container, #gallery .grid-wrap { height: auto !important; max-height: none !important;
+  min-height: 0 !important; overflow: visible !important; }
+#gallery .thumbnail-item { aspect-ratio: auto; height: auto; display: flex; flex-direction: column; }
+#gallery .thumbnail-lg > img { aspect-ratio: 1; height: auto; }
+#gallery .caption-label { position: static; max-width: none; white-space: normal; overflow: visible;
+  text-overflow: clip; border: none; border-radius: 0; opacity: 1; }
 #stale-note { display: none; }
 #results.stale #stale-note { display: block; }
 #results.stale #slider, #results.stale #gallery, #results.stale #summary, #results.stale #table { opacity: 0.4; }
@@ -218,19 +224,20 @@ def build_demo(concurrency_limit: int = 4) -> gr.Blocks:
                             w.update(_method_panel(side, d))
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=3, min_width=360, elem_id="results"):
-                gr.Markdown("**Settings changed: these results are from the previous ones. Press Generate.**",
+                gr.Markdown("**⚠ Settings changed: these results are for the previous settings. Press Generate to update them.**",
                             elem_id="stale-note")
                 slider = gr.ImageSlider(label="Left ◀ ▶ Right (first seed)", format="png", type="pil",
                                         elem_id="slider", elem_classes=["pixelated"], max_height=480,
                                         interactive=False)
                 summary = gr.Markdown(elem_id="summary")
-                gallery = gr.Gallery(label="All seeds: left, right per row (#seed method · saturation · clipped)",
-                                     format="png", columns=2, height="auto", object_fit="contain",
+                gallery = gr.Gallery(label="All seeds, left then right (#seed method · S saturation · clipped)",
+                                     format="png", columns=4, height="auto", object_fit="contain",
                                      interactive=False, allow_preview=True, elem_id="gallery",
                                      elem_classes=["pixelated"])
                 table = gr.Dataframe(label="Saturation and clipped values per image", interactive=False,
                                      elem_id="table")
-                code = gr.Code(language="python", label="Copy as code", interactive=False, elem_id="code")
+                code = gr.Code(language="python", label="Copy as code", interactive=False, wrap_lines=True,
+                               elem_id="code")
         missing = set(d) - set(w)
         assert not missing, f"inputs without a widget: {sorted(missing)}"
         names = list(w)
