@@ -1,6 +1,6 @@
 """The app in a real browser: headless Chromium (Debian's `chromium` package) driven by Playwright.
 
-Set APG_APP_SCREENSHOT=path/to/file.png to keep the screenshot (the README's is made this way).
+Set APG_APP_SCREENSHOT=path/to/file.png to keep the 8-seed screenshot (the README's is made this way).
 """
 
 import os
@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from test_app import app, free_port
+import apg
+from apg.app import logic, ui
+from test_app import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -21,11 +23,22 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/ch
 
 
 @pytest.fixture(scope="module")
-def url():
-    demo = app.build_demo()
-    app.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+def page(tmp_path_factory):
+    demo = ui.build_demo()
+    ui.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
-        yield demo.local_url
+        with sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                str(tmp_path_factory.mktemp("profile")), executable_path=str(CHROMIUM), headless=True,
+                args=CHROMIUM_ARGS, viewport={"width": 1360, "height": 1180},
+            )
+            try:
+                page = context.new_page()
+                page.set_default_timeout(TIMEOUT_MS)
+                page.goto(demo.local_url)
+                yield page
+            finally:
+                context.close()
     finally:
         demo.close()
 
@@ -38,46 +51,80 @@ def _save_atomically(data: bytes, path: Path):
     os.replace(tmp.name, path)
 
 
-def test_generate_renders_both_images(url, tmp_path):
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1360, "height": 1180},
-        )
-        try:
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url)
-            page.locator("#generate").click()
-            slider_images = page.locator("#slider img")
-            slider_images.nth(1).wait_for(state="visible")
-            page.wait_for_function(
-                "() => { const imgs = document.querySelectorAll('#slider img');"
-                " return imgs.length >= 2 && [...imgs].every(i => i.complete && i.naturalWidth > 0); }"
-            )
-            sources = slider_images.evaluate_all("imgs => imgs.map(i => [i.src, i.naturalWidth, i.naturalHeight])")
-            assert len({src for src, _, _ in sources}) == 2, sources  # two different images, not one twice
-            assert all((w, h) == (32, 32) for _, w, h in sources), sources  # the PNGs at full resolution
-            assert all(".png" in src for src, _, _ in sources), sources
-            page.wait_for_function(
-                f"() => document.querySelectorAll('#gallery img').length >= {2 * app.DEFAULTS['num_seeds']}"
-            )
-            assert "saturation" in page.locator("#summary").inner_text()
-            page.evaluate("window.scrollTo(0, 0)")
-            page.wait_for_timeout(500)  # let the progress overlay fade and the scroll settle
-            shot = page.screenshot()
+def _fill(page, elem_id, value):
+    box = page.locator(f"#{elem_id} input")
+    box.fill(str(value))
+    box.blur()
 
-            # The paper's preset fills the right method's sliders, and the next run uses them.
-            page.locator("#right-preset input").click()
-            page.get_by_role("option", name="sd21", exact=True).click()
-            first_code = page.locator("#code").inner_text()
-            page.locator("#generate").click()
-            page.wait_for_function(
-                "previous => { const code = document.querySelector('#code').innerText;"
-                " return code !== previous && code.includes('norm_threshold=7.5, momentum=-0.75'); }",
-                arg=first_code,
-            )
-        finally:
-            context.close()
+
+def _generate(page, expect_in_summary):
+    previous = page.locator("#summary").inner_text()
+    page.locator("#generate").click()
+    page.wait_for_function(
+        "([previous, text]) => { const s = document.querySelector('#summary').innerText;"
+        " return s !== previous && s.includes(text); }", arg=[previous, expect_in_summary])
+
+
+def test_eight_seeds_every_row_and_caption_in_full(page, tmp_path):
+    _fill(page, "steps", 6)
+    _fill(page, "num-seeds", 8)
+    _generate(page, "mean over 8 seeds")
+    page.wait_for_function("() => [...document.querySelectorAll('#gallery img')].filter(i => i.complete"
+                           " && i.naturalWidth > 0).length >= 16")
+    sources = page.locator("#slider img").evaluate_all("imgs => imgs.map(i => [i.src, i.naturalWidth])")
+    assert len({src for src, _ in sources}) == 2 and all(w == 32 and ".png" in s for s, w in sources), sources
+    # No scroll box around the gallery: every row is on the page.
+    wrap = page.locator("#gallery .grid-wrap").evaluate("e => [e.scrollHeight, e.clientHeight]")
+    assert wrap[0] <= wrap[1] + 1, wrap
+    captions = page.locator("#gallery .caption-label").evaluate_all(
+        "els => els.map(e => [e.innerText, e.scrollWidth <= e.clientWidth + 1, e.scrollHeight <= e.clientHeight + 1])")
+    assert len(captions) == 16 and all(fits_x and fits_y for _, fits_x, fits_y in captions), captions
+    assert all("clipped" in text and " %" in text for text, _, _ in captions), captions
+    headers = page.locator("#table th").all_inner_texts()
+    assert any("CFG clipped %" in h for h in headers) and any("APG saturation" in h for h in headers), headers
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_timeout(500)  # let the progress overlay fade and the scroll settle
+    shot = page.screenshot(full_page=True)
     _save_atomically(shot, Path(os.environ.get("APG_APP_SCREENSHOT", tmp_path / "screenshot.png")))
-    assert shot[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_changed_settings_mark_the_results_stale_until_generate(page):
+    _fill(page, "num-seeds", 1)
+    assert "stale" in page.locator("#results").get_attribute("class")
+    assert page.locator("#stale-note").is_visible()
+    _generate(page, "seed 0")
+    page.wait_for_function("() => !document.querySelector('#results').classList.contains('stale')")
+    assert not page.locator("#stale-note").is_visible()
+
+
+def test_out_of_range_steps_are_refused_with_a_message_not_clamped(page):
+    _fill(page, "steps", 0)
+    page.locator("#generate").click()
+    toast = page.get_by_text("Invalid settings: steps must be in [1, 1000], got 0")
+    toast.wait_for(state="visible")
+    assert page.locator("#steps input").input_value() == "0"  # the box keeps what was typed
+    page.wait_for_function("() => document.querySelector('#results').classList.contains('stale')")
+    _fill(page, "steps", 6)
+
+
+@pytest.mark.parametrize("method", list(apg.METHODS))
+def test_each_method_shows_its_own_knobs_and_runs(page, method):
+    cls = apg.METHODS[method]
+    page.locator("#right-method").get_by_label(cls.label, exact=True).check()
+    own = {param.name for param in cls.parameters}
+    for name in logic.method_parameters():
+        visible = page.locator(f"#right-{name}").is_visible()
+        assert visible == (name in own), (method, name)
+    _generate(page, f"Right ▶ {cls.label}")
+
+
+def test_preset_and_interval_reach_the_run(page):
+    page.locator("#right-method").get_by_label("APG", exact=True).check()
+    page.locator("#right-preset input").click()
+    page.get_by_role("option", name="sd21", exact=True).click()
+    name, (low, high) = next(iter(apg.INTERVALS.items()))
+    page.locator("#right-interval input").click()
+    page.get_by_role("option", name=f"{name}: σ ∈ ({low:g}, {high:g}]", exact=True).click()
+    _generate(page, "β=-0.75")
+    code = page.locator("#code").inner_text()
+    assert "norm_threshold=7.5, momentum=-0.75" in code and f"interval=({low!r}, {high!r})" in code

@@ -24,7 +24,8 @@ CACHE = logic.ModelCache()
 PROGRESS = "progress"
 
 # Stale results: any settings change dims the results and shows a note until the next Generate.
-MARK_STALE = "() => { if (document.querySelector('#slider img')) document.querySelector('#results')?.classList.add('stale'); }"
+MARK_STALE = ("() => { const results = document.querySelector('#results');"
+              " if (results && document.querySelector('#summary').innerText.trim()) results.classList.add('stale'); }")
 MARK_FRESH = "() => { document.querySelector('#results')?.classList.remove('stale'); }"
 
 CSS = """
@@ -209,7 +210,7 @@ def build_demo(concurrency_limit: int = 4) -> gr.Blocks:
                 w["negative_prompt"] = gr.Textbox(d["negative_prompt"], label="Negative prompt (text-to-image models)")
                 with gr.Row():
                     w["seed"] = _number(logic.SEED, d["seed"], "Seed")
-                    w["num_seeds"] = _number(logic.NUM_SEEDS, d["num_seeds"], "Seeds in gallery")
+                    w["num_seeds"] = _number(logic.NUM_SEEDS, d["num_seeds"], "Seeds in gallery", elem_id="num-seeds")
                 with gr.Row():
                     w["steps"] = _number(logic.STEPS, d["steps"], "Steps", elem_id="steps")
                     w["scheduler"] = gr.Dropdown(list(logic.SCHEDULERS), value=d["scheduler"], label="Scheduler")
@@ -245,8 +246,7 @@ def build_demo(concurrency_limit: int = 4) -> gr.Blocks:
         event = generate.click(make_endpoint(names), [w[name] for name in names], [slider, summary, gallery, table, code],
                                api_name="compare", concurrency_limit=concurrency_limit, concurrency_id="compare",
                                show_progress_on=[slider])
-        generate.click(None, None, None, js=MARK_FRESH, queue=False, api_visibility="private")
-        event.failure(None, None, None, js=MARK_STALE, queue=False, api_visibility="private")
+        event.success(None, None, None, js=MARK_FRESH, queue=False, api_visibility="private")  # a failed run keeps the mark
         for component in w.values():
             component.change(None, None, None, js=MARK_STALE, queue=False, api_visibility="private")
     return demo.queue(default_concurrency_limit=1)
