@@ -44,6 +44,10 @@ def reference_clipping(image):
     return float(((values == 0) | (values == 255)).mean())
 
 
+def image_of(file):
+    return file if isinstance(file, Image.Image) else Image.open(local_path(file))
+
+
 def local_path(file):
     """Path of an output file; the client returns the server's FileData (same machine)."""
     return Path(file if isinstance(file, (str, Path)) else file.path if hasattr(file, "path") else file["path"])
@@ -188,7 +192,7 @@ def test_unknown_class_is_named_once():
 def test_size_on_a_fixed_size_model_warns_and_keeps_size():
     with pytest.warns(UserWarning, match="height ignored"):
         slider, *_ = compare(height=64, steps=2, num_seeds=1)
-    assert slider[0].size == (32, 32)
+    assert image_of(slider[0]).size == (32, 32)
 
 
 # -- generation ------------------------------------------------------------------------------------
@@ -223,7 +227,7 @@ def test_metrics_shown_are_those_of_each_image(default_result):
     caption = re.compile(r"^#(\d+) (CFG|APG) · S (\d\.\d{3}) · clipped ([\d.]+) %$")
     for i in range(2):
         for name, (image, text) in zip(("CFG", "APG"), gallery[2 * i: 2 * i + 2]):
-            saturation, clipped = reference_saturation(image), reference_clipping(image)
+            saturation, clipped = reference_saturation(image_of(image)), reference_clipping(image_of(image))
             assert table[f"{name} saturation"][i] == pytest.approx(saturation, abs=1e-4)
             assert table[f"{name} clipped %"][i] == pytest.approx(100 * clipped, abs=0.005 + 1e-9)
             seed, shown_name, shown_saturation, shown_clipped = caption.match(text).groups()
@@ -368,7 +372,7 @@ def test_text_to_image_model_by_local_path_matches_a_direct_call(tiny_sd_path):
 
 def test_text_to_image_model_takes_the_size(tiny_sd_path):
     slider, *_, code = compare(model=tiny_sd_path, prompt="a red bus", height=64, width=128, steps=2, num_seeds=1)
-    assert slider[0].size == slider[1].size == (128, 64)
+    assert image_of(slider[0]).size == image_of(slider[1]).size == (128, 64)
     assert "height=64, width=128" in code
 
 

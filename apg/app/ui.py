@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
+import io
 import logging
 import math
+import os
 import socket
 import sys
+import tempfile
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -21,6 +26,10 @@ from .logic import SIDES, InputError
 log = logging.getLogger("apg.app")
 
 CACHE = logic.ModelCache()
+# The results' PNGs, one file per distinct image. Gradio writes a returned PIL image to its cache in place,
+# under a name made from its bytes, so two requests with the same image race and a reader can get a cut file;
+# a path is copied with a rename instead.
+OUTPUTS = tempfile.TemporaryDirectory(prefix="apg-app-")
 PROGRESS = "progress"
 
 # Stale results: any settings change dims the results and shows a note until the next Generate.
@@ -52,6 +61,20 @@ def _message(title: str, exc: BaseException) -> gr.Error:
     return gr.Error(f"{title}: {text}", title=title, print_exception=False)
 
 
+def png(image) -> str:
+    """The image as a PNG file named by its content, written once and atomically."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    path = Path(OUTPUTS.name) / f"{hashlib.sha256(data).hexdigest()}.png"
+    if not path.exists():
+        fd, staging = tempfile.mkstemp(dir=path.parent, suffix=".part")
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(staging, path)
+    return str(path)
+
+
 def compare_values(values: dict, progress=None):
     """The endpoint's work on inputs by name: (slider, summary, gallery, table, code, notes)."""
     try:
@@ -74,11 +97,11 @@ def compare_values(values: dict, progress=None):
         for side, name in zip(SIDES, names):
             saturation, clipped = result.saturation[side][i], result.clipping[side][i]
             caption = f"#{seed} {name} · S {saturation:.3f} · clipped {logic.percent(clipped)}"
-            gallery.append((result.images[side][i], caption))
+            gallery.append((png(result.images[side][i]), caption))
             row += [round(saturation, 4), round(100 * clipped, 2)]
         rows.append(row)
     headers = ["seed"] + [f"{name} {what}" for name in names for what in ("saturation", "clipped %")]
-    slider = (result.images["left"][0], result.images["right"][0])
+    slider = (png(result.images["left"][0]), png(result.images["right"][0]))
     code = logic.reproduction_code(request, result.class_conditional)
     return slider, logic.summary(request, result), gallery, pd.DataFrame(rows, columns=headers), code
 
@@ -227,7 +250,7 @@ def build_demo(concurrency_limit: int = 4) -> gr.Blocks:
             with gr.Column(scale=3, min_width=360, elem_id="results"):
                 gr.Markdown("**⚠ Settings changed: these results are for the previous settings. Press Generate to update them.**",
                             elem_id="stale-note")
-                slider = gr.ImageSlider(label="Left ◀ ▶ Right (first seed)", format="png", type="pil",
+                slider = gr.ImageSlider(label="Left ◀ ▶ Right (first seed)", format="png", type="filepath",
                                         elem_id="slider", elem_classes=["pixelated"], max_height=480,
                                         interactive=False)
                 summary = gr.Markdown(elem_id="summary")
