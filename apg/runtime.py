@@ -80,23 +80,25 @@ def load_pipeline(model: str, device=None, dtype=None):
         dtype = None if dtype is None and model == BUILTIN else resolve_dtype(dtype, device)
     except ValueError as error:
         raise ModelLoadError(str(error)) from None
-    if model == BUILTIN:
-        from .builtin import load_builtin
-
-        pipe = load_builtin()
-        return pipe.to(device) if dtype is None else pipe.to(device, dtype)
     from diffusers.utils import logging
 
     bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
     logging.disable_progress_bar()
     logging.set_verbosity_error()
     try:
-        pipe = _from_pretrained(model, dtype)
+        pipe = _load_builtin(dtype) if model == BUILTIN else _from_pretrained(model, dtype)
     finally:
         logging.set_verbosity(verbosity)
         if bars:
             logging.enable_progress_bar()
     return pipe.to(device)
+
+
+def _load_builtin(dtype):
+    from .builtin import load_builtin
+
+    pipe = load_builtin()
+    return pipe if dtype is None else pipe.to(dtype=dtype)
 
 
 def _dtype_keyword() -> str:
