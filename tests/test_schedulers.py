@@ -81,6 +81,8 @@ CONVERTS_TO_X0 = {"DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
 
 def make(name, prediction):
     cls_name, overrides, _ = CASES[name]
+    if cls_name == "DPMSolverSDEScheduler":
+        pytest.importorskip("torchsde", reason="DPMSolverSDEScheduler needs the sde extra")
     cls = getattr(diffusers, cls_name)
     config = {**SD_BETAS, **overrides}
     if prediction != "flow":
