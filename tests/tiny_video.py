@@ -81,7 +81,7 @@ def wan_call(image_to_video: bool = False) -> dict:
     call = dict(prompt_embeds=_embeds(10, 1, 8, 32), negative_prompt_embeds=_embeds(11, 1, 8, 32), height=32,
                 width=32, num_frames=5)
     if image_to_video:
-        call["image"] = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(12)) * 2 - 1
+        call["image"] = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(12))
     return call
 
 
@@ -112,7 +112,7 @@ def ltx_call(image_to_video: bool = False) -> dict:
                 prompt_attention_mask=torch.ones(1, 8), negative_prompt_attention_mask=torch.ones(1, 8),
                 height=32, width=32, num_frames=5)
     if image_to_video:
-        call["image"] = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(12)) * 2 - 1
+        call["image"] = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(12))
     return call
 
 
