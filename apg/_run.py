@@ -153,11 +153,9 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
             f"{guidance!r}; the guidance's own scale governs. Set the scale on the guidance object, or call "
             "apg.guide(pipe, None) for stock behaviour"
         )
-    name = type(pipe).__name__
     for arg, reason in spec.refused_args.items():
-        default = inspect.signature(call).parameters[arg].default
-        if arg in bound and bound[arg] != default:
-            raise ValueError(f"{arg}={bound[arg]!r} is not supported by apg with {name}: {reason}")
+        if arg in bound and bound[arg] != inspect.signature(call).parameters[arg].default:
+            raise ValueError(f"{arg}={bound[arg]!r} is not supported by apg with {type(pipe).__name__}: {reason}")
     kwargs = {**kwargs, spec.scale_arg: _pipeline_scale(guidance)}
     arg = spec.negative_prompt_arg
     if arg and bound.get(arg) is None and bound.get("negative_prompt_embeds") is None:

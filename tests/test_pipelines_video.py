@@ -76,6 +76,14 @@ def test_parity_with_stock_cfg_apg_differs_and_stock_back(family, extra):
 
 
 @torch.no_grad()
+def test_dynamic_cfg_with_a_per_sample_scale():
+    pipe = pipe_for("cogvideox")
+    stock = video_call(pipe, "cogvideox", guidance_scale=W, use_dynamic_cfg=True)
+    with apg.guide(pipe, apg.APG(torch.tensor([W]), **CFG_LIKE)):
+        assert rel_diff(video_call(pipe, "cogvideox", use_dynamic_cfg=True), stock) <= 1e-4
+
+
+@torch.no_grad()
 def test_refused_arguments_name_themselves():
     wan = pipe_for("wan22")
     with apg.guide(wan, apg.APG(W)):

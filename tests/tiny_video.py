@@ -47,12 +47,12 @@ def flow_scheduler(name: str = "unipc"):
 
 
 # -- Wan ----------------------------------------------------------------------------------------------------
-def _wan_transformer(seed: int, in_channels: int = 16):
+def _wan_transformer(seed: int, in_channels: int = 16, heads: int = 2, layers: int = 1):
     torch.manual_seed(seed)
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=in_channels, out_channels=16,
-        text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=12, in_channels=in_channels,
+        out_channels=16, text_dim=32, freq_dim=32, ffn_dim=16 * heads, num_layers=layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
     ).eval()
 
 
@@ -63,15 +63,16 @@ def _wan_vae():
     ).eval()
 
 
-def tiny_wan_pipeline(scheduler: str = "unipc", two_experts: bool = False, image_to_video: bool = False):
+def tiny_wan_pipeline(scheduler: str = "unipc", two_experts: bool = False, image_to_video: bool = False,
+                      heads: int = 2, layers: int = 1):
     """Wan 2.1 (one transformer) or Wan 2.2 (`two_experts`: transformer_2 below boundary_ratio 0.9)."""
     cls = WanImageToVideoPipeline if image_to_video else WanPipeline
     in_channels = 16 + 4 + 16 if image_to_video else 16  # i2v: latents, frame mask, encoded first frame
     extra = {"image_encoder": None, "image_processor": None} if image_to_video else {}
     return _no_bar(cls(
         tokenizer=None, text_encoder=None, vae=_wan_vae(), scheduler=flow_scheduler(scheduler),
-        transformer=_wan_transformer(0, in_channels),
-        transformer_2=_wan_transformer(1, in_channels) if two_experts else None,
+        transformer=_wan_transformer(0, in_channels, heads, layers),
+        transformer_2=_wan_transformer(1, in_channels, heads, layers) if two_experts else None,
         boundary_ratio=0.9 if two_experts else None, **extra,
     ))
 
