@@ -1,4 +1,4 @@
-"""Video pipelines: Wan (2.1, 2.2 two experts), LTX, CogVideoX, HunyuanVideo guided by apg.
+"""Video pipelines: Wan (2.1, 2.2 two experts, TI2V layout), LTX, CogVideoX, HunyuanVideo guided by apg.
 
 For each: parity with the stock pipeline's CFG at eta=1, r=0, beta=0 (with each pipeline's own
 post-processing: guidance_scale_2, guidance_rescale, dynamic CFG), a nonlinear APG run that differs, stock
@@ -49,6 +49,7 @@ def pipe_for(family):
 CASES = [
     ("wan", {}),
     ("wan_i2v", {}),
+    ("wan_ti2v", {}),
     ("wan22", {"guidance_scale_2": 2.0}),
     ("wan22_i2v", {"guidance_scale_2": 2.0}),
     ("ltx", {}),

@@ -8,6 +8,7 @@ itself, so two calls give identical weights.
 from __future__ import annotations
 
 import torch
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from diffusers import (
     AutoencoderKLCogVideoX,
@@ -47,12 +48,12 @@ def flow_scheduler(name: str = "unipc"):
 
 
 # -- Wan ----------------------------------------------------------------------------------------------------
-def _wan_transformer(seed: int, in_channels: int = 16, heads: int = 2, layers: int = 1):
+def _wan_transformer(seed: int, in_channels: int = 16, heads: int = 2, layers: int = 1, image_dim=None):
     torch.manual_seed(seed)
     return WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=12, in_channels=in_channels,
         out_channels=16, text_dim=32, freq_dim=32, ffn_dim=16 * heads, num_layers=layers, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=image_dim,
     ).eval()
 
 
@@ -63,16 +64,33 @@ def _wan_vae():
     ).eval()
 
 
+def _clip_image_encoder():
+    torch.manual_seed(4)
+    config = CLIPVisionConfig(hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, intermediate_size=8, patch_size=16)
+    return CLIPVisionModelWithProjection(config).eval(), CLIPImageProcessor(crop_size=32, size=32)
+
+
 def tiny_wan_pipeline(scheduler: str = "unipc", two_experts: bool = False, image_to_video: bool = False,
-                      heads: int = 2, layers: int = 1):
-    """Wan 2.1 (one transformer) or Wan 2.2 (`two_experts`: transformer_2 below boundary_ratio 0.9)."""
+                      expand_timesteps: bool = False, heads: int = 2, layers: int = 1):
+    """Wan 2.1 (one transformer) or Wan 2.2 (`two_experts`: transformer_2 below boundary_ratio 0.9).
+
+    Image-to-video: Wan 2.1 with a CLIP image encoder, Wan 2.2 A14B without (`two_experts`), or the TI2V
+    layout (`expand_timesteps`: frame 0 of the latents is the encoded image).
+    """
     cls = WanImageToVideoPipeline if image_to_video else WanPipeline
-    in_channels = 16 + 4 + 16 if image_to_video else 16  # i2v: latents, frame mask, encoded first frame
-    extra = {"image_encoder": None, "image_processor": None} if image_to_video else {}
+    extra, in_channels, image_dim = {}, 16, None
+    if image_to_video:
+        extra = {"image_encoder": None, "image_processor": None, "expand_timesteps": expand_timesteps}
+        if not expand_timesteps:
+            in_channels = 16 + 4 + 16  # latents, frame mask, encoded first frame
+        if not (two_experts or expand_timesteps):
+            extra["image_encoder"], extra["image_processor"] = _clip_image_encoder()
+            image_dim = 4
     return _no_bar(cls(
         tokenizer=None, text_encoder=None, vae=_wan_vae(), scheduler=flow_scheduler(scheduler),
-        transformer=_wan_transformer(0, in_channels, heads, layers),
-        transformer_2=_wan_transformer(1, in_channels, heads, layers) if two_experts else None,
+        transformer=_wan_transformer(0, in_channels, heads, layers, image_dim),
+        transformer_2=_wan_transformer(1, in_channels, heads, layers, image_dim) if two_experts else None,
         boundary_ratio=0.9 if two_experts else None, **extra,
     ))
 
@@ -184,6 +202,8 @@ VIDEO_FAMILIES = {
     "wan": (tiny_wan_pipeline, "guidance_scale", wan_call),
     "wan_i2v": (lambda: tiny_wan_pipeline(image_to_video=True), "guidance_scale", lambda: wan_call(True)),
     "wan22": (lambda: tiny_wan_pipeline(two_experts=True), "guidance_scale", wan_call),
+    "wan_ti2v": (lambda: tiny_wan_pipeline(image_to_video=True, expand_timesteps=True), "guidance_scale",
+                 lambda: wan_call(True)),
     "wan22_i2v": (lambda: tiny_wan_pipeline(two_experts=True, image_to_video=True), "guidance_scale",
                   lambda: wan_call(True)),
     "ltx": (tiny_ltx_pipeline, "guidance_scale", ltx_call),
