@@ -76,6 +76,19 @@ def test_parity_with_stock_cfg_apg_differs_and_stock_back(family, extra):
     assert rel_diff(video_call(pipe, family, **{scale_arg: W}, **extra), stock) <= 1e-6
 
 
+@pytest.mark.parametrize("family", ["wan22", "ltx_i2v", "cogvideox", "hunyuan_video"])
+@torch.no_grad()
+def test_parity_with_two_prompts(family):
+    pipe, scale_arg = pipe_for(family), VIDEO_FAMILIES[family][1]
+    two = {k: torch.cat([v, v.flip(-1)]) for k, v in VIDEO_FAMILIES[family][2]().items() if k.endswith("_embeds")}
+    two.update({k: torch.ones(2, 8) for k in ("prompt_attention_mask", "negative_prompt_attention_mask")
+                if k in VIDEO_FAMILIES[family][2]()})
+    stock = video_call(pipe, family, **{scale_arg: W}, **two)
+    assert stock.shape[0] == 2
+    with apg.guide(pipe, apg.APG(W, **CFG_LIKE)):
+        assert rel_diff(video_call(pipe, family, **two), stock) <= 1e-4
+
+
 @torch.no_grad()
 def test_dynamic_cfg_with_a_per_sample_scale():
     pipe = pipe_for("cogvideox")
