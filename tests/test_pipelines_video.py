@@ -190,7 +190,8 @@ def test_hunyuan_video_matches_reference_loop():
     rescaled, x, running = [], call["latents"].double(), None
     for i, t in enumerate(timesteps):
         v_cond, v_uncond = (
-            pipe.transformer(hidden_states=x.float(), timestep=t.expand(1), encoder_hidden_states=call[p + "prompt_embeds"],
+            pipe.transformer(hidden_states=x.float(), timestep=t.expand(1),
+                             encoder_hidden_states=call[p + "prompt_embeds"],
                              encoder_attention_mask=call[p + "prompt_attention_mask"],
                              pooled_projections=call[p + "pooled_prompt_embeds"], guidance=embedded,
                              return_dict=False)[0].double()
