@@ -42,6 +42,9 @@ class _GuidedRun:
         self.guidance.reset()
         self.family = check_scheduler(pipe.scheduler)
         self.outputs: list[torch.Tensor] = []  # denoiser outputs since the last step
+        self.renorm = False  # rescale to the cond prediction's norm (spec.renorm_to_cond), set per call
+        self.trunc_ratio = None  # steps past this fraction run no uncond pass (spec.cfg_trunc_arg), set per call
+        self.steps = 0  # scheduler steps so far in this call
 
     def capture(self, module, args, output):
         runs = _active_runs()
@@ -60,12 +63,16 @@ class _GuidedRun:
     def _split(self, model_output):
         outputs, self.outputs = self.outputs, []
         spec, name = self.spec, type(self.pipe).__name__
-        expected = 2 if spec.batch == "separate" else 1
+        steps = len(self.pipe.scheduler.timesteps)  # Lumina2's count once it passes its sigmas
+        truncated = self.trunc_ratio is not None and (self.steps + 1) / steps > self.trunc_ratio
+        expected = 2 if spec.batch == "separate" and not truncated else 1
         if len(outputs) != expected:
             raise RuntimeError(
                 f"{name}: expected {expected} {spec.denoiser} evaluation(s) before each scheduler.step "
                 f"(batch={spec.batch!r}), got {len(outputs)}; this call does not follow the registered CFG pattern"
             )
+        if truncated:  # the pipeline's CFG truncation: it steps the cond prediction alone
+            return outputs[0], None
         if spec.batch == "separate":
             pred_cond, pred_uncond = outputs
         else:
@@ -77,6 +84,8 @@ class _GuidedRun:
                 f"{name}: the {spec.denoiser} ran on batch {sum(o.shape[0] for o in outputs)} and the scheduler "
                 f"steps batch {model_output.shape[0]}; the pipeline did not run its unconditional pass as registered"
             )
+        if spec.negated_output:  # what the pipeline steps, and so what the scheduler's x0 formula reads
+            pred_cond, pred_uncond = -pred_cond, -pred_uncond
         return pred_cond, pred_uncond
 
     def guide_output(self, model_output, timestep, sample):
@@ -87,6 +96,9 @@ class _GuidedRun:
                 f"for sample {tuple(sample.shape)}; apg guides outputs shaped like the latents"
             )
         pred_cond, pred_uncond = self._split(model_output)
+        self.steps += 1
+        if pred_uncond is None:
+            return model_output  # a truncated step, unguided as stock
         n, channels = pred_cond.shape[0], model_output.shape[1]
         # [n, C, ...] each, the model's parameterization; learned-sigma channels beyond C are dropped.
         pred_cond = pred_cond[:, :channels].to(model_output.dtype)
@@ -113,6 +125,8 @@ class _GuidedRun:
         rescale = getattr(self.pipe, self.spec.rescale_attr) if self.spec.rescale_attr else 0.0
         if rescale > 0:
             guided = rescale_noise_cfg(guided, pred_cond, guidance_rescale=rescale)
+        if self.renorm:  # the pipeline's own rescale to the cond prediction's norm, over the last dim as it does
+            guided = guided * (torch.norm(pred_cond, dim=-1, keepdim=True) / torch.norm(guided, dim=-1, keepdim=True))
         return torch.cat([guided, guided]) if self.spec.steps_both_halves else guided
 
 
@@ -121,6 +135,13 @@ def _pipeline_scale(guidance: Guidance) -> float:
     scale = guidance.guidance_scale
     scale = float(scale.max()) if isinstance(scale, torch.Tensor) else scale
     return scale if scale > 1.0 else 2.0
+
+
+def _call_value(call, bound, name, default):
+    """Call argument `name` as passed, else its default in the signature of `call`; `default` if name is None."""
+    if name is None:
+        return default
+    return bound[name] if name in bound else inspect.signature(call).parameters[name].default
 
 
 def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, args, kwargs):
@@ -137,6 +158,8 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
     if arg and bound.get(arg) is None and bound.get("negative_prompt_embeds") is None:
         kwargs[arg] = ""  # the uncond pass runs only with a negative prompt
     run = _GuidedRun(pipe, spec, guidance, space)
+    run.renorm = spec.renorm_to_cond and bool(_call_value(call, bound, spec.renorm_arg, True))
+    run.trunc_ratio = _call_value(call, bound, spec.cfg_trunc_arg, None)
     scheduler = pipe.scheduler
     shadowed = scheduler.__dict__.get("step")  # an outer guided run on a shared scheduler
     handle = getattr(pipe, spec.denoiser).register_forward_hook(run.capture)

@@ -19,6 +19,10 @@ class PipelineSpec:
     rescale_attr: str | None = None
     negative_prompt_arg: str | None = None
     steps_both_halves: bool = False
+    negated_output: bool = False
+    renorm_to_cond: bool = False
+    renorm_arg: str | None = None
+    cfg_trunc_arg: str | None = None
 
 
 _REGISTRY: dict[type, PipelineSpec] = {}
@@ -33,6 +37,10 @@ def register_pipeline(
     rescale_attr: str | None = None,
     negative_prompt_arg: str | None = None,
     steps_both_halves: bool = False,
+    negated_output: bool = False,
+    renorm_to_cond: bool = False,
+    renorm_arg: str | None = None,
+    cfg_trunc_arg: str | None = None,
 ):
     """Declare a pipeline class that follows the standard CFG pattern, so `apg.guide` supports it.
 
@@ -44,6 +52,18 @@ def register_pipeline(
     negative_prompt_arg: the pipeline runs its uncond pass only with this argument; "" is passed if absent.
     steps_both_halves: the pipeline steps the latents of both halves together (DiT).
     Only the first `sample.shape[1]` channels of each output are guided (learned-sigma channels are not).
+    On packed tokens `[B, N, C]` that is the first N tokens: the image-context tokens that Flux Kontext and
+    Qwen-Image-Edit append to the input are dropped, as those pipelines do.
+    negated_output: the pipeline steps `-output` (HiDream, Lumina2); apg converts that one to x0, so the sign
+    of b in x0 = a * sample + b * output is the scheduler's own.
+    renorm_to_cond: after CFG the pipeline rescales the combined prediction to the cond prediction's norm
+    over the last dim (Qwen-Image: per token; Lumina2: per row of the latents); apg does the same to the
+    guided prediction, so APG's output is renormalised too, as stock.
+    renorm_arg: the call argument that switches renorm_to_cond per call (Lumina2: `cfg_normalization`);
+    its default in the pipeline's signature applies when it is not passed.
+    cfg_trunc_arg: the call argument (Lumina2: `cfg_trunc_ratio`) past which, at steps with
+    (i + 1) / steps > value, the pipeline runs no uncond pass: those steps step the cond prediction, as
+    stock, and the guidance (with its momentum) sits them out.
     """
     if not isinstance(pipeline_cls, type):
         raise TypeError(f"pipeline_cls must be a pipeline class, got {pipeline_cls!r}")
@@ -53,7 +73,12 @@ def register_pipeline(
         raise TypeError(f"denoiser must be the name of the pipeline's denoiser attribute, got {denoiser!r}")
     if steps_both_halves and batch == "separate":
         raise ValueError("steps_both_halves=True needs one concatenated pass, not batch='separate'")
-    spec = PipelineSpec(denoiser, batch, scale_arg, rescale_attr, negative_prompt_arg, steps_both_halves)
+    if renorm_arg and not renorm_to_cond:
+        raise ValueError(f"renorm_arg={renorm_arg!r} switches renorm_to_cond, which is False")
+    if cfg_trunc_arg and batch != "separate":
+        raise ValueError(f"cfg_trunc_arg={cfg_trunc_arg!r} needs batch='separate' (a step without its uncond pass)")
+    spec = PipelineSpec(denoiser, batch, scale_arg, rescale_attr, negative_prompt_arg, steps_both_halves,
+                        negated_output, renorm_to_cond, renorm_arg, cfg_trunc_arg)
     _REGISTRY[pipeline_cls] = spec
     return pipeline_cls
 
@@ -87,6 +112,19 @@ STOCK_PIPELINES: dict[str, dict] = {
     "DiTPipeline": dict(denoiser="transformer", batch="cond_first", steps_both_halves=True),
     "FluxPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
                          negative_prompt_arg="negative_prompt"),
+    # Image pipelines with their own CFG post-processing (issue 11).
+    "FluxImg2ImgPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                                negative_prompt_arg="negative_prompt"),
+    "FluxKontextPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                                negative_prompt_arg="negative_prompt"),
+    "ChromaPipeline": dict(denoiser="transformer", batch="separate"),
+    "QwenImagePipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                              negative_prompt_arg="negative_prompt", renorm_to_cond=True),
+    "QwenImageEditPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                                  negative_prompt_arg="negative_prompt", renorm_to_cond=True),
+    "HiDreamImagePipeline": dict(denoiser="transformer", batch="uncond_first", negated_output=True),
+    "Lumina2Pipeline": dict(denoiser="transformer", batch="separate", negated_output=True, renorm_to_cond=True,
+                            renorm_arg="cfg_normalization", cfg_trunc_arg="cfg_trunc_ratio"),
 }
 
 
