@@ -4,8 +4,8 @@ HiDream, Lumina2.
 Parity: APG(eta=1, r=0, beta=0) through apg.guide equals the stock pipeline's CFG, post-processing included
 (Qwen's and Lumina2's rescale to the cond prediction's norm, Lumina2's truncation, the negated outputs).
 Hand-written loops (transformer called here, x0 by the flow formula, APG in float64, the pipeline's own
-post-processing, scheduler.step) check the x0-space guidance of Qwen, Lumina2 and Chroma; HiDream's x0 is
-checked against its scheduler's own conversion of the negated output.
+post-processing, scheduler.step) check the x0-space guidance of Qwen, Lumina2, Chroma and Flux Kontext;
+HiDream's x0 is checked against its scheduler's own conversion of the negated output.
 """
 
 import numpy as np
@@ -70,7 +70,7 @@ def test_parity_nonlinear_and_stock_back(family, options):
 
 
 # -- hand-written x0-space reference loops ------------------------------------------------------------------
-R = {"qwen": 0.15, "lumina2": 0.8, "chroma": 0.2}  # norm thresholds, between the x0-difference norms of the steps
+R = {"qwen": 0.15, "lumina2": 0.8, "chroma": 0.2, "flux_kontext": 0.3}  # norm thresholds, between the x0-difference norms of the steps
 RESCALED = []  # per step: was the threshold active?
 
 
@@ -182,6 +182,26 @@ def test_chroma_matches_reference_loop():
 
     check_reference("chroma", latents, lambda pipe: flow_loop(pipe, latents, velocities, R["chroma"], lambda v, v_cond, i: v))
 
+
+def test_flux_kontext_matches_reference_loop():
+    """Kontext appends the image's tokens to the latents' and keeps the first N output tokens."""
+    latents, call = _noise(1, 64, 4), IMAGE_FAMILIES["flux_kontext"][2]()
+    pipe = pipeline("flux_kontext")
+    image = pipe.image_processor.preprocess(call["image"], 16, 16)  # [1, 3, 16, 16] in [-1, 1]
+    _, image_latents, latent_ids, image_ids = pipe.prepare_latents(image, 1, 1, 16, 16, torch.float32, "cpu")
+    ids, text_ids = torch.cat([latent_ids, image_ids]), torch.zeros(TEXT_LEN, 3)
+
+    def velocities(x, t, i):
+        def v(embeds, pooled):
+            out = pipe.transformer(hidden_states=torch.cat([x, image_latents], dim=1), timestep=t.expand(1) / 1000,
+                                   pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
+                                   img_ids=ids, return_dict=False)[0]
+            return out[:, : x.shape[1]]
+        return (v(call["prompt_embeds"], call["pooled_prompt_embeds"]),
+                v(call["negative_prompt_embeds"], call["negative_pooled_prompt_embeds"]))
+
+    check_reference("flux_kontext", latents,
+                    lambda pipe: flow_loop(pipe, latents, velocities, R["flux_kontext"], lambda v, v_cond, i: v))
 
 # -- HiDream: x0 of the negated output ----------------------------------------------------------------------
 @torch.no_grad()
