@@ -208,7 +208,7 @@ def test_flux_kontext_matches_reference_loop():
 def test_hidream_x0_is_the_schedulers_own_x0_of_the_negated_output():
     pipe = pipeline("hidream")
     stock_scheduler = pipe.scheduler
-    pipe.scheduler = make_scheduler("unipc_flow")  # HiDream-I1-Full's scheduler; its convert_model_output gives x0
+    pipe.scheduler = make_scheduler("unipc_flow")  # the pipeline special-cases UniPC; its convert_model_output gives x0
     outputs, samples = [], [_noise(1, 4, 16, 16)]
     handle = pipe.transformer.register_forward_hook(lambda module, args, out: outputs.append(out[0].clone()))
     RECORDED.clear()
@@ -240,3 +240,23 @@ def test_register_pipeline_checks_the_new_fields():
     with pytest.raises(ValueError, match="cfg_trunc_arg='cfg_trunc_ratio' needs batch='separate'"):
         apg.register_pipeline(Pipe, denoiser="transformer", batch="uncond_first", cfg_trunc_arg="cfg_trunc_ratio")
 
+
+
+def test_undeclared_truncation_is_refused():
+    """Lumina2 declared without its cfg_trunc_arg: the step that skips the uncond pass raises, never runs CFG."""
+    from diffusers import Lumina2Pipeline
+
+    class UndeclaredLumina2(Lumina2Pipeline):
+        pass
+
+    apg.register_pipeline(UndeclaredLumina2, denoiser="transformer", batch="separate", negated_output=True,
+                          renorm_to_cond=True, renorm_arg="cfg_normalization")
+    try:
+        pipe = UndeclaredLumina2(**pipeline("lumina2").components)
+        pipe.set_progress_bar_config(disable=True)
+        with apg.guide(pipe, apg.APG(SCALE)):
+            call_image(pipe, "lumina2")  # no truncation: fine
+            with pytest.raises(RuntimeError, match="expected 2 transformer evaluation.*got 1"):
+                call_image(pipe, "lumina2", cfg_trunc_ratio=0.7)
+    finally:
+        apg.registry._REGISTRY.pop(UndeclaredLumina2)  # the table stays the stock one for other tests
