@@ -1,4 +1,5 @@
-"""Flux image-to-image with true CFG (negative prompt; "" when none is given) guided by apg: `pipe(..., guidance=apg.APG(...))`.
+"""Flux image-to-image with true CFG (negative prompt; "" when none is given) guided by apg:
+`pipe(..., guidance=apg.APG(...))`.
 
 Load it as a Diffusers custom pipeline,
 `DiffusionPipeline.from_pretrained(path, custom_pipeline="pipelines/flux_img2img.py", trust_remote_code=True)`,

@@ -1,4 +1,5 @@
-"""Flux Kontext with true CFG (negative prompt; "" when none is given) guided by apg: `pipe(..., guidance=apg.APG(...))`.
+"""Flux Kontext with true CFG (negative prompt; "" when none is given) guided by apg:
+`pipe(..., guidance=apg.APG(...))`.
 
 Load it as a Diffusers custom pipeline,
 `DiffusionPipeline.from_pretrained(path, custom_pipeline="pipelines/flux_kontext.py", trust_remote_code=True)`,

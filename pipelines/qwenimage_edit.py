@@ -1,4 +1,5 @@
-"""Qwen-Image-Edit with true CFG (negative prompt; "" when none is given) guided by apg: `pipe(..., guidance=apg.APG(...))`.
+"""Qwen-Image-Edit with true CFG (negative prompt; "" when none is given) guided by apg:
+`pipe(..., guidance=apg.APG(...))`.
 
 Load it as a Diffusers custom pipeline,
 `DiffusionPipeline.from_pretrained(path, custom_pipeline="pipelines/qwenimage_edit.py", trust_remote_code=True)`,

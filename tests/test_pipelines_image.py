@@ -70,7 +70,8 @@ def test_parity_nonlinear_and_stock_back(family, options):
 
 
 # -- hand-written x0-space reference loops ------------------------------------------------------------------
-R = {"qwen": 0.15, "lumina2": 0.8, "chroma": 0.2, "flux_kontext": 0.3}  # norm thresholds, between the x0-difference norms of the steps
+# Norm thresholds, between the largest and smallest x0-difference norms of each model's steps.
+R = {"qwen": 0.15, "lumina2": 0.8, "chroma": 0.2, "flux_kontext": 0.3}
 RESCALED = []  # per step: was the threshold active?
 
 
@@ -91,7 +92,7 @@ def renorm(v, v_cond):
     return v * (v_cond.norm(dim=-1, keepdim=True) / v.norm(dim=-1, keepdim=True))
 
 
-def flow_loop(pipe, latents, velocities, r, post=lambda v, v_cond, i: renorm(v, v_cond)):
+def flow_loop(pipe, latents, velocities, r, post=renorm):
     """FlowMatch Euler sampling with APG in x0 space: x_t = (1 - s) x0 + s noise, v = noise - x0, x0 = x - s v.
 
     velocities(x, t, i) -> (v_cond, v_uncond) or (v_cond, None) on an unguided step; post() is the pipeline's
@@ -110,7 +111,7 @@ def flow_loop(pipe, latents, velocities, r, post=lambda v, v_cond, i: renorm(v, 
             x64 = x.double()
             x0_cond, x0_uncond = x64 - s * v_cond.double(), x64 - s * v_uncond.double()
             x0, running = apg_reference(x0_cond, x0_uncond, running, r)
-            v = post((x64 - x0) / s, v_cond.double(), i)
+            v = post((x64 - x0) / s, v_cond.double())
         x = scheduler.step(v.float(), t, x).prev_sample
     return x
 
@@ -162,8 +163,9 @@ def test_lumina2_matches_reference_loop(options):
         return v_cond, v(call["negative_prompt_embeds"], call["negative_prompt_attention_mask"])
 
     pipe = pipeline("lumina2")
-    post = (lambda v, v_cond, i: renorm(v, v_cond)) if normalize else (lambda v, v_cond, i: v)
-    check_reference("lumina2", latents, lambda pipe: flow_loop(pipe, latents, velocities, R["lumina2"], post), **options)
+    post = renorm if normalize else (lambda v, v_cond: v)
+    check_reference("lumina2", latents, lambda pipe: flow_loop(pipe, latents, velocities, R["lumina2"], post),
+                    **options)
 
 
 def test_chroma_matches_reference_loop():
@@ -180,7 +182,8 @@ def test_chroma_matches_reference_loop():
         return (v(call["prompt_embeds"], call["prompt_attention_mask"]),
                 v(call["negative_prompt_embeds"], call["negative_prompt_attention_mask"]))
 
-    check_reference("chroma", latents, lambda pipe: flow_loop(pipe, latents, velocities, R["chroma"], lambda v, v_cond, i: v))
+    check_reference("chroma", latents,
+                    lambda pipe: flow_loop(pipe, latents, velocities, R["chroma"], lambda v, v_cond: v))
 
 
 def test_flux_kontext_matches_reference_loop():
@@ -201,7 +204,7 @@ def test_flux_kontext_matches_reference_loop():
                 v(call["negative_prompt_embeds"], call["negative_pooled_prompt_embeds"]))
 
     check_reference("flux_kontext", latents,
-                    lambda pipe: flow_loop(pipe, latents, velocities, R["flux_kontext"], lambda v, v_cond, i: v))
+                    lambda pipe: flow_loop(pipe, latents, velocities, R["flux_kontext"], lambda v, v_cond: v))
 
 # -- HiDream: x0 of the negated output ----------------------------------------------------------------------
 @torch.no_grad()

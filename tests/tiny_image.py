@@ -205,4 +205,5 @@ def _small_edit_images():
     """Qwen-Image-Edit resizes its input image to ~1024² px whatever the call asks; keep it at 32x32 here."""
     from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit
 
-    return unittest.mock.patch.object(pipeline_qwenimage_edit, "calculate_dimensions", lambda area, ratio: (32, 32, None))
+    small = lambda area, ratio: (32, 32, None)  # noqa: E731 (width, height, _)
+    return unittest.mock.patch.object(pipeline_qwenimage_edit, "calculate_dimensions", small)
