@@ -69,6 +69,32 @@ def test_parity_nonlinear_and_stock_back(family, options):
     assert torch.equal(call_image(pipe, family, **options, **{scale_arg: SCALE}), stock)
 
 
+def test_packed_tokens_are_guided_per_sample():
+    """Qwen's packed latents [B, N, C]: norms and projections per sample, so a batch of 2 = each alone."""
+    pipe, latents = pipeline("qwen"), _noise(2, 64, 16)
+    with apg.guide(pipe, apg.APG(W, eta=0.0, norm_threshold=0.15, momentum=BETA)):
+        both = call_image(pipe, "qwen", latents=latents, num_images_per_prompt=2)
+        alone = [call_image(pipe, "qwen", latents=latents[i : i + 1]) for i in range(2)]
+    assert rel_diff(both, torch.cat(alone)) <= 1e-5
+    assert rel_diff(alone[0], alone[1]) > 1e-1
+
+def test_pipelines_file_takes_guidance_per_call():
+    """pipelines/lumina2.py: `guidance=` per call, with Lumina2's own arguments bound through the mixin."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "pipelines", "lumina2.py")
+    spec = importlib.util.spec_from_file_location("apg_pipelines_lumina2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pipe = module.APGLumina2Pipeline.from_pipe(pipeline("lumina2"))
+    pipe.set_progress_bar_config(disable=True)
+    options = {"cfg_trunc_ratio": 0.7, "cfg_normalization": True}
+    stock = call_image(pipe, "lumina2", guidance_scale=SCALE, **options)  # no guidance=: stock
+    guided = call_image(pipe, "lumina2", guidance=apg.APG(SCALE, eta=1.0, norm_threshold=0.0, momentum=0.0),
+                        **options)
+    assert rel_diff(guided, stock) <= 1e-4
+
 # -- hand-written x0-space reference loops ------------------------------------------------------------------
 # Norm thresholds, between the largest and smallest x0-difference norms of each model's steps.
 R = {"qwen": 0.15, "lumina2": 0.8, "chroma": 0.2, "flux_kontext": 0.3}
