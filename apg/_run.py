@@ -12,12 +12,13 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import math
 import threading
 
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
-from .guidance import Guidance
+from .guidance import Guidance, _real
 from .registry import PipelineSpec
 from .schedulers import check_scheduler, denoised_coefficients
 
@@ -42,11 +43,30 @@ class _GuidedRun:
         self.guidance.reset()
         self.family = check_scheduler(pipe.scheduler)
         self.outputs: list[torch.Tensor] = []  # denoiser outputs since the last step
+        self.scale = self.guidance.guidance_scale  # the guidance's own scale; a step may use another
+        self.scale_2 = None  # scale of the steps spec.denoiser_2 evaluates (None: the guidance's own)
+        self.dynamic = False  # CogVideoX's use_dynamic_cfg
+        self.module = None  # the denoiser that produced self.outputs
+        self.renorm = False  # rescale to the cond prediction's norm (spec.renorm_to_cond), set per call
+        self.trunc_ratio = None  # steps past this fraction run no uncond pass (spec.cfg_trunc_arg), set per call
+        self.steps = 0  # scheduler steps so far in this call
 
     def capture(self, module, args, output):
         runs = _active_runs()
         if runs and runs[-1] is self:
             self.outputs.append(output[0] if isinstance(output, tuple) else output.sample)
+            self.module = module
+
+    def step_scale(self, timestep):
+        """The scale of this step: the second expert's (Wan 2.2), CogVideoX's dynamic one, or the guidance's."""
+        scale = self.scale
+        if self.scale_2 is not None and self.module is getattr(self.pipe, self.spec.denoiser_2):
+            scale = self.scale_2
+        if self.dynamic:  # CogVideoXPipeline.__call__'s formula, n = its num_inference_steps
+            n, t = len(self.pipe.scheduler.timesteps), timestep.item() if torch.is_tensor(timestep) else timestep
+            scale = 1 + scale * ((1 - math.cos(math.pi * ((n - t) / n) ** 5.0)) / 2)
+        if scale is not self.guidance.guidance_scale:
+            self.guidance.guidance_scale, self.guidance._scale_cache = scale, None  # momentum state carries on
 
     def guided_step(self, step):
         """Wrap the scheduler's bound `step`; `inspect.signature` sees the original through __wrapped__."""
@@ -60,12 +80,16 @@ class _GuidedRun:
     def _split(self, model_output):
         outputs, self.outputs = self.outputs, []
         spec, name = self.spec, type(self.pipe).__name__
-        expected = 2 if spec.batch == "separate" else 1
+        steps = len(self.pipe.scheduler.timesteps)  # Lumina2's count once it passes its sigmas
+        truncated = self.trunc_ratio is not None and (self.steps + 1) / steps > self.trunc_ratio
+        expected = 2 if spec.batch == "separate" and not truncated else 1
         if len(outputs) != expected:
             raise RuntimeError(
                 f"{name}: expected {expected} {spec.denoiser} evaluation(s) before each scheduler.step "
                 f"(batch={spec.batch!r}), got {len(outputs)}; this call does not follow the registered CFG pattern"
             )
+        if truncated:  # the pipeline's CFG truncation: it steps the cond prediction alone
+            return outputs[0], None
         if spec.batch == "separate":
             pred_cond, pred_uncond = outputs
         else:
@@ -77,6 +101,8 @@ class _GuidedRun:
                 f"{name}: the {spec.denoiser} ran on batch {sum(o.shape[0] for o in outputs)} and the scheduler "
                 f"steps batch {model_output.shape[0]}; the pipeline did not run its unconditional pass as registered"
             )
+        if spec.negated_output:  # what the pipeline steps, and so what the scheduler's x0 formula reads
+            pred_cond, pred_uncond = -pred_cond, -pred_uncond
         return pred_cond, pred_uncond
 
     def guide_output(self, model_output, timestep, sample):
@@ -87,6 +113,13 @@ class _GuidedRun:
                 f"for sample {tuple(sample.shape)}; apg guides outputs shaped like the latents"
             )
         pred_cond, pred_uncond = self._split(model_output)
+        self.steps += 1
+        if pred_uncond is None:
+            return model_output  # a truncated step, unguided as stock
+        if self.spec.to_stepped is not None:  # [n, ...] shaped like model_output from here on
+            pred_cond = self.spec.to_stepped(self.pipe, pred_cond, model_output)
+            pred_uncond = self.spec.to_stepped(self.pipe, pred_uncond, model_output)
+        self.step_scale(timestep)
         n, channels = pred_cond.shape[0], model_output.shape[1]
         # [n, C, ...] each, the model's parameterization; learned-sigma channels beyond C are dropped.
         pred_cond = pred_cond[:, :channels].to(model_output.dtype)
@@ -113,6 +146,8 @@ class _GuidedRun:
         rescale = getattr(self.pipe, self.spec.rescale_attr) if self.spec.rescale_attr else 0.0
         if rescale > 0:
             guided = rescale_noise_cfg(guided, pred_cond, guidance_rescale=rescale)
+        if self.renorm:  # the pipeline's own rescale to the cond prediction's norm, over the last dim as it does
+            guided = guided * (torch.norm(pred_cond, dim=-1, keepdim=True) / torch.norm(guided, dim=-1, keepdim=True))
         return torch.cat([guided, guided]) if self.spec.steps_both_halves else guided
 
 
@@ -121,6 +156,13 @@ def _pipeline_scale(guidance: Guidance) -> float:
     scale = guidance.guidance_scale
     scale = float(scale.max()) if isinstance(scale, torch.Tensor) else scale
     return scale if scale > 1.0 else 2.0
+
+
+def _call_value(call, bound, name, default):
+    """Call argument `name` as passed, else its default in the signature of `call`; `default` if name is None."""
+    if name is None:
+        return default
+    return bound[name] if name in bound else inspect.signature(call).parameters[name].default
 
 
 def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, args, kwargs):
@@ -132,21 +174,34 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
             f"{guidance!r}; the guidance's own scale governs. Set the scale on the guidance object, or call "
             "apg.guide(pipe, None) for stock behaviour"
         )
+    for arg, reason in spec.refused_args.items():
+        if arg in bound and bound[arg] != inspect.signature(call).parameters[arg].default:
+            raise ValueError(f"{arg}={bound[arg]!r} is not supported by apg with {type(pipe).__name__}: {reason}")
     kwargs = {**kwargs, spec.scale_arg: _pipeline_scale(guidance)}
     arg = spec.negative_prompt_arg
     if arg and bound.get(arg) is None and bound.get("negative_prompt_embeds") is None:
         kwargs[arg] = ""  # the uncond pass runs only with a negative prompt
     run = _GuidedRun(pipe, spec, guidance, space)
+    if spec.scale_2_arg and bound.get(spec.scale_2_arg) is not None:
+        run.scale_2 = _real(spec.scale_2_arg, bound[spec.scale_2_arg])  # passed on: the stock call checks it too
+    run.dynamic = bool(spec.dynamic_scale_arg and bound.get(spec.dynamic_scale_arg))
+    denoisers = [getattr(pipe, spec.denoiser)]
+    second = getattr(pipe, spec.denoiser_2, None) if spec.denoiser_2 else None
+    if second is not None and second is not denoisers[0]:
+        denoisers.append(second)
+    run.renorm = spec.renorm_to_cond and bool(_call_value(call, bound, spec.renorm_arg, True))
+    run.trunc_ratio = _call_value(call, bound, spec.cfg_trunc_arg, None)
     scheduler = pipe.scheduler
     shadowed = scheduler.__dict__.get("step")  # an outer guided run on a shared scheduler
-    handle = getattr(pipe, spec.denoiser).register_forward_hook(run.capture)
+    handles = [denoiser.register_forward_hook(run.capture) for denoiser in denoisers]
     scheduler.step = run.guided_step(type(scheduler).step.__get__(scheduler))
     _active_runs().append(run)
     try:
         return call(*args, **kwargs)
     finally:
         _active_runs().remove(run)
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         if shadowed is None:
             del scheduler.step
         else:
