@@ -282,12 +282,12 @@ def test_each_method_runs_with_an_interval_and_its_code_reproduces_it(method):
 def test_scheduler_choice_is_used_and_the_models_own_is_restored():
     model = ui.CACHE.get("builtin")
     own = model.pipe.scheduler
-    dpm, *_ = compare(scheduler="DPM-Solver++ 2M", **FAST)
+    dpm, *_ = compare(scheduler="DPMSolverMultistepScheduler", **FAST)
     default, *_ = compare(**FAST)
     assert model.pipe.scheduler is own
     assert np.abs(pixels(dpm[1]) - pixels(default[1])).max() > 0
     with pytest.raises(gr.Error, match="does not fit this model"):  # a flow-matching scheduler on an eps model
-        compare(scheduler="FlowMatch Euler", **FAST)
+        compare(scheduler="FlowMatchEulerDiscreteScheduler", **FAST)
     assert model.pipe.scheduler is own
 
 
@@ -471,6 +471,6 @@ def test_concurrent_requests_on_two_models_give_the_sequential_images(client, ti
         dict(seed=3, right_momentum=-0.75),
         dict(seed=3, right_method="mcfg", right_momentum=-0.5),
         dict(model=tiny_sd_path, prompt="a red bus", right_momentum=-0.75),
-        dict(model=tiny_sd_path, prompt="a red bus", seed=1, scheduler="Euler"),
+        dict(model=tiny_sd_path, prompt="a red bus", seed=1, scheduler="EulerDiscreteScheduler"),
     ])
     assert not np.array_equal(pixels(sequential[0][1]), pixels(sequential[1][1]))  # the settings do differ

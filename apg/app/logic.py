@@ -19,6 +19,7 @@ import torch
 
 import apg
 from apg.runtime import BUILTIN, ModelLoadError, load_pipeline, resolve_device, resolve_dtype
+from apg.schedulers import SUPPORTED_SCHEDULERS
 
 log = logging.getLogger("apg.app")
 
@@ -34,20 +35,9 @@ NUM_SEEDS = apg.Param("num_seeds", 4, 1, 8, "seeds in the gallery", int)
 SIZE = apg.Param("size", 0, 64, 2048, "height or width of a text-to-image model, a multiple of 8 (0: the model's)", int)
 SIGMA = apg.Param("sigma", 0.0, 0.0, math.inf, "EDM noise level sigma = sigma_t / alpha_t")
 
-# Display name -> Diffusers scheduler class (those apg.guide supports); "default" keeps the model's own.
-SCHEDULERS = {
-    "default": None,
-    "DDIM": "DDIMScheduler",
-    "DDPM": "DDPMScheduler",
-    "Euler": "EulerDiscreteScheduler",
-    "Euler ancestral": "EulerAncestralDiscreteScheduler",
-    "Heun": "HeunDiscreteScheduler",
-    "LMS": "LMSDiscreteScheduler",
-    "PNDM": "PNDMScheduler",
-    "DPM-Solver++ 2M": "DPMSolverMultistepScheduler",
-    "UniPC": "UniPCMultistepScheduler",
-    "FlowMatch Euler": "FlowMatchEulerDiscreteScheduler",
-}
+# "default" keeps the model's own scheduler; the others are the Diffusers classes apg.guide supports.
+DEFAULT_SCHEDULER = "default"
+SCHEDULERS = (DEFAULT_SCHEDULER, *SUPPORTED_SCHEDULERS)
 INTERVAL_OFF, INTERVAL_CUSTOM = "off", "custom"
 # Call arguments that mark a pipeline the app cannot drive: it needs an input image, or it makes video.
 UNSUPPORTED_INPUTS = {"image": "an input image", "mask_image": "a mask", "control_image": "a control image",
@@ -75,7 +65,7 @@ def defaults() -> dict:
     A knob the side's default method lacks defaults to None: "the chosen method's own default".
     """
     values = dict(model=BUILTIN, prompt="cat", negative_prompt="", seed=SEED.default, num_seeds=NUM_SEEDS.default,
-                  steps=STEPS.default, scheduler="default", guidance_scale=apg.SCALE.default, height=0, width=0)
+                  steps=STEPS.default, scheduler=DEFAULT_SCHEDULER, guidance_scale=apg.SCALE.default, height=0, width=0)
     for side, method in zip(SIDES, ("cfg", "apg")):
         own = {param.name: param.default for param in apg.METHODS[method].parameters}
         values[f"{side}_method"] = method
@@ -120,7 +110,8 @@ class Request:
     right: Side
 
 
-def _bounds(param: apg.Param) -> str:
+def bounds_text(param: apg.Param) -> str:
+    """'in [1, 1000]' or '>= 0'."""
     low, high = (int(b) if param.kind is int and math.isfinite(b) else b for b in (param.low, param.high))
     return f">= {low}" if high == math.inf else f"in [{low}, {high}]"
 
@@ -141,7 +132,7 @@ def _number(name: str, value, param: apg.Param):
             raise InputError(f"{name} must be a whole number, got {value!r}")
         value = int(value)
     if not param.low <= value <= param.high:
-        raise InputError(f"{name} must be {_bounds(param)}, got {value!r}")
+        raise InputError(f"{name} must be {bounds_text(param)}, got {value!r}")
     return value
 
 
@@ -282,16 +273,16 @@ class ModelCache:
 # -- generation -----------------------------------------------------------------------------------
 def _scheduler(pipe, name):
     """A fresh scheduler of the chosen kind for this request, configured like the model's own."""
-    if SCHEDULERS[name] is None:
+    if name == DEFAULT_SCHEDULER:
         return pipe.scheduler
     compatible = {cls.__name__ for cls in pipe.scheduler.compatibles} | {type(pipe.scheduler).__name__}
-    if SCHEDULERS[name] not in compatible:
-        usable = [key for key, cls in SCHEDULERS.items() if cls is None or cls in compatible]
+    if name not in compatible:
+        usable = [key for key in SCHEDULERS if key == DEFAULT_SCHEDULER or key in compatible]
         raise InputError(f"scheduler {name!r} does not fit this model ({type(pipe.scheduler).__name__}); "
                          f"choose one of {', '.join(usable)}")
     import diffusers
 
-    return getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
+    return getattr(diffusers, name).from_config(pipe.scheduler.config)
 
 
 def _call_kwargs(model: LoadedModel, request: Request, notes: list) -> dict:
@@ -389,7 +380,7 @@ def percent(fraction: float) -> str:
 
 def reproduction_code(request: Request, class_conditional: bool) -> str:
     """Python that reproduces a comparison outside the app; it leaves the images in `images`."""
-    scheduler = SCHEDULERS[request.scheduler]
+    scheduler = None if request.scheduler == DEFAULT_SCHEDULER else request.scheduler
     classes = ([] if request.model == BUILTIN else ["DiffusionPipeline"]) + ([scheduler] if scheduler else [])
     lines = ["import torch"] + ([f"from diffusers import {', '.join(classes)}"] if classes else [])
     lines += ["", "import apg", ""]

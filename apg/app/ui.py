@@ -130,20 +130,17 @@ def make_endpoint(names: list[str]):
 # -- widgets --------------------------------------------------------------------------------------
 def _number(param: apg.Param, value, label: str, visible=True, **kwargs) -> gr.Number:
     """A number box: no slider, because Gradio's sliders clamp a typed value silently; bounds are checked once."""
-    info = f"{logic._bounds(param)}; {param.help}"
+    info = f"{logic.bounds_text(param)}; {param.help}"
     step = 1 if param.kind is int else 0.05 if math.isfinite(param.high) and param.high - param.low <= 2 else 0.5
     return gr.Number(value, label=label, info=info, step=step, visible=visible, **kwargs)
 
 
 def _method_updates(method: str, side_params: dict, reset: bool):
     """Visibility (and, when the user picks a method, the class defaults) of a side's knobs and preset box."""
-    own = {param.name: param for param in apg.METHODS[method].parameters}
-    updates = []
-    for name in side_params:
-        value = own[name].default if reset and name in own else gr.update()
-        updates.append(gr.update(visible=name in own, value=value) if reset else gr.update(visible=name in own))
-    updates.append(gr.update(visible=_takes_presets(method)))
-    return updates
+    own = {param.name: param.default for param in apg.METHODS[method].parameters}
+    updates = [gr.update(visible=name in own, **({"value": own[name]} if reset and name in own else {}))
+               for name in side_params]
+    return updates + [gr.update(visible=_takes_presets(method))]
 
 
 def _takes_presets(method: str) -> bool:
