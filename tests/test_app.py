@@ -266,7 +266,7 @@ def test_each_method_runs_with_an_interval_and_its_code_reproduces_it(method):
     slider, summary, gallery, _, code = compare(left_method=method, right_method=method, right_interval=interval,
                                                 steps=4, num_seeds=1)
     cls = apg.METHODS[method]
-    assert summary.count(cls.label) == 2 and "σ∈(" in summary
+    assert summary.count(logic.escape_markdown(cls.label)) == 2 and "σ∈(" in summary
     assert f"interval={tuple(apg.INTERVALS[interval])!r}" in code and f"apg.INTERVALS[{interval!r}]" in code
     images = _exec_images(code)
     assert np.array_equal(pixels(images["left"][0]), pixels(slider[0]))

@@ -10,6 +10,7 @@ import inspect
 import logging
 import math
 import numbers
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -417,12 +418,18 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def escape_markdown(text: str) -> str:
+    """Text shown literally in Markdown ("CFG-Zero*" inside bold would end the bold)."""
+    return re.sub(r"([\\`*_\[\]<>])", r"\\\1", text)
+
+
 def summary(request: Request, result: Result) -> str:
     """Markdown: per side, the first seed's saturation and clipping, and the means over all seeds."""
     n, lines = len(request.seeds), []
     for side, arrow in zip(SIDES, ("◀", "▶")):
         sat, clip = result.saturation[side], result.clipping[side]
-        line = (f"**{side.capitalize()} {arrow} {label(getattr(request, side), request.guidance_scale)}** — "
+        name = escape_markdown(label(getattr(request, side), request.guidance_scale))
+        line = (f"**{side.capitalize()} {arrow} {name}** — "
                 f"seed {request.seeds[0]}: saturation **{sat[0]:.3f}**, clipped **{percent(clip[0])}**")
         if n > 1:
             line += f"; mean over {n} seeds: saturation {np.mean(sat):.3f}, clipped {percent(float(np.mean(clip)))}"
