@@ -474,3 +474,9 @@ def test_concurrent_requests_on_two_models_give_the_sequential_images(client, ti
         dict(model=tiny_sd_path, prompt="a red bus", seed=1, scheduler="EulerDiscreteScheduler"),
     ])
     assert not np.array_equal(pixels(sequential[0][1]), pixels(sequential[1][1]))  # the settings do differ
+
+
+def test_user_text_in_a_message_is_not_html():
+    with pytest.raises(gr.Error) as info:
+        compare(prompt="<img src=x onerror=alert(1)>", steps=2, num_seeds=1)
+    assert "<img" not in info.value.message and "&lt;img src=x" in info.value.message

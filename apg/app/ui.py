@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import html
 import inspect
 import io
 import logging
@@ -55,10 +56,13 @@ THEME = gr.themes.Soft()
 
 
 def _message(title: str, exc: BaseException) -> gr.Error:
-    """A toast with one line: Gradio 6's frontend shows "Error" whatever `title=` says, so the title leads the text."""
+    """A toast with one line: Gradio 6's frontend shows "Error" whatever `title=` says, so the title leads the text.
+
+    gr.Error renders HTML, and the text can hold user input (a prompt, a model id): it is escaped.
+    """
     text = str(exc).replace("\n", " ")
     log.warning("%s: %s", title, text)  # one line in the terminal, no traceback
-    return gr.Error(f"{title}: {text}", title=title, print_exception=False)
+    return gr.Error(html.escape(f"{title}: {text}", quote=False), title=title, print_exception=False)
 
 
 def png(image) -> str:
@@ -76,7 +80,7 @@ def png(image) -> str:
 
 
 def compare_values(values: dict, progress=None):
-    """The endpoint's work on inputs by name: (slider, summary, gallery, table, code, notes)."""
+    """The endpoint's work on inputs by name: (slider, summary, gallery, table, code); notes become warnings."""
     try:
         request = logic.parse_request(**values)
         result = logic.run(request, CACHE, progress)
@@ -86,8 +90,8 @@ def compare_values(values: dict, progress=None):
         raise _message("Invalid settings", exc) from None
     except Exception as exc:  # out of memory, a broken pipeline, ...: a message in the UI, the trace in the log
         log.exception("generation failed")
-        raise gr.Error(f"Generation failed: {type(exc).__name__}: {exc}", title="Generation failed",
-                       print_exception=False) from None
+        raise gr.Error(html.escape(f"Generation failed: {type(exc).__name__}: {exc}", quote=False),
+                       title="Generation failed", print_exception=False) from None
     for note in result.notes:
         gr.Warning(note)
     names = logic.column_names(request)
