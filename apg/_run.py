@@ -2,9 +2,14 @@
 
 Per call, a forward hook on the denoiser records its conditional and unconditional outputs;
 `scheduler.step` is shadowed on the instance by a wrapper that turns both into x0 with the scheduler's own
-coefficients, applies the guidance, maps the result back to the model's parameterization
+coefficients, applies the guidance with its step context (sigma, step), maps the result back to the model's parameterization
 (`out_uncond + (x0_guided - x0_uncond) / b`, exact) and calls the real step. Both are removed when the call
 ends, whether it returns or raises. The pipeline's own CFG line still runs; its result is replaced.
+
+The step context: `step` counts scheduler.step calls from 0, as Diffusers' loops count `i` over
+scheduler.timesteps; `sigma` is the EDM noise level of the sample that step's model evaluation saw. Heun-type
+schedulers evaluate twice per step and count twice: the first evaluation gets sigma_i, the second (the
+correction at the Euler prediction) sigma_{i+1}, and its own step index.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 
 from .guidance import Guidance
 from .registry import PipelineSpec
-from .schedulers import check_scheduler, denoised_coefficients
+from .schedulers import check_scheduler, denoised_coefficients, noise_level
 
 __all__ = ["run_guided"]
 
@@ -42,6 +47,7 @@ class _GuidedRun:
         self.guidance.reset()
         self.family = check_scheduler(pipe.scheduler)
         self.outputs: list[torch.Tensor] = []  # denoiser outputs since the last step
+        self.step = 0  # scheduler.step calls so far: the guidance's `step`
 
     def capture(self, module, args, output):
         runs = _active_runs()
@@ -96,8 +102,10 @@ class _GuidedRun:
                 f"{type(self.pipe).__name__}: denoiser output {tuple(pred_cond.shape)} does not match the "
                 f"scheduler's model_output {tuple(model_output.shape)}"
             )
+        context = dict(sigma=noise_level(self.pipe.scheduler, self.family, timestep), step=self.step)
+        self.step += 1
         if self.space == "raw":
-            guided = self.guidance(pred_cond, pred_uncond)
+            guided = self.guidance(pred_cond, pred_uncond, **context)
         else:
             a, b = denoised_coefficients(self.pipe.scheduler, self.family, timestep)
             if b == 0:
@@ -107,7 +115,7 @@ class _GuidedRun:
             scaled_sample = sample[:n].to(dtype) * a  # x0 = a * sample + b * output, [n, C, ...]
             denoised_cond = torch.add(scaled_sample, pred_cond.to(dtype), alpha=b)
             denoised_uncond = torch.add(scaled_sample, pred_uncond.to(dtype), alpha=b)
-            denoised = self.guidance(denoised_cond, denoised_uncond)
+            denoised = self.guidance(denoised_cond, denoised_uncond, **context)
             guided = torch.add(pred_uncond.to(dtype), denoised - denoised_uncond, alpha=1.0 / b)
             guided = guided.to(model_output.dtype)
         rescale = getattr(self.pipe, self.spec.rescale_attr) if self.spec.rescale_attr else 0.0
