@@ -1,8 +1,9 @@
 """Overhead of apg.guide on a whole pipeline call: stock CFG vs APG, small random SD-shaped UNet, CPU.
 
-    python benchmarks/bench_pipeline.py [--repeats 30] [--steps 10] [--size 64] [--threads 1]
+    python benchmarks/bench_pipeline.py [--repeats 30] [--steps 10] [--size 64] [--threads 1] [--interval LOW,HIGH]
 
-Both variants run the same StableDiffusionPipeline object with the same seed, interleaved call by call so
+`--interval` adds a third variant, APG guiding only where LOW < sigma <= HIGH (e.g. 0.28,5.42, the SDXL one);
+the unconditional pass still runs at every step, so it should cost what APG costs. All variants run the same StableDiffusionPipeline object with the same seed, interleaved call by call so
 background load hits them alike; the verdict is the ratio of median wall times (target <= 1.03). The ratio
 of median CPU times of this process is printed too: on a shared machine it is the steadier of the two.
 """
@@ -22,6 +23,14 @@ import apg  # noqa: E402
 from apg import _run  # noqa: E402
 
 
+def _interval(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two numbers), got {text!r}") from None
+    return low, high
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -29,6 +38,7 @@ def main():
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (latents are half of it)")
     parser.add_argument("--scheduler", default="dpmpp_2m")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--interval", type=_interval, help="LOW,HIGH: also time APG with this sigma interval")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = tiny_sd_pipeline(args.scheduler, unet_channels=(32, 64))  # SD-shaped: 2 levels, cross-attention
@@ -39,16 +49,25 @@ def main():
     def stock():
         return pipe(**kwargs, guidance_scale=7.5, generator=torch.Generator().manual_seed(0))
 
-    def guided():
-        with apg.guide(pipe, guidance):
+    def guided(rule=guidance):
+        with apg.guide(pipe, rule):
             return pipe(**kwargs, generator=torch.Generator().manual_seed(0))
 
-    for fn in (stock, guided):  # warm up
+    variants = {"stock CFG": stock, "APG (apg.guide)": guided}
+    if args.interval:
+        within = apg.APG.from_preset("sd21", 7.5, interval=args.interval)
+        variants[f"APG, interval {args.interval}"] = lambda: guided(within)
+        pipe.scheduler.set_timesteps(args.steps)
+        sigmas = pipe.scheduler.sigmas[:-1].double()  # DPM-Solver on a VP schedule: sigma = sigma_t / alpha_t
+        sigmas = torch.stack([s_t / a_t for a_t, s_t in map(pipe.scheduler._sigma_to_alpha_sigma_t, sigmas)])
+        inside = int(((sigmas > args.interval[0]) & (sigmas <= args.interval[1])).sum())
+        print(f"interval {args.interval}: {inside} of {args.steps} steps inside")
+    for fn in variants.values():  # warm up
         fn()
-    names = ("stock CFG", "APG (apg.guide)")
+    names = tuple(variants)
     wall, cpu = {name: [] for name in names}, {name: [] for name in names}
     for repeat in range(args.repeats):
-        order = list(zip(names, (stock, guided)))
+        order = list(variants.items())
         for name, fn in order if repeat % 2 == 0 else order[::-1]:  # ABBA: a load trend hits both alike
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
@@ -61,10 +80,14 @@ def main():
     print(f"SD-shaped UNet {unet / 1e6:.2f}M params, {args.size // 2}x{args.size // 2} latents, {args.steps} steps "
           f"({args.scheduler}), {args.repeats} interleaved repeats, {args.threads} thread(s)")
     for name in names:
-        print(f"  {name:16s} median wall {medians[name] * 1e3:8.1f} ms   cpu {cpu_medians[name] * 1e3:8.1f} ms")
+        print(f"  {name:28s} median wall {medians[name] * 1e3:8.1f} ms   cpu {cpu_medians[name] * 1e3:8.1f} ms")
     print(f"  ratio APG / stock, wall time: {ratio:.4f}  (target <= 1.03: {'pass' if ratio <= 1.03 else 'FAIL'})")
     # CPU time of this process is insensitive to other processes competing for the cores.
     print(f"  ratio APG / stock, CPU time:  {cpu_medians[names[1]] / cpu_medians[names[0]]:.4f}")
+    if args.interval:
+        name = names[2]
+        print(f"  ratio APG with interval / stock, wall time: {medians[name] / medians[names[0]]:.4f}, "
+              f"CPU time: {cpu_medians[name] / cpu_medians[names[0]]:.4f}")
 
     # apg's own work per step (x0 conversion, guidance, mapping back), timed directly: a noise-free floor.
     spent, guide_output = [], _run._GuidedRun.guide_output
