@@ -1,4 +1,4 @@
-"""Guide stock Diffusers pipelines with an `apg.Guidance` in denoised (x0) space: `guide` and the mixin.
+"""Guide stock Diffusers pipelines with an `apg.Guidance` (in x0 space, or raw for raw rules): `guide` and the mixin.
 
 The table of supported pipelines is apg/registry.py; what happens inside one guided call is apg/_run.py.
 """
@@ -78,7 +78,7 @@ def _entered_from(site) -> bool:
 
 
 class GuidancePipelineMixin:
-    """Mix into a stock pipeline class: `pipe(..., guidance=apg.APG(...))` guides that call in x0 space.
+    """Mix into a stock pipeline class: `pipe(..., guidance=apg.APG(...))` guides that call.
 
     Without `guidance=`, the guidance set by `apg.guide(pipe, g)` applies; with neither, stock behaviour.
     The rule's own space applies (x0; raw for CFG-Zero*); `guidance_space="raw"` guides an x0 rule on the

@@ -49,6 +49,13 @@ def test_inside_outside_and_boundaries(implementation, make):
             assert g._running is None  # the momentum state did not start
 
 
+def test_sigma_from_a_scheduler_table():
+    (cond,), (uncond,) = pairs((2, 3, 4, 4))
+    g = CFG(5.0, interval=(1.0, 2.0))
+    assert torch.equal(g(cond, uncond, sigma=torch.tensor(1.5, dtype=torch.float64)), CFG(5.0)(cond, uncond))
+    assert torch.equal(g(cond, uncond, sigma=torch.tensor([0.5])), cond)
+
+
 def test_infinite_high_includes_pure_noise():
     (cond,), (uncond,) = pairs((2, 3, 4, 4))
     g = CFG(5.0, interval=(1.0, math.inf))
@@ -108,7 +115,8 @@ def test_calls_without_interval_are_unchanged(implementation, monkeypatch):
     (dict(sigma=float("nan")), ValueError, "sigma"),
     (dict(sigma=-1.0), ValueError, "sigma"),
     (dict(sigma="1"), TypeError, "sigma"),
-    (dict(sigma=torch.tensor(1.0)), TypeError, "sigma"),
+    (dict(sigma=torch.tensor([1.0, 2.0])), TypeError, "sigma"),
+    (dict(sigma=torch.tensor(1)), TypeError, "sigma"),
     (dict(step=-1), ValueError, "step"),
     (dict(step=1.0), TypeError, "step"),
     (dict(step=True), TypeError, "step"),

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from tiny_pipelines import call, make_scheduler, tiny_sd3_pipeline, tiny_sd_pipeline
+from tiny_pipelines import FAMILIES, call, make_scheduler, tiny_sd3_pipeline, tiny_sd_pipeline
 
 import apg
 
@@ -213,10 +213,17 @@ class Spy(apg.CFG):
         return super().__call__(pred_cond, pred_uncond, sigma=sigma, step=step)
 
 
-def independent_sigma(scheduler, t):
-    """The noise level at training timestep t: sqrt((1 - abar_t) / abar_t), linear between integer timesteps
-    (Euler's "linspace" spacing gives fractional ones), or s / (1 - s) with s = t / T for flow matching."""
+def independent_sigma(scheduler, i, t):
+    """The noise level of loop step i at training timestep t: sqrt((1 - abar_t) / abar_t), linear between integer
+    timesteps (Euler's "linspace" spacing gives fractional ones), or s / (1 - s) with s = t / T for flow matching.
+    Where the timesteps are rounded from the noise table (Karras sigmas, flow sigmas of DPM-Solver and UniPC),
+    the table itself: sigma_i, or s_i / (1 - s_i)."""
     t = float(t)
+    if scheduler.config.get("use_flow_sigmas"):
+        s = float(scheduler.sigmas[i])
+        return math.inf if s >= 1 else s / (1 - s)
+    if scheduler.config.get("use_karras_sigmas"):
+        return float(scheduler.sigmas[i])
     if "FlowMatch" in type(scheduler).__name__:
         s = t / scheduler.config.num_train_timesteps
         return math.inf if s >= 1 else s / (1 - s)
@@ -226,14 +233,14 @@ def independent_sigma(scheduler, t):
     return sigma(low) if t == low else (low + 1 - t) * sigma(low) + (t - low) * sigma(low + 1)
 
 
-@pytest.mark.parametrize("name", ["ddim", "ddpm", "pndm", "euler", "euler_a", "heun", "lms", "dpmpp_2m", "unipc",
-                                  "flow_euler"])
+@pytest.mark.parametrize("name", ["ddim", "ddpm", "pndm", "euler", "euler_a", "heun", "lms", "dpmpp_2m",
+                                  "dpmpp_2m_karras", "unipc", "flow_euler", "dpmpp_2m_flow", "unipc_flow"])
 def test_each_evaluation_gets_its_sigma_and_step(name):
     """Per pipeline loop iteration i (Diffusers' own step counter, from callback_on_step_end): step == i and sigma
     is that of the timestep the model evaluated. Heun evaluates twice per step and each evaluation counts:
     timesteps [t0, t1, t1, t2, ...] give sigma_0, sigma_1 (the correction at the Euler prediction), sigma_1, ..."""
-    family = "sd3" if name == "flow_euler" else "sd"
-    pipe = tiny_sd3_pipeline(name) if family == "sd3" else tiny_sd_pipeline(name)
+    family = {"flow_euler": "sd3", "dpmpp_2m_flow": "sana", "unipc_flow": "sana"}.get(name, "sd")
+    pipe = FAMILIES[family][0](scheduler=name)
     loop = []
     callback = lambda p, i, t, kwargs: loop.append((i, t)) or {}  # noqa: E731
     SEEN.clear()
@@ -241,7 +248,7 @@ def test_each_evaluation_gets_its_sigma_and_step(name):
         call(pipe, family, steps=3, callback_on_step_end=callback)
     assert [step for step, _ in SEEN] == [i for i, _ in loop] == list(range(len(loop)))
     for (_, sigma), (i, t) in zip(SEEN, loop):
-        expected = independent_sigma(pipe.scheduler, t)
+        expected = independent_sigma(pipe.scheduler, i, t)
         assert sigma == expected if math.isinf(expected) else math.isclose(sigma, expected, rel_tol=1e-5), (i, t)
     if name == "heun":
         assert len(loop) == 2 * 3 - 1 and SEEN[1][1] == SEEN[2][1] < SEEN[0][1]
