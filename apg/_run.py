@@ -2,7 +2,8 @@
 
 Per call, a forward hook on the denoiser records its conditional and unconditional outputs;
 `scheduler.step` is shadowed on the instance by a wrapper that turns both into x0 with the scheduler's own
-coefficients, applies the guidance with its step context (sigma, step), maps the result back to the model's parameterization
+coefficients, applies the guidance with its step context (sigma, step), maps the result back to the model's
+parameterization
 (`out_uncond + (x0_guided - x0_uncond) / b`, exact) and calls the real step. Both are removed when the call
 ends, whether it returns or raises. The pipeline's own CFG line still runs; its result is replaced.
 

@@ -3,9 +3,10 @@
     python benchmarks/bench_pipeline.py [--repeats 30] [--steps 10] [--size 64] [--threads 1] [--interval LOW,HIGH]
 
 `--interval` adds a third variant, APG guiding only where LOW < sigma <= HIGH (e.g. 0.28,5.42, the SDXL one);
-the unconditional pass still runs at every step, so it should cost what APG costs. All variants run the same StableDiffusionPipeline object with the same seed, interleaved call by call so
-background load hits them alike; the verdict is the ratio of median wall times (target <= 1.03). The ratio
-of median CPU times of this process is printed too: on a shared machine it is the steadier of the two.
+the unconditional pass still runs at every step, so it should cost what APG costs. All variants run the same
+StableDiffusionPipeline object with the same seed, interleaved call by call so background load hits them alike;
+the verdict is the ratio of median wall times (target <= 1.03). The ratio of median CPU times of this process
+is printed too: on a shared machine it is the steadier of the two.
 """
 
 import argparse
