@@ -58,11 +58,16 @@ def main():
     if args.interval:
         within = apg.APG.from_preset("sd21", 7.5, interval=args.interval)
         variants[f"APG, interval {args.interval}"] = lambda: guided(within)
-        pipe.scheduler.set_timesteps(args.steps)
-        sigmas = pipe.scheduler.sigmas[:-1].double()  # DPM-Solver on a VP schedule: sigma = sigma_t / alpha_t
-        sigmas = torch.stack([s_t / a_t for a_t, s_t in map(pipe.scheduler._sigma_to_alpha_sigma_t, sigmas)])
-        inside = int(((sigmas > args.interval[0]) & (sigmas <= args.interval[1])).sum())
-        print(f"interval {args.interval}: {inside} of {args.steps} steps inside")
+        sigmas = []  # what apg.guide passes each step (a module-level list survives its copy of the rule)
+
+        class Seen(apg.CFG):
+            def __call__(self, pred_cond, pred_uncond, *, sigma=None, step=None):
+                sigmas.append(sigma)
+                return super().__call__(pred_cond, pred_uncond, sigma=sigma, step=step)
+
+        guided(Seen(7.5))
+        inside = sum(args.interval[0] < sigma <= args.interval[1] for sigma in sigmas)
+        print(f"interval {args.interval}: {inside} of {len(sigmas)} steps inside")
     for fn in variants.values():  # warm up
         fn()
     names = tuple(variants)
