@@ -87,6 +87,20 @@ STOCK_PIPELINES: dict[str, dict] = {
     "DiTPipeline": dict(denoiser="transformer", batch="cond_first", steps_both_halves=True),
     "FluxPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
                          negative_prompt_arg="negative_prompt"),
+    # ControlNet: the residuals come from pipe.controlnet, a second module; only the unet's output is captured.
+    # guess_mode feeds the controlnet the cond half only (zero residuals for uncond): still one unet pass.
+    "StableDiffusionControlNetPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "StableDiffusionXLControlNetPipeline": dict(denoiser="unet", batch="uncond_first"),
+    # Inpaint: a 9-channel unet input (latents, mask, masked image) gives a 4-channel output, stepped on the
+    # 4-channel latents; a 4-channel unet blends the known region back after each step.
+    "StableDiffusionInpaintPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "StableDiffusionXLInpaintPipeline": dict(denoiser="unet", batch="uncond_first", rescale_attr="guidance_rescale"),
+    "PixArtAlphaPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "StableDiffusion3Img2ImgPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "KolorsPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "AuraFlowPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "HunyuanDiTPipeline": dict(denoiser="transformer", batch="uncond_first", rescale_attr="guidance_rescale"),
+    "CogView4Pipeline": dict(denoiser="transformer", batch="separate"),
 }
 
 

@@ -1,0 +1,121 @@
+"""ControlNet, inpainting, PixArt-Alpha, SD3 img2img, Kolors, AuraFlow, HunyuanDiT, CogView4 under apg.guide.
+
+Per pipeline: APG(eta=1, r=0, beta=0) equals the stock CFG call (<= 1e-4), with the guidance seen once per
+scheduler step on x0 shaped like the latents; a nonlinear APG differs from CFG; after apg.guide(pipe, None)
+the pipeline is stock again. For inpainting, the x0 apg guides is the scheduler's own pred_original_sample
+of the conditional output, at every step.
+"""
+
+import copy
+import functools
+
+import pytest
+import torch
+from tiny_control import FAMILIES, call, tiny_sd_inpaint_pipeline, tiny_sdxl_inpaint_pipeline
+
+import apg
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SCALE, STEPS = 4.0, 3
+RECORDED = []  # (x0_cond, x0_uncond) per guidance call; module level: the guidance is deep-copied per call
+
+
+class Recording(apg.APG):
+    def __call__(self, pred_cond, pred_uncond):
+        RECORDED.append((pred_cond.clone(), pred_uncond.clone()))
+        return super().__call__(pred_cond, pred_uncond)
+
+
+def rel_diff(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def evaluations(pipe, family, **kwargs):
+    """Run the call; the number of denoiser evaluations, counted by a hook of the test's own."""
+    count = []
+    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    handle = denoiser.register_forward_hook(lambda *_: count.append(1))
+    try:
+        return call(pipe, family, STEPS, **kwargs), len(count)
+    finally:
+        handle.remove()
+
+
+PASSES = {"cogview4": 2}  # separate cond and uncond passes per step; the others batch [uncond, cond]
+
+
+# Extra call arguments that change how the pipeline runs its CFG, each checked for parity too.
+VARIANTS = {
+    "sd_controlnet": {"guess_mode": True},  # the controlnet sees the cond half only; uncond gets zero residuals
+    "sdxl_controlnet": {"guess_mode": True, "controlnet_conditioning_scale": 0.5},
+    "sdxl_inpaint": {"guidance_rescale": 0.7},
+    "hunyuandit": {"guidance_rescale": 0.7},
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_parity_nonlinear_and_stock_again(family):
+    pipe = FAMILIES[family][0]()
+    stock = {}
+    for variant, extra in {"base": {}, "variant": VARIANTS.get(family)}.items():
+        if extra is None:
+            continue
+        stock[variant] = call(pipe, family, STEPS, guidance_scale=SCALE, **extra)
+        RECORDED.clear()
+        with apg.guide(pipe, Recording(SCALE, eta=1.0, norm_threshold=0.0, momentum=0.0)):
+            guided, evaluated = evaluations(pipe, family, **extra)
+        assert rel_diff(guided, stock[variant]) <= 1e-4, extra
+        assert len(RECORDED) == evaluated // PASSES.get(family, 1) > 0  # once per scheduler step
+        assert all(x0.shape == guided.shape for pair in RECORDED for x0 in pair)
+    apg.guide(pipe, apg.APG(SCALE, eta=0.0, norm_threshold=0.5, momentum=-0.5))
+    assert rel_diff(call(pipe, family, STEPS), stock["base"]) > 1e-3  # the hook ran: APG is not CFG here
+    apg.guide(pipe, None)
+    assert torch.equal(call(pipe, family, STEPS, guidance_scale=SCALE), stock["base"])
+
+
+def _record_scheduler_x0(monkeypatch, pipe, family):
+    """Patch the scheduler class's step: before each real step, record the pred_original_sample the scheduler
+    itself computes from the unet's conditional output (on a copy of its state). Returns that list."""
+    cond_outputs, own_x0 = [], []
+    pipe.unet.register_forward_hook(lambda m, a, out: cond_outputs.append(out[0].chunk(2)[1].clone()))
+    cls = type(pipe.scheduler)
+    original = cls.step
+
+    @functools.wraps(original)
+    def step(self, model_output, timestep, sample, *args, **kwargs):
+        kwargs_copy = {k: v for k, v in kwargs.items() if k not in ("generator", "return_dict")}
+        own = original(copy.deepcopy(self), cond_outputs[-1], timestep, sample, *args, **kwargs_copy)
+        own_x0.append(own.pred_original_sample)
+        return original(self, model_output, timestep, sample, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "step", step)
+    return own_x0
+
+
+@pytest.mark.parametrize("family, builder, scheduler, prediction", [
+    ("sd_inpaint", tiny_sd_inpaint_pipeline, "ddim", "epsilon"),
+    ("sd_inpaint", tiny_sd_inpaint_pipeline, "euler", "v_prediction"),
+    ("sd_inpaint_4ch", lambda s, p: tiny_sd_inpaint_pipeline(s, p, unet_channels=4), "euler", "epsilon"),
+    ("sdxl_inpaint", tiny_sdxl_inpaint_pipeline, "ddim", "v_prediction"),
+])
+def test_inpaint_x0_is_the_schedulers_own(monkeypatch, family, builder, scheduler, prediction):
+    pipe = builder(scheduler, prediction)
+    own_x0 = _record_scheduler_x0(monkeypatch, pipe, family)
+    RECORDED.clear()
+    with apg.guide(pipe, Recording(SCALE, eta=0.0, norm_threshold=0.5, momentum=-0.5)):
+        call(pipe, family, STEPS)
+    assert len(RECORDED) == len(own_x0) > 1
+    for (x0_cond, _), own in zip(RECORDED, own_x0):
+        assert rel_diff(x0_cond, own) <= 1e-5
+
+
+@pytest.mark.parametrize("name", [
+    "ZImagePipeline", "Kandinsky5T2VPipeline", "HunyuanImagePipeline", "HunyuanVideo15Pipeline",
+])
+def test_unsupported_pipelines_refused(name):
+    import diffusers
+
+    pipe = object.__new__(getattr(diffusers, name))  # the class is all apg looks at before refusing
+    with pytest.raises(ValueError, match=f"pipeline {name} is not supported"):
+        apg.guide(pipe, apg.APG(SCALE))
