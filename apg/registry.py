@@ -44,6 +44,21 @@ def register_pipeline(
     negative_prompt_arg: the pipeline runs its uncond pass only with this argument; "" is passed if absent.
     steps_both_halves: the pipeline steps the latents of both halves together (DiT).
     Only the first `sample.shape[1]` channels of each output are guided (learned-sigma channels are not).
+
+    Read the class's `__call__` first. It fits when, per `scheduler.step`, the denoiser runs once on the
+    concatenated halves (or twice, cond then uncond), the pipeline combines them with the plain CFG line
+    `uncond + scale * (cond - uncond)` (then at most `guidance_rescale`), and steps an output shaped like the
+    latents. Extra modules (a ControlNet, an image encoder) are fine: only `denoiser`'s output is captured.
+    ControlNet img2img, for example, batches `[uncond, cond]` through `self.unet`:
+
+        import apg
+        from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+        apg.register_pipeline(StableDiffusionControlNetImg2ImgPipeline, denoiser="unet", batch="uncond_first")
+        apg.guide(pipe, apg.APG(7.5, norm_threshold=15.0))  # pipe: a loaded pipeline of that class
+
+    A call that breaks the pattern at run time (another number of denoiser passes per step, a batch that
+    does not split in two) raises a RuntimeError. Check parity: `apg.APG(scale, eta=1.0, momentum=0.0)` is CFG.
     """
     if not isinstance(pipeline_cls, type):
         raise TypeError(f"pipeline_cls must be a pipeline class, got {pipeline_cls!r}")

@@ -119,3 +119,24 @@ def test_unsupported_pipelines_refused(name):
     pipe = object.__new__(getattr(diffusers, name))  # the class is all apg looks at before refusing
     with pytest.raises(ValueError, match=f"pipeline {name} is not supported"):
         apg.guide(pipe, apg.APG(SCALE))
+
+
+def test_register_pipeline_docstring_example():
+    """The pattern register_pipeline's docstring shows: ControlNet img2img, declared by the user."""
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+    from tiny_control import IMAGE, tiny_sd_controlnet_pipeline
+
+    class UserControlNetImg2Img(StableDiffusionControlNetImg2ImgPipeline):  # a subclass: the stock table stays
+        pass
+
+    pipe = UserControlNetImg2Img(**tiny_sd_controlnet_pipeline().components)
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="UserControlNetImg2Img is not supported"):
+        apg.guide(pipe, apg.APG(SCALE))
+    apg.register_pipeline(UserControlNetImg2Img, denoiser="unet", batch="uncond_first")
+    run = dict(prompt="a photo of a cat", negative_prompt="a blue car", image=IMAGE, control_image=IMAGE,
+               strength=0.75, num_inference_steps=4, output_type="latent")
+    stock = pipe(**run, guidance_scale=SCALE, generator=torch.Generator().manual_seed(0))[0]
+    with apg.guide(pipe, apg.APG(SCALE, eta=1.0, momentum=0.0)):
+        guided = pipe(**run, generator=torch.Generator().manual_seed(0))[0]
+    assert rel_diff(guided, stock) <= 1e-4
