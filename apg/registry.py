@@ -116,6 +116,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     "AuraFlowPipeline": dict(denoiser="transformer", batch="uncond_first"),
     "HunyuanDiTPipeline": dict(denoiser="transformer", batch="uncond_first", rescale_attr="guidance_rescale"),
     "CogView4Pipeline": dict(denoiser="transformer", batch="separate"),
+    # Channels-last video latents [B, T, H, W, C]; the default negative prompt makes the uncond pass always run.
+    "Kandinsky5T2VPipeline": dict(denoiser="transformer", batch="separate"),
 }
 
 

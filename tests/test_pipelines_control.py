@@ -1,4 +1,4 @@
-"""ControlNet, inpainting, PixArt-Alpha, SD3 img2img, Kolors, AuraFlow, HunyuanDiT, CogView4 under apg.guide.
+"""ControlNet, inpainting, PixArt-Alpha, SD3 img2img, Kolors, AuraFlow, HunyuanDiT, CogView4, Kandinsky 5 T2V.
 
 Per pipeline: APG(eta=1, r=0, beta=0) equals the stock CFG call (<= 1e-4), with the guidance seen once per
 scheduler step on x0 shaped like the latents; a nonlinear APG differs from CFG; after apg.guide(pipe, None)
@@ -42,7 +42,7 @@ def evaluations(pipe, family, **kwargs):
         handle.remove()
 
 
-PASSES = {"cogview4": 2}  # separate cond and uncond passes per step; the others batch [uncond, cond]
+PASSES = {"cogview4": 2, "kandinsky5_t2v": 2}  # separate cond and uncond passes per step; the others batch [uncond, cond]
 
 
 # Extra call arguments that change how the pipeline runs its CFG, each checked for parity too.
@@ -111,7 +111,7 @@ def test_inpaint_x0_is_the_schedulers_own(monkeypatch, family, builder, schedule
 
 
 @pytest.mark.parametrize("name", [
-    "ZImagePipeline", "Kandinsky5T2VPipeline", "HunyuanImagePipeline", "HunyuanVideo15Pipeline",
+    "ZImagePipeline", "HunyuanImagePipeline", "HunyuanVideo15Pipeline",
 ])
 def test_unsupported_pipelines_refused(name):
     import diffusers

@@ -2,7 +2,7 @@
 
 Builds on tiny_pipelines (same seeds, same tiny VAEs and text encoders). Pipelines whose text encoders are
 big or custom (Kolors' ChatGLM, AuraFlow's UMT5, CogView4's GLM, HunyuanDiT's BERT + mT5) get None and
-are called with fixed random `prompt_embeds` / `negative_prompt_embeds` (and masks).
+are called with fixed random `prompt_embeds` / `negative_prompt_embeds` (and masks); Kandinsky 5 likewise.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     HunyuanDiT2DModel,
     HunyuanDiTPipeline,
+    Kandinsky5T2VPipeline,
+    Kandinsky5Transformer3DModel,
     KolorsPipeline,
     PixArtAlphaPipeline,
     StableDiffusion3Img2ImgPipeline,
@@ -144,6 +146,23 @@ def tiny_hunyuandit_pipeline(scheduler="ddpm", prediction_type="v_prediction"):
     ))
 
 
+def tiny_kandinsky5_t2v_pipeline(shift=5.0):
+    """Kandinsky 5 text-to-video, channels-last latents [B, T, H, W, C]: one latent frame of 4x4 (VAE: None)."""
+    torch.manual_seed(0)
+    transformer = Kandinsky5Transformer3DModel(
+        in_visual_dim=4, in_text_dim=16, in_text_dim2=8, time_dim=16, out_visual_dim=4, patch_size=(1, 2, 2),
+        model_dim=16, ff_dim=32, num_text_blocks=1, num_visual_blocks=1, axes_dims=(4, 2, 2),
+    ).eval()
+    with torch.no_grad():  # the modulation and output layers start at zero: the output would not depend on text
+        for param in transformer.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.2)
+    return _no_bar(Kandinsky5T2VPipeline(
+        transformer=transformer, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+    ))
+
+
 # -- calls --------------------------------------------------------------------------------------------------
 def _rand(*shape, seed):
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
@@ -191,6 +210,13 @@ FAMILIES = {
         "height": 64, "width": 64, "use_resolution_binning": False,
         **_embeds(32, mask_names=[m.format("") for m in _HUNYUAN_MASKS]),
         **_embeds(32, mask_names=[m.format("_2") for m in _HUNYUAN_MASKS], suffix="_2"),
+    }),
+    "kandinsky5_t2v": (tiny_kandinsky5_t2v_pipeline, {
+        "height": 32, "width": 32, "num_frames": 1,
+        "prompt_embeds_qwen": _randn(1, 6, 16, seed=1), "prompt_embeds_clip": _randn(1, 8, seed=2),
+        "negative_prompt_embeds_qwen": _randn(1, 6, 16, seed=3), "negative_prompt_embeds_clip": _randn(1, 8, seed=4),
+        "prompt_cu_seqlens": torch.tensor([0, 6], dtype=torch.int32),
+        "negative_prompt_cu_seqlens": torch.tensor([0, 6], dtype=torch.int32),
     }),
 }
 
