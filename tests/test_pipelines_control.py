@@ -2,8 +2,8 @@
 
 Per pipeline: APG(eta=1, r=0, beta=0) equals the stock CFG call (<= 1e-4), with the guidance seen once per
 scheduler step on x0 shaped like the latents; a nonlinear APG differs from CFG; after apg.guide(pipe, None)
-the pipeline is stock again. For inpainting, the x0 apg guides is the scheduler's own pred_original_sample
-of the conditional output, at every step.
+the pipeline is stock again. For inpainting and the two-pass pipelines, the x0 apg guides is the
+scheduler's own x0 of the conditional output, at every step.
 """
 
 import copy
@@ -74,23 +74,45 @@ def test_parity_nonlinear_and_stock_again(family):
     assert torch.equal(call(pipe, family, STEPS, guidance_scale=SCALE), stock["base"])
 
 
-def _record_scheduler_x0(monkeypatch, pipe, family):
-    """Patch the scheduler class's step: before each real step, record the pred_original_sample the scheduler
-    itself computes from the unet's conditional output (on a copy of its state). Returns that list."""
-    cond_outputs, own_x0 = [], []
-    pipe.unet.register_forward_hook(lambda m, a, out: cond_outputs.append(out[0].chunk(2)[1].clone()))
+def _flow_match_x0(scheduler, timestep, sample, velocity):
+    """FlowMatch Euler's own x0, from its step: sample = (1 - sigma) x0 + sigma noise, velocity = noise - x0."""
+    index = scheduler.index_for_timestep(timestep) if scheduler.step_index is None else scheduler.step_index
+    return sample - scheduler.sigmas[index] * velocity
+
+
+def _record_scheduler_x0(monkeypatch, pipe, separate=False):
+    """Patch the scheduler class's step: before each real step, record the x0 the scheduler itself computes
+    from the denoiser's conditional output: its pred_original_sample (on a copy of its state) where step
+    returns one, else FlowMatch Euler's formula. Returns that list."""
+    outputs, own_x0 = [], []
+    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    denoiser.register_forward_hook(lambda m, a, out: outputs.append(out[0] if isinstance(out, tuple) else out.sample))
     cls = type(pipe.scheduler)
     original = cls.step
 
     @functools.wraps(original)
     def step(self, model_output, timestep, sample, *args, **kwargs):
-        kwargs_copy = {k: v for k, v in kwargs.items() if k not in ("generator", "return_dict")}
-        own = original(copy.deepcopy(self), cond_outputs[-1], timestep, sample, *args, **kwargs_copy)
-        own_x0.append(own.pred_original_sample)
+        cond = outputs[-2] if separate else outputs[-1].chunk(2)[1]  # separate: cond pass, then uncond pass
+        if hasattr(self, "alphas_cumprod"):
+            kwargs_copy = {k: v for k, v in kwargs.items() if k not in ("generator", "return_dict")}
+            own = original(copy.deepcopy(self), cond, timestep, sample, *args, **kwargs_copy).pred_original_sample
+        else:
+            own = _flow_match_x0(self, timestep, sample, cond)
+        own_x0.append(own.clone())
         return original(self, model_output, timestep, sample, *args, **kwargs)
 
     monkeypatch.setattr(cls, "step", step)
     return own_x0
+
+
+def check_x0(monkeypatch, pipe, family, separate=False):
+    own_x0 = _record_scheduler_x0(monkeypatch, pipe, separate)
+    RECORDED.clear()
+    with apg.guide(pipe, Recording(SCALE, eta=0.0, norm_threshold=0.5, momentum=-0.5)):
+        call(pipe, family, STEPS)
+    assert len(RECORDED) == len(own_x0) > 1
+    for (x0_cond, _), own in zip(RECORDED, own_x0):
+        assert rel_diff(x0_cond, own) <= 1e-5
 
 
 @pytest.mark.parametrize("family, builder, scheduler, prediction", [
@@ -100,14 +122,13 @@ def _record_scheduler_x0(monkeypatch, pipe, family):
     ("sdxl_inpaint", tiny_sdxl_inpaint_pipeline, "ddim", "v_prediction"),
 ])
 def test_inpaint_x0_is_the_schedulers_own(monkeypatch, family, builder, scheduler, prediction):
-    pipe = builder(scheduler, prediction)
-    own_x0 = _record_scheduler_x0(monkeypatch, pipe, family)
-    RECORDED.clear()
-    with apg.guide(pipe, Recording(SCALE, eta=0.0, norm_threshold=0.5, momentum=-0.5)):
-        call(pipe, family, STEPS)
-    assert len(RECORDED) == len(own_x0) > 1
-    for (x0_cond, _), own in zip(RECORDED, own_x0):
-        assert rel_diff(x0_cond, own) <= 1e-5
+    check_x0(monkeypatch, builder(scheduler, prediction), family)
+
+
+@pytest.mark.parametrize("family", ["cogview4", "kandinsky5_t2v"])
+def test_separate_pass_x0_is_the_schedulers_own(monkeypatch, family):
+    """Two passes per step, FlowMatch Euler; Kandinsky 5's latents are channels-last video."""
+    check_x0(monkeypatch, FAMILIES[family][0](), family, separate=True)
 
 
 @pytest.mark.parametrize("name", [
