@@ -57,14 +57,15 @@ def _quirks(spec) -> str:
 
 
 def pipelines_table() -> str:
+    import diffusers
+
     from apg.registry import STOCK_PIPELINES, registered
 
-    specs = {cls.__name__: spec for cls, spec in registered().items()}
-    files = _pipeline_files()
+    specs, files = registered(), _pipeline_files()
     rows = ["| pipeline | denoiser | batch | scale argument | quirks handled | file in `pipelines/` |",
             "|---|---|---|---|---|---|"]
     for name in STOCK_PIPELINES:
-        spec = specs[name]
+        spec = specs[getattr(diffusers, name)]
         file = f"`{files[name]}`" if name in files else "none"
         rows.append(f"| `{name}` | `{spec.denoiser}` | {BATCH_TEXT[spec.batch]} | `{spec.scale_arg}` | "
                     f"{_quirks(spec)} | {file} |")
