@@ -42,7 +42,7 @@ def evaluations(pipe, family, **kwargs):
         handle.remove()
 
 
-PASSES = {"cogview4": 2, "kandinsky5_t2v": 2}  # separate cond and uncond passes per step; the others batch [uncond, cond]
+PASSES = {"cogview4": 2, "kandinsky5_t2v": 2}  # cond and uncond passes per step; the others batch both halves
 
 
 # Extra call arguments that change how the pipeline runs its CFG, each checked for parity too.
