@@ -30,6 +30,11 @@ QUIRK_TEXT = {
     "rescale_attr": lambda value: f"`{value}` re-applied to the guided output",
     "negative_prompt_arg": lambda value: f'`{value}=""` passed when the call gives none',
     "steps_both_halves": lambda value: "steps the latents of both halves",
+    "denoiser_2": lambda value: f"second expert `{value}` hooked too",
+    "scale_2_arg": lambda value: f"its steps scaled by `{value}`",
+    "dynamic_scale_arg": lambda value: f"`{value}` reproduced",
+    "to_stepped": lambda value: f"guides only the stepped part of the output (`{value.__name__}`)",
+    "refused_args": lambda value: "refused: " + ", ".join(f"`{arg}`" for arg in sorted(value)),
 }
 SPEC_COLUMNS = ("denoiser", "batch", "scale_arg")  # fields with a column of their own
 
@@ -49,10 +54,12 @@ def _quirks(spec) -> str:
     quirks = []
     for field in dataclasses.fields(spec):
         value = getattr(spec, field.name)
-        if field.name in SPEC_COLUMNS or value == field.default:
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        if field.name in SPEC_COLUMNS or value == default:
             continue
         text = QUIRK_TEXT.get(field.name)
-        quirks.append(text(value) if text else f"`{field.name}={value!r}`")
+        shown = getattr(value, "__name__", None) or repr(value)  # a function by name: no memory address
+        quirks.append(text(value) if text else f"`{field.name}={shown}`")
     return "; ".join(quirks) or "none"
 
 

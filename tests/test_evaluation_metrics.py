@@ -123,3 +123,15 @@ def test_frechet_distance_rejects_mismatched_shapes_and_nan():
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(3))
     with pytest.raises(ValueError, match="NaN"):
         frechet_distance(np.zeros(2), np.eye(2), np.array([0.0, np.nan]), np.eye(2))
+
+
+def test_clipping_counts_values_at_the_ends_of_the_range():
+    from apg.evaluation import clipping, per_image_clipping
+
+    burnt = np.full((4, 4, 3), 255, np.uint8)  # white: saturation 0, every value clipped
+    half = np.zeros((4, 4, 3), np.uint8)
+    half[:, :2] = 128  # half mid-grey, half black
+    assert per_image_clipping([burnt, half]).tolist() == [1.0, 0.5]
+    floats = torch.tensor([0.0, 0.25, 1.0, 0.999]).view(1, 1, 2, 2).expand(1, 3, 2, 2)
+    assert clipping(floats) == 0.5
+    assert clipping(Image.new("RGB", (2, 2), (10, 200, 30))) == 0.0

@@ -5,7 +5,14 @@ Metrics and I/O are importable without Diffusers; torch-fidelity, accelerate and
 
 from importlib import import_module
 
-from .metrics import feature_statistics, frechet_distance, per_image_saturation, saturation
+from .metrics import (
+    clipping,
+    feature_statistics,
+    frechet_distance,
+    per_image_clipping,
+    per_image_saturation,
+    saturation,
+)
 
 # name -> module, imported on first use (torch-fidelity, accelerate and matplotlib are optional extras).
 _LAZY = {
@@ -17,7 +24,7 @@ _LAZY = {
     "write_report": ".sweeps", "clip_score": ".clip",
 }
 
-__all__ = ["saturation", "per_image_saturation", "frechet_distance", "feature_statistics", *_LAZY]
+__all__ = ["saturation", "per_image_saturation", "clipping", "per_image_clipping", "frechet_distance", "feature_statistics", *_LAZY]
 
 
 def __getattr__(name):

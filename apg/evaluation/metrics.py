@@ -1,11 +1,12 @@
-"""Saturation and the Frechet distance: the closed-form metrics, in float64, no feature extractor."""
+"""Saturation, clipping and the Frechet distance: the closed-form metrics, in float64, no feature extractor."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-__all__ = ["saturation", "frechet_distance", "feature_statistics"]
+__all__ = ["saturation", "per_image_saturation", "clipping", "per_image_clipping", "frechet_distance",
+           "feature_statistics"]
 
 
 def _to_rgb_float64(image) -> np.ndarray:
@@ -67,6 +68,29 @@ def saturation(images) -> float:
     ([H, W, C] / [N, H, W, C]), or a list of these. uint8 is 0..255, float is 0..1. Pure red 1, grey 0.
     """
     return float(per_image_saturation(images).mean())
+
+
+def per_image_clipping(images) -> np.ndarray:
+    """Fraction of each image's channel values at the ends of the range (0 or 1; uint8 0 or 255), [N] float64."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("images: got an empty list")
+        return np.concatenate([per_image_clipping(image) for image in images])
+    rgb = _to_rgb_float64(images)  # [N, H, W, 3] in [0, 1]
+    clipped = (rgb <= 0.0) | (rgb >= 1.0)
+    return clipped.reshape(len(clipped), -1).mean(axis=1)
+
+
+def clipping(images) -> float:
+    """Fraction of pixel values clipped: at 0 or 1 after the pipeline's clamp (0 or 255 in uint8), mean over images.
+
+    Pipelines clamp their decoded images to [0, 1], so a value the model pushed outside the range ends at an
+    end of it; counting the ends needs no access to the unclamped decode and works for any pipeline's output.
+    A burnt (white) or crushed (black) pixel has saturation near 0, so saturation alone reads *lower* for
+    the images that high-scale CFG burns; this is the number that shows them. Natural images rarely sit
+    exactly at 0 or 255 (CIFAR-10 test set: see the README).
+    """
+    return float(per_image_clipping(images).mean())
 
 
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
