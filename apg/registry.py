@@ -25,6 +25,7 @@ class PipelineSpec:
     dynamic_scale_arg: str | None = None
     to_stepped: Callable | None = None
     refused_args: dict = field(default_factory=dict)
+    from_output: Callable | None = None
 
 
 _REGISTRY: dict[type, PipelineSpec] = {}
@@ -44,6 +45,7 @@ def register_pipeline(
     dynamic_scale_arg: str | None = None,
     to_stepped: Callable | None = None,
     refused_args: dict | None = None,
+    from_output: Callable | None = None,
 ):
     """Declare a pipeline class that follows the standard CFG pattern, so `apg.guide` supports it.
 
@@ -63,6 +65,9 @@ def register_pipeline(
     scheduler.step, where that is not the output itself (LTX image-to-video: unpacked, frames 1:).
     refused_args: call argument -> reason: apg cannot reproduce the pipeline with it, so a value other than
     the stock default raises a ValueError.
+    from_output: `f(pipe, output)` -> each captured denoiser output as one tensor in the parameterization the
+    pipeline steps, where it is neither (ZImage: a list of `[C, 1, H, W]`, stacked, squeezed and negated; the
+    CFG line is linear, so guiding the negated outputs is guiding what the scheduler steps).
     Only the first `sample.shape[1]` channels of each output are guided (learned-sigma channels are not).
 
     Read the class's `__call__` first. It fits when, per `scheduler.step`, the denoiser runs once on the
@@ -92,8 +97,11 @@ def register_pipeline(
         raise ValueError(f"scale_2_arg={scale_2_arg!r} needs denoiser_2, the expert whose steps it scales")
     if to_stepped is not None and not callable(to_stepped):
         raise TypeError(f"to_stepped must be callable as f(pipe, output, model_output), got {to_stepped!r}")
+    if from_output is not None and not callable(from_output):
+        raise TypeError(f"from_output must be callable as f(pipe, output), got {from_output!r}")
     spec = PipelineSpec(denoiser, batch, scale_arg, rescale_attr, negative_prompt_arg, steps_both_halves,
-                        denoiser_2, scale_2_arg, dynamic_scale_arg, to_stepped, dict(refused_args or {}))
+                        denoiser_2, scale_2_arg, dynamic_scale_arg, to_stepped, dict(refused_args or {}),
+                        from_output)
     _REGISTRY[pipeline_cls] = spec
     return pipeline_cls
 
@@ -126,6 +134,18 @@ def _ltx_i2v_stepped(pipe, output, model_output):
 _WAN = dict(denoiser="transformer", batch="separate", denoiser_2="transformer_2", scale_2_arg="guidance_scale_2")
 _LTX_I2V_RESCALE = ("its stock rescale takes the std over the image-conditioned frame 0 too, which is not stepped "
                     "and so not guided")
+
+def _z_image_output(pipe, output):
+    """ZImagePipeline's transformer returns a list of [C, 1, H, W] per sample; it steps -stack(...).squeeze(2)."""
+    import torch
+
+    return -torch.stack(output).squeeze(2)
+
+
+_Z_IMAGE_REFUSED = {
+    "cfg_normalization": "it clips the combined prediction to the cond prediction's norm, not reproduced",
+    "cfg_truncation": "it drops the uncond pass late in sampling, which the capture does not follow",
+}
 
 # Stock Diffusers pipelines: class name -> register_pipeline keywords (read from each class's __call__).
 STOCK_PIPELINES: dict[str, dict] = {
@@ -163,6 +183,9 @@ STOCK_PIPELINES: dict[str, dict] = {
     "CogView4Pipeline": dict(denoiser="transformer", batch="separate"),
     # Channels-last video latents [B, T, H, W, C]; the default negative prompt makes the uncond pass always run.
     "Kandinsky5T2VPipeline": dict(denoiser="transformer", batch="separate"),
+    # ZImage's rule pos + s (pos - neg) is CFG at w = s + 1: APG(w) stands for its guidance_scale = w - 1.
+    "ZImagePipeline": dict(denoiser="transformer", batch="cond_first", from_output=_z_image_output,
+                           refused_args=_Z_IMAGE_REFUSED),
 }
 
 

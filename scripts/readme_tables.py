@@ -35,6 +35,7 @@ QUIRK_TEXT = {
     "dynamic_scale_arg": lambda value: f"`{value}` reproduced",
     "to_stepped": lambda value: f"guides only the stepped part of the output (`{value.__name__}`)",
     "refused_args": lambda value: "refused: " + ", ".join(f"`{arg}`" for arg in sorted(value)),
+    "from_output": lambda value: f"outputs converted to the stepped tensor (`{value.__name__}`)",
 }
 SPEC_COLUMNS = ("denoiser", "batch", "scale_arg")  # fields with a column of their own
 

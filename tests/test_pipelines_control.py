@@ -1,4 +1,4 @@
-"""ControlNet, inpainting, PixArt-Alpha, SD3 img2img, Kolors, AuraFlow, HunyuanDiT, CogView4, Kandinsky 5 T2V.
+"""ControlNet, inpainting, PixArt-Alpha, SD3 img2img, Kolors, AuraFlow, HunyuanDiT, CogView4, Kandinsky 5, ZImage.
 
 Per pipeline: APG(eta=1, r=0, beta=0) equals the stock CFG call (<= 1e-4), with the guidance seen once per
 scheduler step on x0 shaped like the latents; a nonlinear APG differs from CFG; after apg.guide(pipe, None)
@@ -43,6 +43,7 @@ def evaluations(pipe, family, **kwargs):
 
 
 PASSES = {"cogview4": 2, "kandinsky5_t2v": 2}  # cond and uncond passes per step; the others batch both halves
+STOCK_SCALE = {"z_image": SCALE - 1}  # ZImage's rule pos + s (pos - neg) is CFG at w = s + 1
 
 
 # Extra call arguments that change how the pipeline runs its CFG, each checked for parity too.
@@ -61,7 +62,7 @@ def test_parity_nonlinear_and_stock_again(family):
     for variant, extra in {"base": {}, "variant": VARIANTS.get(family)}.items():
         if extra is None:
             continue
-        stock[variant] = call(pipe, family, STEPS, guidance_scale=SCALE, **extra)
+        stock[variant] = call(pipe, family, STEPS, guidance_scale=STOCK_SCALE.get(family, SCALE), **extra)
         RECORDED.clear()
         with apg.guide(pipe, Recording(SCALE, eta=1.0, norm_threshold=0.0, momentum=0.0)):
             guided, evaluated = evaluations(pipe, family, **extra)
@@ -71,7 +72,7 @@ def test_parity_nonlinear_and_stock_again(family):
     apg.guide(pipe, apg.APG(SCALE, eta=0.0, norm_threshold=0.5, momentum=-0.5))
     assert rel_diff(call(pipe, family, STEPS), stock["base"]) > 1e-3  # the hook ran: APG is not CFG here
     apg.guide(pipe, None)
-    assert torch.equal(call(pipe, family, STEPS, guidance_scale=SCALE), stock["base"])
+    assert torch.equal(call(pipe, family, STEPS, guidance_scale=STOCK_SCALE.get(family, SCALE)), stock["base"])
 
 
 def _flow_match_x0(scheduler, timestep, sample, velocity):
@@ -80,7 +81,16 @@ def _flow_match_x0(scheduler, timestep, sample, velocity):
     return sample - scheduler.sigmas[index] * velocity
 
 
-def _record_scheduler_x0(monkeypatch, pipe, separate=False):
+def _conditional(outputs, batch):
+    """The cond half of the denoiser outputs before a step, as the scheduler gets them."""
+    if batch == "separate":
+        return outputs[-2]  # cond pass, then uncond pass
+    if batch == "z_image":  # a list: cond samples first; stepped negated, without the frame dim
+        return -torch.stack(outputs[-1][: len(outputs[-1]) // 2]).squeeze(2)
+    return outputs[-1].chunk(2)[1]  # [uncond, cond]
+
+
+def _record_scheduler_x0(monkeypatch, pipe, batch):
     """Patch the scheduler class's step: before each real step, record the x0 the scheduler itself computes
     from the denoiser's conditional output: its pred_original_sample (on a copy of its state) where step
     returns one, else FlowMatch Euler's formula. Returns that list."""
@@ -92,7 +102,7 @@ def _record_scheduler_x0(monkeypatch, pipe, separate=False):
 
     @functools.wraps(original)
     def step(self, model_output, timestep, sample, *args, **kwargs):
-        cond = outputs[-2] if separate else outputs[-1].chunk(2)[1]  # separate: cond pass, then uncond pass
+        cond = _conditional(outputs, batch)
         if hasattr(self, "alphas_cumprod"):
             kwargs_copy = {k: v for k, v in kwargs.items() if k not in ("generator", "return_dict")}
             own = original(copy.deepcopy(self), cond, timestep, sample, *args, **kwargs_copy).pred_original_sample
@@ -105,8 +115,8 @@ def _record_scheduler_x0(monkeypatch, pipe, separate=False):
     return own_x0
 
 
-def check_x0(monkeypatch, pipe, family, separate=False):
-    own_x0 = _record_scheduler_x0(monkeypatch, pipe, separate)
+def check_x0(monkeypatch, pipe, family, batch="uncond_first"):
+    own_x0 = _record_scheduler_x0(monkeypatch, pipe, batch)
     RECORDED.clear()
     with apg.guide(pipe, Recording(SCALE, eta=0.0, norm_threshold=0.5, momentum=-0.5)):
         call(pipe, family, STEPS)
@@ -125,14 +135,24 @@ def test_inpaint_x0_is_the_schedulers_own(monkeypatch, family, builder, schedule
     check_x0(monkeypatch, builder(scheduler, prediction), family)
 
 
-@pytest.mark.parametrize("family", ["cogview4", "kandinsky5_t2v"])
-def test_separate_pass_x0_is_the_schedulers_own(monkeypatch, family):
-    """Two passes per step, FlowMatch Euler; Kandinsky 5's latents are channels-last video."""
-    check_x0(monkeypatch, FAMILIES[family][0](), family, separate=True)
+@pytest.mark.parametrize("family, batch", [
+    ("cogview4", "separate"), ("kandinsky5_t2v", "separate"), ("z_image", "z_image"),
+])
+def test_flow_x0_is_the_schedulers_own(monkeypatch, family, batch):
+    """FlowMatch Euler: two passes per step; Kandinsky 5's channels-last video; ZImage's negated list outputs."""
+    check_x0(monkeypatch, FAMILIES[family][0](), family, batch)
+
+
+@pytest.mark.parametrize("arg, value", [("cfg_normalization", True), ("cfg_truncation", 0.5)])
+def test_z_image_post_processing_refused(arg, value):
+    pipe = FAMILIES["z_image"][0]()
+    apg.guide(pipe, apg.APG(SCALE))
+    with pytest.raises(ValueError, match=f"{arg}={value!r} is not supported by apg with ZImagePipeline"):
+        call(pipe, "z_image", STEPS, **{arg: value})
 
 
 @pytest.mark.parametrize("name", [
-    "ZImagePipeline", "HunyuanImagePipeline", "HunyuanVideo15Pipeline",
+    "HunyuanImagePipeline", "HunyuanVideo15Pipeline",
 ])
 def test_unsupported_pipelines_refused(name):
     import diffusers

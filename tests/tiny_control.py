@@ -30,6 +30,8 @@ from diffusers import (
     StableDiffusionInpaintPipeline,
     StableDiffusionXLControlNetPipeline,
     StableDiffusionXLInpaintPipeline,
+    ZImagePipeline,
+    ZImageTransformer2DModel,
 )
 
 _SDXL_UNET = dict(
@@ -163,6 +165,19 @@ def tiny_kandinsky5_t2v_pipeline(shift=5.0):
     ))
 
 
+def tiny_z_image_pipeline():
+    """Z-Image: its transformer takes and returns lists of [C, 1, H, W] per sample; FlowMatch Euler, as shipped."""
+    torch.manual_seed(0)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=1, n_refiner_layers=1,
+        n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[4, 6, 6], axes_lens=[64, 32, 32],
+    ).eval()
+    return _no_bar(ZImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0), vae=_sd_vae(),
+        text_encoder=None, tokenizer=None, transformer=transformer,
+    ))
+
+
 # -- calls --------------------------------------------------------------------------------------------------
 def _rand(*shape, seed):
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
@@ -217,6 +232,10 @@ FAMILIES = {
         "negative_prompt_embeds_qwen": _randn(1, 6, 16, seed=3), "negative_prompt_embeds_clip": _randn(1, 8, seed=4),
         "prompt_cu_seqlens": torch.tensor([0, 6], dtype=torch.int32),
         "negative_prompt_cu_seqlens": torch.tensor([0, 6], dtype=torch.int32),
+    }),
+    "z_image": (tiny_z_image_pipeline, {
+        "height": 32, "width": 32, "prompt_embeds": [_randn(6, 16, seed=1)],
+        "negative_prompt_embeds": [_randn(6, 16, seed=2)],
     }),
 }
 
