@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
 __all__ = ["PipelineSpec", "register_pipeline", "spec_for", "BATCHES", "registered"]
 
 BATCHES = ("uncond_first", "cond_first", "separate")
@@ -137,8 +139,6 @@ _LTX_I2V_RESCALE = ("its stock rescale takes the std over the image-conditioned 
 
 def _z_image_output(pipe, output):
     """ZImagePipeline's transformer returns a list of [C, 1, H, W] per sample; it steps -stack(...).squeeze(2)."""
-    import torch
-
     return -torch.stack(output).squeeze(2)
 
 
