@@ -33,13 +33,18 @@ def rel_diff(a, b):
 
 def evaluations(pipe, family, **kwargs):
     """Run the call; the number of denoiser evaluations, counted by a hook of the test's own."""
-    count = []
+    count, controlnet_count = [], []
     denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
-    handle = denoiser.register_forward_hook(lambda *_: count.append(1))
+    handles = [denoiser.register_forward_hook(lambda *_: count.append(1))]
+    if getattr(pipe, "controlnet", None) is not None:  # it runs too, but only the unet's output is captured
+        handles.append(pipe.controlnet.register_forward_hook(lambda *_: controlnet_count.append(1)))
     try:
-        return call(pipe, family, STEPS, **kwargs), len(count)
+        result = call(pipe, family, STEPS, **kwargs)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+    assert len(controlnet_count) == (len(count) if handles[1:] else 0)
+    return result, len(count)
 
 
 PASSES = {"cogview4": 2, "kandinsky5_t2v": 2}  # cond and uncond passes per step; the others batch both halves
