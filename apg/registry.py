@@ -27,6 +27,10 @@ class PipelineSpec:
     dynamic_scale_arg: str | None = None
     to_stepped: Callable | None = None
     refused_args: dict = field(default_factory=dict)
+    negated_output: bool = False
+    renorm_to_cond: bool = False
+    renorm_arg: str | None = None
+    cfg_trunc_arg: str | None = None
     from_output: Callable | None = None
 
 
@@ -47,6 +51,10 @@ def register_pipeline(
     dynamic_scale_arg: str | None = None,
     to_stepped: Callable | None = None,
     refused_args: dict | None = None,
+    negated_output: bool = False,
+    renorm_to_cond: bool = False,
+    renorm_arg: str | None = None,
+    cfg_trunc_arg: str | None = None,
     from_output: Callable | None = None,
 ):
     """Declare a pipeline class that follows the standard CFG pattern, so `apg.guide` supports it.
@@ -67,10 +75,21 @@ def register_pipeline(
     scheduler.step, where that is not the output itself (LTX image-to-video: unpacked, frames 1:).
     refused_args: call argument -> reason: apg cannot reproduce the pipeline with it, so a value other than
     the stock default raises a ValueError.
-    from_output: `f(pipe, output)` -> each captured denoiser output as one tensor in the parameterization the
-    pipeline steps, where it is neither (ZImage: a list of `[C, 1, H, W]`, stacked, squeezed and negated; the
-    CFG line is linear, so guiding the negated outputs is guiding what the scheduler steps).
     Only the first `sample.shape[1]` channels of each output are guided (learned-sigma channels are not).
+    On packed tokens `[B, N, C]` that is the first N tokens: the image-context tokens that Flux Kontext and
+    Qwen-Image-Edit append to the input are dropped, as those pipelines do.
+    negated_output: the pipeline steps `-output` (HiDream, Lumina2); apg converts that one to x0, so the sign
+    of b in x0 = a * sample + b * output is the scheduler's own.
+    renorm_to_cond: after CFG the pipeline rescales the combined prediction to the cond prediction's norm
+    over the last dim (Qwen-Image: per token; Lumina2: per row of the latents); apg does the same to the
+    guided prediction, so APG's output is renormalised too, as stock.
+    renorm_arg: the call argument that switches renorm_to_cond per call (Lumina2: `cfg_normalization`);
+    its default in the pipeline's signature applies when it is not passed.
+    cfg_trunc_arg: the call argument (Lumina2: `cfg_trunc_ratio`) past which, at steps with
+    (i + 1) / steps > value, the pipeline runs no uncond pass: those steps step the cond prediction, as
+    stock, and the guidance (with its momentum) sits them out.
+    from_output: `f(pipe, output)` -> each captured denoiser output as one batched tensor, where it is not one
+    (ZImage: a list of `[C, 1, H, W]` per sample, stacked and squeezed to `[B, C, H, W]` as the pipeline does).
 
     Read the class's `__call__` first. It fits when, per `scheduler.step`, the denoiser runs once on the
     concatenated halves (or twice, cond then uncond), the pipeline combines them with the plain CFG line
@@ -101,9 +120,17 @@ def register_pipeline(
         raise TypeError(f"to_stepped must be callable as f(pipe, output, model_output), got {to_stepped!r}")
     if from_output is not None and not callable(from_output):
         raise TypeError(f"from_output must be callable as f(pipe, output), got {from_output!r}")
-    spec = PipelineSpec(denoiser, batch, scale_arg, rescale_attr, negative_prompt_arg, steps_both_halves,
-                        denoiser_2, scale_2_arg, dynamic_scale_arg, to_stepped, dict(refused_args or {}),
-                        from_output)
+    if renorm_arg and not renorm_to_cond:
+        raise ValueError(f"renorm_arg={renorm_arg!r} switches renorm_to_cond, which is False")
+    if cfg_trunc_arg and batch != "separate":
+        raise ValueError(f"cfg_trunc_arg={cfg_trunc_arg!r} needs batch='separate' (a step without its uncond pass)")
+    spec = PipelineSpec(
+        denoiser, batch, scale_arg=scale_arg, rescale_attr=rescale_attr, negative_prompt_arg=negative_prompt_arg,
+        steps_both_halves=steps_both_halves, denoiser_2=denoiser_2, scale_2_arg=scale_2_arg,
+        dynamic_scale_arg=dynamic_scale_arg, to_stepped=to_stepped, refused_args=dict(refused_args or {}),
+        negated_output=negated_output, renorm_to_cond=renorm_to_cond, renorm_arg=renorm_arg,
+        cfg_trunc_arg=cfg_trunc_arg, from_output=from_output,
+    )
     _REGISTRY[pipeline_cls] = spec
     return pipeline_cls
 
@@ -138,8 +165,8 @@ _LTX_I2V_RESCALE = ("its stock rescale takes the std over the image-conditioned 
                     "and so not guided")
 
 def _z_image_output(pipe, output):
-    """ZImagePipeline's transformer returns a list of [C, 1, H, W] per sample; it steps -stack(...).squeeze(2)."""
-    return -torch.stack(output).squeeze(2)
+    """ZImagePipeline's transformer returns a list of [C, 1, H, W] per sample; the pipeline stacks and squeezes."""
+    return torch.stack(output).squeeze(2)
 
 
 _Z_IMAGE_REFUSED = {
@@ -167,6 +194,19 @@ STOCK_PIPELINES: dict[str, dict] = {
     "CogVideoXPipeline": dict(denoiser="transformer", batch="uncond_first", dynamic_scale_arg="use_dynamic_cfg"),
     "HunyuanVideoPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
                                  negative_prompt_arg="negative_prompt"),
+    # Image pipelines with their own CFG post-processing (issue 11).
+    "FluxImg2ImgPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                                negative_prompt_arg="negative_prompt"),
+    "FluxKontextPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                                negative_prompt_arg="negative_prompt"),
+    "ChromaPipeline": dict(denoiser="transformer", batch="separate"),
+    "QwenImagePipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                              negative_prompt_arg="negative_prompt", renorm_to_cond=True),
+    "QwenImageEditPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                                  negative_prompt_arg="negative_prompt", renorm_to_cond=True),
+    "HiDreamImagePipeline": dict(denoiser="transformer", batch="uncond_first", negated_output=True),
+    "Lumina2Pipeline": dict(denoiser="transformer", batch="separate", negated_output=True, renorm_to_cond=True,
+                            renorm_arg="cfg_normalization", cfg_trunc_arg="cfg_trunc_ratio"),
     # ControlNet: the residuals come from pipe.controlnet, a second module; only the unet's output is captured.
     # guess_mode feeds the controlnet the cond half only (zero residuals for uncond): still one unet pass.
     "StableDiffusionControlNetPipeline": dict(denoiser="unet", batch="uncond_first"),
@@ -184,8 +224,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     # Channels-last video latents [B, T, H, W, C]; the default negative prompt makes the uncond pass always run.
     "Kandinsky5T2VPipeline": dict(denoiser="transformer", batch="separate"),
     # ZImage's rule pos + s (pos - neg) is CFG at w = s + 1: APG(w) stands for its guidance_scale = w - 1.
-    "ZImagePipeline": dict(denoiser="transformer", batch="cond_first", from_output=_z_image_output,
-                           refused_args=_Z_IMAGE_REFUSED),
+    "ZImagePipeline": dict(denoiser="transformer", batch="cond_first", negated_output=True,
+                           from_output=_z_image_output, refused_args=_Z_IMAGE_REFUSED),
 }
 
 

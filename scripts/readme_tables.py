@@ -35,7 +35,11 @@ QUIRK_TEXT = {
     "dynamic_scale_arg": lambda value: f"`{value}` reproduced",
     "to_stepped": lambda value: f"guides only the stepped part of the output (`{value.__name__}`)",
     "refused_args": lambda value: "refused: " + ", ".join(f"`{arg}`" for arg in sorted(value)),
-    "from_output": lambda value: f"outputs converted to the stepped tensor (`{value.__name__}`)",
+    "negated_output": lambda value: "steps the negated output (x0 read from what is stepped)",
+    "renorm_to_cond": lambda value: "renormalised to the cond prediction's norm",
+    "renorm_arg": lambda value: f"renormalisation switched by `{value}`",
+    "cfg_trunc_arg": lambda value: f"`{value}` truncation reproduced",
+    "from_output": lambda value: f"outputs batched by `{value.__name__}`",
 }
 SPEC_COLUMNS = ("denoiser", "batch", "scale_arg")  # fields with a column of their own
 
