@@ -93,8 +93,8 @@ def register_pipeline(
 
     Read the class's `__call__` first. It fits when, per `scheduler.step`, the denoiser runs once on the
     concatenated halves (or twice, cond then uncond), the pipeline combines them with the plain CFG line
-    `uncond + scale * (cond - uncond)` (then at most `guidance_rescale`), and steps an output shaped like the
-    latents. Extra modules (a ControlNet, an image encoder) are fine: only `denoiser`'s output is captured.
+    `uncond + scale * (cond - uncond)` (then at most the post-processing the options above reproduce), and
+    steps an output shaped like the latents. Extra modules (a ControlNet, an image encoder) are fine: only `denoiser`'s output is captured.
     ControlNet img2img, for example, batches `[uncond, cond]` through `self.unet`:
 
         import apg
@@ -163,6 +163,7 @@ def _ltx_i2v_stepped(pipe, output, model_output):
 _WAN = dict(denoiser="transformer", batch="separate", denoiser_2="transformer_2", scale_2_arg="guidance_scale_2")
 _LTX_I2V_RESCALE = ("its stock rescale takes the std over the image-conditioned frame 0 too, which is not stepped "
                     "and so not guided")
+
 
 def _z_image_output(pipe, output):
     """ZImagePipeline's transformer returns a list of [C, 1, H, W] per sample; the pipeline stacks and squeezes."""
