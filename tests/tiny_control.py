@@ -205,7 +205,7 @@ def _embeds(width, tokens=8, pooled=None, mask_names=None, suffix=""):
 
 
 _HUNYUAN_MASKS = ("prompt_attention_mask{}", "negative_prompt_attention_mask{}")
-# family -> (builder, call kwargs); latents of 16x16 or fewer.
+# family -> (builder, call kwargs); latents of 16x16 or fewer (SD3 img2img: 32x32, its VAE does not downsample).
 FAMILIES = {
     "sd_controlnet": (tiny_sd_controlnet_pipeline, {**_PROMPT, "image": IMAGE}),
     "sdxl_controlnet": (tiny_sdxl_controlnet_pipeline, {**_PROMPT, "image": IMAGE}),
