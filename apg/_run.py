@@ -60,7 +60,8 @@ class _GuidedRun:
     def capture(self, module, args, output):
         runs = _active_runs()
         if runs and runs[-1] is self:
-            self.outputs.append(output[0] if isinstance(output, tuple) else output.sample)
+            output = output[0] if isinstance(output, tuple) else output.sample
+            self.outputs.append(output if self.spec.from_output is None else self.spec.from_output(self.pipe, output))
             self.module = module
 
     def step_scale(self, timestep):
