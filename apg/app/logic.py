@@ -223,8 +223,8 @@ class LoadedModel:
 
 
 def _load(model_id):
-    # The built-in model is tiny: it stays on the CPU in float32 (load_pipeline's default for it).
-    return load_pipeline(model_id) if model_id == BUILTIN else load_pipeline(model_id, resolve_device(None))
+    # The built-in model is tiny: the CPU in float32, so copy-as-code's apg.load_builtin() gives the same pixels.
+    return load_pipeline(model_id, "cpu" if model_id == BUILTIN else None)
 
 
 class ModelCache:
