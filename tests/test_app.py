@@ -357,14 +357,16 @@ def test_text_to_image_model_by_local_path_matches_a_direct_call(tiny_sd_path):
     from diffusers import DiffusionPipeline
 
     slider, _, gallery, _, code = compare(model=tiny_sd_path, prompt="a red bus", negative_prompt="blurry", **FAST)
-    pipe = DiffusionPipeline.from_pretrained(tiny_sd_path)
+    device = apg.runtime.resolve_device(None)  # where the app puts a hub or local model, in its default dtype
+    dtype = apg.runtime.resolve_dtype(None, device)
+    pipe = DiffusionPipeline.from_pretrained(tiny_sd_path, dtype=dtype).to(device)
     generator = [torch.Generator("cpu").manual_seed(seed) for seed in (0, 1)]
     with apg.guide(pipe, apg.APG(apg.SCALE.default)):
         reference = pipe(prompt=["a red bus"] * 2, negative_prompt=["blurry"] * 2, num_inference_steps=FAST["steps"],
                          generator=generator, output_type="pil").images
     assert np.abs(pixels(slider[1]) - pixels(reference[0])).max() <= 1
     assert np.abs(pixels(gallery[3][0]) - pixels(reference[1])).max() <= 1
-    assert f"from_pretrained({tiny_sd_path!r}, dtype=torch.float32)" in code and "torch_dtype" not in code
+    assert f"from_pretrained({tiny_sd_path!r}, dtype={dtype}).to({device.type!r})" in code and "torch_dtype" not in code
     assert "prompt=['a red bus'] * len(seeds), negative_prompt=['blurry'] * len(seeds)" in code
     without, *_ = compare(model=tiny_sd_path, prompt="a red bus", **FAST)
     assert np.abs(pixels(without[1]) - pixels(slider[1])).max() > 0  # the negative prompt was used
