@@ -199,6 +199,7 @@ def run(args) -> int:
         raise CommandError(error) from None
 
     rows = [(value, name, s) for value, name in zip(inputs.values, inputs.names) for s in args.seeds]
+    per_row = {key: [inputs.kwargs.pop(key)] * len(rows) for key in ("negative_prompt",) if key in inputs.kwargs}
     columns, video = [], False
     for i, (method, w, guidance) in enumerate(settings):
         pipe.set_progress_bar_config(disable=not args.progress, leave=False,
@@ -207,7 +208,7 @@ def run(args) -> int:
         generators = [torch.Generator().manual_seed(s) for _, _, s in rows]
         try:
             with guide(pipe, guidance):
-                output = pipe(**{inputs.key: [value for value, _, _ in rows]}, **inputs.kwargs,
+                output = pipe(**{inputs.key: [value for value, _, _ in rows]}, **per_row, **inputs.kwargs,
                               num_inference_steps=args.steps, generator=generators, output_type="pil")
         except (TypeError, ValueError) as error:
             raise CommandError(error) from None
