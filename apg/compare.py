@@ -363,7 +363,7 @@ def draw_grid(row_labels, columns, cell: int, *, video: bool = False):
             resample = Image.NEAREST if source.width < cell else Image.BICUBIC
             grid.paste(source.resize((cell, cell_h), resample), (x, y))
             boxes[c][r] = [x, y, cell, cell_h]
-            texts = (f"S {column.saturation[r]:.3f}", f"C {100 * column.clipping[r]:.1f}%")
+            texts = (f"S={column.saturation[r]:.3f}", f"C={100 * column.clipping[r]:.1f}%")
             if any(draw.textlength(text, font=small) > cell - 2 for text in texts):
                 texts = tuple(text[2:] for text in texts)  # narrow cells: the numbers, S above C
             for k, text in enumerate(texts):
