@@ -50,7 +50,8 @@ def add_arguments(parser) -> None:
     run.add_argument("--height", type=int, help="image height in pixels (default: the pipeline's)")
     run.add_argument("--width", type=int, help="image width in pixels (default: the pipeline's)")
     run.add_argument("--num-frames", type=int, help="frames per clip, for video pipelines (default: the pipeline's)")
-    run.add_argument("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda if available, else cpu)")
+    run.add_argument("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda if available, else cpu; "
+                                      "builtin: cpu)")
     run.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                      help="weights and compute dtype (default: float32 on CPU; bfloat16 on CUDA where supported, "
                           "else float16; builtin: float32)")
@@ -175,7 +176,7 @@ def run(args) -> int:
     from . import guide
     from .evaluation.files import save_png
     from .evaluation.metrics import per_image_clipping, per_image_saturation
-    from .runtime import ModelLoadError, load_pipeline, resolve_device
+    from .runtime import ModelLoadError, load_pipeline
     from .schedulers import SUPPORTED_SCHEDULERS
 
     _check_args(args)
@@ -183,8 +184,7 @@ def run(args) -> int:
     if args.scheduler is not None and args.scheduler not in SUPPORTED_SCHEDULERS:
         raise CommandError(f"--scheduler {args.scheduler!r} is not one of {sorted(SUPPORTED_SCHEDULERS)}")
     try:
-        device = resolve_device(args.device)
-        pipe = load_pipeline(args.model, device, args.dtype)
+        pipe = load_pipeline(args.model, args.device, args.dtype)
     except (ValueError, ModelLoadError) as error:
         raise CommandError(error) from None
     if args.scheduler is not None:

@@ -71,13 +71,14 @@ def load_pipeline(model: str, device=None, dtype=None):
     """'builtin' (the offline CIFAR-10 model), a local Diffusers pipeline folder or a hub id, on `device`.
 
     device and dtype: names or torch objects; None picks resolve_device/resolve_dtype's defaults, except
-    that the built-in model stays float32 unless a dtype is given (it is tiny and exact). Never runs remote
-    code. Loading draws no progress bar and logs no hub retries: a failure is one ModelLoadError line.
+    that the built-in model stays on the CPU in float32 unless told otherwise (it is tiny and exact: a GPU
+    would only add transfers). Never runs remote code. Loading draws no progress bar and logs no hub
+    retries: a failure is one ModelLoadError line.
     """
     if not isinstance(model, str) or not model.strip():
         raise ModelLoadError(f"model must be 'builtin', a local pipeline folder or a hub id, got {model!r}")
     try:
-        device = resolve_device(device)
+        device = resolve_device("cpu" if device is None and model == BUILTIN else device)
         dtype = None if dtype is None and model == BUILTIN else resolve_dtype(dtype, device)
     except ValueError as error:
         raise ModelLoadError(str(error)) from None
