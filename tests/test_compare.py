@@ -182,6 +182,28 @@ def test_img2img_folder_needs_and_takes_an_input_image(tmp_path, capsys):
     assert "--mask-image: StableDiffusionImg2ImgPipeline takes no inpainting mask" in capsys.readouterr().err
 
 
+def test_flux_folder_runs_with_its_true_cfg_scale_and_separate_passes(tmp_path, capsys):
+    from tiny_pipelines import tiny_flux_pipeline
+
+    folder = tmp_path / "tiny-flux"
+    tiny_flux_pipeline().save_pretrained(folder)
+    capsys.readouterr()
+    assert main(["compare", "--model", str(folder), "--prompt", "a cat", "--negative-prompt", "blurry",
+                 "--height", "32", "--width", "32", "--scales", "1", "4", *FAST, "--cell", "32",
+                 "--out", str(tmp_path / "flux.png")]) == 0
+    table = _table(capsys.readouterr().out)["a cat / seed 0"]
+    assert table[0] == table[2] and table[1] != table[3]  # w = 1 is the conditional model for both
+
+
+def test_video_output_shows_the_middle_frame_and_scores_every_frame():
+    from apg.compare import _images
+
+    clip = [Image.new("RGB", (8, 8), colour) for colour in ("black", "gray", "white")]
+    shown, frames = _images(SimpleNamespace(frames=[clip]))
+    assert shown == [clip[1]] and frames == [clip]
+    assert per_image_clipping(frames[0]).mean() == pytest.approx(2 / 3)
+
+
 class _Inpaint:
     def __call__(self, prompt=None, image=None, mask_image=None, control_image=None, height=None):
         pass
