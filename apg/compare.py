@@ -32,12 +32,16 @@ def add_arguments(parser) -> None:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--classes", nargs="+", type=listed(str, "a class name or id"), metavar="CLASS",
                       help="class names or ids, for class-conditional pipelines (default for builtin: cat ship)")
-    what.add_argument("--prompt", nargs="+", metavar="TEXT", help="one or more prompts (quote each), for text-conditioned pipelines")
-    parser.add_argument("--negative-prompt", metavar="TEXT", help="negative prompt for every row (text-conditioned pipelines)")
-    parser.add_argument("--image", metavar="FILE", help="input image file, for img2img, inpainting, editing and image-to-video "
-                                        "pipelines")
-    parser.add_argument("--mask-image", metavar="FILE", help="inpainting mask file (white = repaint), for inpainting pipelines")
-    parser.add_argument("--control-image", metavar="FILE", help="control image file (edges, depth, pose), for ControlNet pipelines")
+    what.add_argument("--prompt", nargs="+", metavar="TEXT",
+                      help="one or more prompts (quote each), for text-conditioned pipelines")
+    parser.add_argument("--negative-prompt", metavar="TEXT",
+                        help="negative prompt for every row (text-conditioned pipelines)")
+    parser.add_argument("--image", metavar="FILE",
+                        help="input image file, for img2img, inpainting, editing and image-to-video pipelines")
+    parser.add_argument("--mask-image", metavar="FILE",
+                        help="inpainting mask file (white = repaint), for inpainting pipelines")
+    parser.add_argument("--control-image", metavar="FILE",
+                        help="control image file (edges, depth, pose), for ControlNet pipelines")
     parser.add_argument("--scales", nargs="+", type=listed(float, "a number"), default=[1.0, 4.0, 8.0, 15.0],
                         metavar="W", help=f"guidance scales w, space-separated; {_guidance.SCALE.help}")
     parser.add_argument("--seeds", nargs="+", type=seed, default=[0], metavar="SEED",
@@ -113,6 +117,9 @@ def call_inputs(pipe, args) -> Inputs:
         classes = args.classes or (["cat", "ship"] if args.model == "builtin" else None)
         if not classes:
             raise CommandError(f"{name} is class-conditional: give --classes")
+        words = [c for c in classes if not c.isdigit()]
+        if words and not hasattr(pipe, "get_label_ids"):
+            raise CommandError(f"{name} has no class names: give --classes as label ids, got {' '.join(words)}")
         ids = [int(c) if c.isdigit() else pipe.get_label_ids([c])[0] for c in classes]
         named = _class_names(pipe)
         inputs = Inputs("class_labels", ids, [named.get(i, str(i)) if c.isdigit() else c for c, i in zip(classes, ids)])
