@@ -47,6 +47,9 @@ class _GuidedRun:
         self.scale_2 = None  # scale of the steps spec.denoiser_2 evaluates (None: the guidance's own)
         self.dynamic = False  # CogVideoX's use_dynamic_cfg
         self.module = None  # the denoiser that produced self.outputs
+        self.renorm = False  # rescale to the cond prediction's norm (spec.renorm_to_cond), set per call
+        self.trunc_ratio = None  # steps past this fraction run no uncond pass (spec.cfg_trunc_arg), set per call
+        self.steps = 0  # scheduler steps so far in this call
 
     def capture(self, module, args, output):
         runs = _active_runs()
@@ -77,12 +80,16 @@ class _GuidedRun:
     def _split(self, model_output):
         outputs, self.outputs = self.outputs, []
         spec, name = self.spec, type(self.pipe).__name__
-        expected = 2 if spec.batch == "separate" else 1
+        steps = len(self.pipe.scheduler.timesteps)  # Lumina2's count once it passes its sigmas
+        truncated = self.trunc_ratio is not None and (self.steps + 1) / steps > self.trunc_ratio
+        expected = 2 if spec.batch == "separate" and not truncated else 1
         if len(outputs) != expected:
             raise RuntimeError(
                 f"{name}: expected {expected} {spec.denoiser} evaluation(s) before each scheduler.step "
                 f"(batch={spec.batch!r}), got {len(outputs)}; this call does not follow the registered CFG pattern"
             )
+        if truncated:  # the pipeline's CFG truncation: it steps the cond prediction alone
+            return outputs[0], None
         if spec.batch == "separate":
             pred_cond, pred_uncond = outputs
         else:
@@ -94,6 +101,8 @@ class _GuidedRun:
                 f"{name}: the {spec.denoiser} ran on batch {sum(o.shape[0] for o in outputs)} and the scheduler "
                 f"steps batch {model_output.shape[0]}; the pipeline did not run its unconditional pass as registered"
             )
+        if spec.negated_output:  # what the pipeline steps, and so what the scheduler's x0 formula reads
+            pred_cond, pred_uncond = -pred_cond, -pred_uncond
         return pred_cond, pred_uncond
 
     def guide_output(self, model_output, timestep, sample):
@@ -104,6 +113,9 @@ class _GuidedRun:
                 f"for sample {tuple(sample.shape)}; apg guides outputs shaped like the latents"
             )
         pred_cond, pred_uncond = self._split(model_output)
+        self.steps += 1
+        if pred_uncond is None:
+            return model_output  # a truncated step, unguided as stock
         if self.spec.to_stepped is not None:  # [n, ...] shaped like model_output from here on
             pred_cond = self.spec.to_stepped(self.pipe, pred_cond, model_output)
             pred_uncond = self.spec.to_stepped(self.pipe, pred_uncond, model_output)
@@ -134,6 +146,8 @@ class _GuidedRun:
         rescale = getattr(self.pipe, self.spec.rescale_attr) if self.spec.rescale_attr else 0.0
         if rescale > 0:
             guided = rescale_noise_cfg(guided, pred_cond, guidance_rescale=rescale)
+        if self.renorm:  # the pipeline's own rescale to the cond prediction's norm, over the last dim as it does
+            guided = guided * (torch.norm(pred_cond, dim=-1, keepdim=True) / torch.norm(guided, dim=-1, keepdim=True))
         return torch.cat([guided, guided]) if self.spec.steps_both_halves else guided
 
 
@@ -142,6 +156,13 @@ def _pipeline_scale(guidance: Guidance) -> float:
     scale = guidance.guidance_scale
     scale = float(scale.max()) if isinstance(scale, torch.Tensor) else scale
     return scale if scale > 1.0 else 2.0
+
+
+def _call_value(call, bound, name, default):
+    """Call argument `name` as passed, else its default in the signature of `call`; `default` if name is None."""
+    if name is None:
+        return default
+    return bound[name] if name in bound else inspect.signature(call).parameters[name].default
 
 
 def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, args, kwargs):
@@ -168,6 +189,8 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
     second = getattr(pipe, spec.denoiser_2, None) if spec.denoiser_2 else None
     if second is not None and second is not denoisers[0]:
         denoisers.append(second)
+    run.renorm = spec.renorm_to_cond and bool(_call_value(call, bound, spec.renorm_arg, True))
+    run.trunc_ratio = _call_value(call, bound, spec.cfg_trunc_arg, None)
     scheduler = pipe.scheduler
     shadowed = scheduler.__dict__.get("step")  # an outer guided run on a shared scheduler
     handles = [denoiser.register_forward_hook(run.capture) for denoiser in denoisers]

@@ -25,6 +25,10 @@ class PipelineSpec:
     dynamic_scale_arg: str | None = None
     to_stepped: Callable | None = None
     refused_args: dict = field(default_factory=dict)
+    negated_output: bool = False
+    renorm_to_cond: bool = False
+    renorm_arg: str | None = None
+    cfg_trunc_arg: str | None = None
 
 
 _REGISTRY: dict[type, PipelineSpec] = {}
@@ -44,6 +48,10 @@ def register_pipeline(
     dynamic_scale_arg: str | None = None,
     to_stepped: Callable | None = None,
     refused_args: dict | None = None,
+    negated_output: bool = False,
+    renorm_to_cond: bool = False,
+    renorm_arg: str | None = None,
+    cfg_trunc_arg: str | None = None,
 ):
     """Declare a pipeline class that follows the standard CFG pattern, so `apg.guide` supports it.
 
@@ -64,6 +72,18 @@ def register_pipeline(
     refused_args: call argument -> reason: apg cannot reproduce the pipeline with it, so a value other than
     the stock default raises a ValueError.
     Only the first `sample.shape[1]` channels of each output are guided (learned-sigma channels are not).
+    On packed tokens `[B, N, C]` that is the first N tokens: the image-context tokens that Flux Kontext and
+    Qwen-Image-Edit append to the input are dropped, as those pipelines do.
+    negated_output: the pipeline steps `-output` (HiDream, Lumina2); apg converts that one to x0, so the sign
+    of b in x0 = a * sample + b * output is the scheduler's own.
+    renorm_to_cond: after CFG the pipeline rescales the combined prediction to the cond prediction's norm
+    over the last dim (Qwen-Image: per token; Lumina2: per row of the latents); apg does the same to the
+    guided prediction, so APG's output is renormalised too, as stock.
+    renorm_arg: the call argument that switches renorm_to_cond per call (Lumina2: `cfg_normalization`);
+    its default in the pipeline's signature applies when it is not passed.
+    cfg_trunc_arg: the call argument (Lumina2: `cfg_trunc_ratio`) past which, at steps with
+    (i + 1) / steps > value, the pipeline runs no uncond pass: those steps step the cond prediction, as
+    stock, and the guidance (with its momentum) sits them out.
     """
     if not isinstance(pipeline_cls, type):
         raise TypeError(f"pipeline_cls must be a pipeline class, got {pipeline_cls!r}")
@@ -77,8 +97,17 @@ def register_pipeline(
         raise ValueError(f"scale_2_arg={scale_2_arg!r} needs denoiser_2, the expert whose steps it scales")
     if to_stepped is not None and not callable(to_stepped):
         raise TypeError(f"to_stepped must be callable as f(pipe, output, model_output), got {to_stepped!r}")
-    spec = PipelineSpec(denoiser, batch, scale_arg, rescale_attr, negative_prompt_arg, steps_both_halves,
-                        denoiser_2, scale_2_arg, dynamic_scale_arg, to_stepped, dict(refused_args or {}))
+    if renorm_arg and not renorm_to_cond:
+        raise ValueError(f"renorm_arg={renorm_arg!r} switches renorm_to_cond, which is False")
+    if cfg_trunc_arg and batch != "separate":
+        raise ValueError(f"cfg_trunc_arg={cfg_trunc_arg!r} needs batch='separate' (a step without its uncond pass)")
+    spec = PipelineSpec(
+        denoiser, batch, scale_arg=scale_arg, rescale_attr=rescale_attr, negative_prompt_arg=negative_prompt_arg,
+        steps_both_halves=steps_both_halves, denoiser_2=denoiser_2, scale_2_arg=scale_2_arg,
+        dynamic_scale_arg=dynamic_scale_arg, to_stepped=to_stepped, refused_args=dict(refused_args or {}),
+        negated_output=negated_output, renorm_to_cond=renorm_to_cond, renorm_arg=renorm_arg,
+        cfg_trunc_arg=cfg_trunc_arg,
+    )
     _REGISTRY[pipeline_cls] = spec
     return pipeline_cls
 
@@ -132,6 +161,19 @@ STOCK_PIPELINES: dict[str, dict] = {
     "CogVideoXPipeline": dict(denoiser="transformer", batch="uncond_first", dynamic_scale_arg="use_dynamic_cfg"),
     "HunyuanVideoPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
                                  negative_prompt_arg="negative_prompt"),
+    # Image pipelines with their own CFG post-processing (issue 11).
+    "FluxImg2ImgPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                                negative_prompt_arg="negative_prompt"),
+    "FluxKontextPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                                negative_prompt_arg="negative_prompt"),
+    "ChromaPipeline": dict(denoiser="transformer", batch="separate"),
+    "QwenImagePipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                              negative_prompt_arg="negative_prompt", renorm_to_cond=True),
+    "QwenImageEditPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                                  negative_prompt_arg="negative_prompt", renorm_to_cond=True),
+    "HiDreamImagePipeline": dict(denoiser="transformer", batch="uncond_first", negated_output=True),
+    "Lumina2Pipeline": dict(denoiser="transformer", batch="separate", negated_output=True, renorm_to_cond=True,
+                            renorm_arg="cfg_normalization", cfg_trunc_arg="cfg_trunc_ratio"),
 }
 
 
