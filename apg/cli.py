@@ -25,8 +25,9 @@ def build_parser() -> ArgumentParser:
 
     parser = ArgumentParser(prog="apg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    compare.add_arguments(sub.add_parser("compare", help=compare.__doc__.splitlines()[0].split(": ", 1)[1],
-                                         description=compare.__doc__))
+    parser.commands = {"compare": sub.add_parser("compare", help=compare.__doc__.splitlines()[0].split(": ", 1)[1],
+                                                 description=compare.__doc__)}
+    compare.add_arguments(parser.commands["compare"])
     for name, text in _PASS_THROUGH.items():
         sub.add_parser(name, add_help=False, help=text)
     return parser
@@ -69,7 +70,10 @@ def main(argv=None) -> int:
             return evaluate(argv[1:])
         if command == "app":
             return _app(argv[1:])
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # argparse would report them as the top-level parser's, not the command's
+            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
         from .compare import run
 
         return run(args)

@@ -268,6 +268,7 @@ def test_image_inputs_follow_the_call_signature(tmp_path):
     (["--height", "64"], "--height: ClassConditionalPipeline takes no height"),
     (["--device", "gpu"], "device must be a torch device"),
     (["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
+    (["--bogus"], "unrecognized arguments: --bogus (see apg compare --help)"),
 ])
 def test_bad_input_is_one_line_naming_the_value(argv, message, tmp_path, capsys):
     argv, message = [a.replace("TMP", str(tmp_path)) for a in argv], message.replace("TMP", str(tmp_path))
