@@ -2,9 +2,15 @@
 
 Per call, a forward hook on the denoiser records its conditional and unconditional outputs;
 `scheduler.step` is shadowed on the instance by a wrapper that turns both into x0 with the scheduler's own
-coefficients, applies the guidance, maps the result back to the model's parameterization
+coefficients, applies the guidance with its step context (sigma, step), maps the result back to the model's
+parameterization
 (`out_uncond + (x0_guided - x0_uncond) / b`, exact) and calls the real step. Both are removed when the call
 ends, whether it returns or raises. The pipeline's own CFG line still runs; its result is replaced.
+
+The step context: `step` counts scheduler.step calls from 0, as Diffusers' loops count `i` over
+scheduler.timesteps; `sigma` is the EDM noise level of the sample that step's model evaluation saw. Heun-type
+schedulers evaluate twice per step and count twice: the first evaluation gets sigma_i, the second (the
+correction at the Euler prediction) sigma_{i+1}, and its own step index.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 
 from .guidance import Guidance, _real
 from .registry import PipelineSpec
-from .schedulers import check_scheduler, denoised_coefficients
+from .schedulers import check_scheduler, denoised_coefficients, noise_level
 
 __all__ = ["run_guided"]
 
@@ -49,12 +55,13 @@ class _GuidedRun:
         self.module = None  # the denoiser that produced self.outputs
         self.renorm = False  # rescale to the cond prediction's norm (spec.renorm_to_cond), set per call
         self.trunc_ratio = None  # steps past this fraction run no uncond pass (spec.cfg_trunc_arg), set per call
-        self.steps = 0  # scheduler steps so far in this call
+        self.step = 0  # scheduler.step calls so far: the guidance's `step`
 
     def capture(self, module, args, output):
         runs = _active_runs()
         if runs and runs[-1] is self:
-            self.outputs.append(output[0] if isinstance(output, tuple) else output.sample)
+            output = output[0] if isinstance(output, tuple) else output.sample
+            self.outputs.append(output if self.spec.from_output is None else self.spec.from_output(self.pipe, output))
             self.module = module
 
     def step_scale(self, timestep):
@@ -71,9 +78,13 @@ class _GuidedRun:
     def guided_step(self, step):
         """Wrap the scheduler's bound `step`; `inspect.signature` sees the original through __wrapped__."""
 
+        signature = inspect.signature(step)  # by name: CogVideoXDPM's step takes (model_output, old_x0, timestep, ...)
+
         @functools.wraps(step)
-        def guided(model_output, timestep, sample, *args, **kwargs):
-            return step(self.guide_output(model_output, timestep, sample), timestep, sample, *args, **kwargs)
+        def guided(*args, **kwargs):
+            call = signature.bind(*args, **kwargs).arguments
+            call["model_output"] = self.guide_output(call["model_output"], call["timestep"], call["sample"])
+            return step(**call)
 
         return guided
 
@@ -81,7 +92,7 @@ class _GuidedRun:
         outputs, self.outputs = self.outputs, []
         spec, name = self.spec, type(self.pipe).__name__
         steps = len(self.pipe.scheduler.timesteps)  # Lumina2's count once it passes its sigmas
-        truncated = self.trunc_ratio is not None and (self.steps + 1) / steps > self.trunc_ratio
+        truncated = self.trunc_ratio is not None and (self.step + 1) / steps > self.trunc_ratio
         expected = 2 if spec.batch == "separate" and not truncated else 1
         if len(outputs) != expected:
             raise RuntimeError(
@@ -113,7 +124,7 @@ class _GuidedRun:
                 f"for sample {tuple(sample.shape)}; apg guides outputs shaped like the latents"
             )
         pred_cond, pred_uncond = self._split(model_output)
-        self.steps += 1
+        step, self.step = self.step, self.step + 1
         if pred_uncond is None:
             return model_output  # a truncated step, unguided as stock
         if self.spec.to_stepped is not None:  # [n, ...] shaped like model_output from here on
@@ -129,8 +140,9 @@ class _GuidedRun:
                 f"{type(self.pipe).__name__}: denoiser output {tuple(pred_cond.shape)} does not match the "
                 f"scheduler's model_output {tuple(model_output.shape)}"
             )
+        context = dict(sigma=noise_level(self.pipe.scheduler, self.family, timestep), step=step)
         if self.space == "raw":
-            guided = self.guidance(pred_cond, pred_uncond)
+            guided = self.guidance(pred_cond, pred_uncond, **context)
         else:
             a, b = denoised_coefficients(self.pipe.scheduler, self.family, timestep)
             if b == 0:
@@ -140,7 +152,7 @@ class _GuidedRun:
             scaled_sample = sample[:n].to(dtype) * a  # x0 = a * sample + b * output, [n, C, ...]
             denoised_cond = torch.add(scaled_sample, pred_cond.to(dtype), alpha=b)
             denoised_uncond = torch.add(scaled_sample, pred_uncond.to(dtype), alpha=b)
-            denoised = self.guidance(denoised_cond, denoised_uncond)
+            denoised = self.guidance(denoised_cond, denoised_uncond, **context)
             guided = torch.add(pred_uncond.to(dtype), denoised - denoised_uncond, alpha=1.0 / b)
             guided = guided.to(model_output.dtype)
         rescale = getattr(self.pipe, self.spec.rescale_attr) if self.spec.rescale_attr else 0.0

@@ -24,9 +24,9 @@ RECORDED = []  # x0 of the cond prediction per guided step; a module-level list 
 
 
 class Recording(apg.APG):
-    def __call__(self, pred_cond, pred_uncond):
+    def __call__(self, pred_cond, pred_uncond, **context):
         RECORDED.append(pred_cond.detach().clone())
-        return super().__call__(pred_cond, pred_uncond)
+        return super().__call__(pred_cond, pred_uncond, **context)
 
 
 def rel_diff(a, b):
