@@ -195,6 +195,30 @@ def test_flux_folder_runs_with_its_true_cfg_scale_and_separate_passes(tmp_path, 
     assert table[0] == table[2] and table[1] != table[3]  # w = 1 is the conditional model for both
 
 
+@pytest.mark.parametrize("family, inputs", [
+    ("controlnet", {"--control-image": "StableDiffusionControlNetPipeline needs a control image"}),
+    ("inpaint", {"--image": "StableDiffusionInpaintPipeline needs an input image",
+                 "--mask-image": "StableDiffusionInpaintPipeline needs an inpainting mask"}),
+])
+def test_control_and_inpaint_folders_take_their_image_inputs(family, inputs, tmp_path, capsys):
+    from tiny_control import tiny_sd_controlnet_pipeline, tiny_sd_inpaint_pipeline
+
+    folder = tmp_path / family
+    {"controlnet": tiny_sd_controlnet_pipeline, "inpaint": tiny_sd_inpaint_pipeline}[family]().save_pretrained(folder)
+    source = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(source)
+    base = ["compare", "--model", str(folder), "--prompt", "a cat", "--scales", "1", "4", *FAST, "--cell", "32"]
+    for option, message in inputs.items():  # each missing input is named, one line
+        others = [a for o in inputs if o != option for a in (o, str(source))]
+        capsys.readouterr()
+        assert main([*base, *others, "--out", str(tmp_path / "x.png")]) == 2
+        assert capsys.readouterr().err.strip() == f"apg compare: error: {message}: give {option} FILE"
+    given = [a for o in inputs for a in (o, str(source))]
+    assert main([*base, *given, "--out", str(tmp_path / "ok.png")]) == 0
+    table = _table(capsys.readouterr().out)["a cat / seed 0"]
+    assert table[0] == table[2]  # w = 1: CFG and APG are the conditional model
+
+
 def test_video_output_shows_the_middle_frame_and_scores_every_frame():
     from apg.compare import _images
 
