@@ -194,4 +194,4 @@ def make_guidance(args, method: str, scale: float) -> _guidance.Guidance:
     try:
         return cls(scale, **kwargs)
     except (TypeError, ValueError) as error:
-        raise CommandError(f"{method}: {error}") from None
+        raise CommandError(f"{cls.label}: {error}") from None

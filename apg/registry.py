@@ -231,10 +231,16 @@ STOCK_PIPELINES: dict[str, dict] = {
 
 
 def _register_stock_pipelines():
+    import warnings
+
     import diffusers
 
     for name, spec in STOCK_PIPELINES.items():
-        register_pipeline(getattr(diffusers, name), **spec)
+        with warnings.catch_warnings():
+            # Kolors' text encoder module calls torch.jit.script at import; torch >= 2.9 warns about it on
+            # every `import apg` user's stderr, for a pipeline they may never load.
+            warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+            register_pipeline(getattr(diffusers, name), **spec)
 
 
 _register_stock_pipelines()

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -70,28 +71,45 @@ def load_pipeline(model: str, device=None, dtype=None):
     """'builtin' (the offline CIFAR-10 model), a local Diffusers pipeline folder or a hub id, on `device`.
 
     device and dtype: names or torch objects; None picks resolve_device/resolve_dtype's defaults, except
-    that the built-in model stays float32 unless a dtype is given (it is tiny and exact). Never runs remote
-    code. Loading draws no progress bar and logs no hub retries: a failure is one ModelLoadError line.
+    that the built-in model stays on the CPU in float32 unless told otherwise (it is tiny and exact: a GPU
+    would only add transfers). Never runs remote code. Loading draws no progress bar and logs no hub
+    retries: a failure is one ModelLoadError line.
     """
     if not isinstance(model, str) or not model.strip():
         raise ModelLoadError(f"model must be 'builtin', a local pipeline folder or a hub id, got {model!r}")
     try:
-        device = resolve_device(device)
+        device = resolve_device("cpu" if device is None and model == BUILTIN else device)
         dtype = None if dtype is None and model == BUILTIN else resolve_dtype(dtype, device)
     except ValueError as error:
         raise ModelLoadError(str(error)) from None
-    from diffusers.utils import logging
-
-    bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
-    try:
+    with _quiet():
         pipe = _load_builtin(dtype) if model == BUILTIN else _from_pretrained(model, dtype)
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
     return pipe.to(device)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No loading bars or hub retry warnings from Diffusers and Transformers (a download's own bar stays)."""
+    import diffusers.utils.logging as diffusers_logging
+
+    loggers = [diffusers_logging]
+    try:
+        import transformers.utils.logging as transformers_logging
+
+        loggers.append(transformers_logging)
+    except ImportError:
+        pass
+    saved = [(log, log.is_progress_bar_enabled(), log.get_verbosity()) for log in loggers]
+    for log in loggers:
+        log.disable_progress_bar()
+        log.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for log, bars, verbosity in saved:
+            log.set_verbosity(verbosity)
+            if bars:
+                log.enable_progress_bar()
 
 
 def _load_builtin(dtype):

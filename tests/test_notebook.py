@@ -17,6 +17,9 @@ def test_quickstart_notebook_runs_and_shows_its_figures(tmp_path):
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     images = [cell for cell in code if any("image/png" in out.get("data", {}) for out in cell.outputs)]
     assert len(images) == 3  # the matplotlib pair, the `apg compare` grid, the saturation plot
-    assert (tmp_path / "grid.png").is_file()
+    printed = "".join(out.get("text", "") for cell in code for out in cell.outputs if out.output_type == "stream")
+    written = [line.removeprefix("wrote ") for line in printed.splitlines() if line.startswith("wrote ")]
+    assert len(written) == 1 and Path(written[0]).is_file(), printed
+    assert not list(tmp_path.iterdir()), "the notebook writes nothing into its own folder"
     printed = "".join(out.get("text", "") for out in code[-1].outputs if out.output_type == "stream")
     assert all(name in printed for name in ("CFG w=1", "APG w=1", "momentum CFG w=1")), printed

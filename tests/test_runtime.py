@@ -44,8 +44,8 @@ def test_bad_dtype_names_the_choices(name):
         resolve_dtype(name, "cpu")
 
 
-def test_builtin_loads_float32_on_the_device():
-    pipe = load_pipeline("builtin", "cpu")
+def test_builtin_loads_float32_on_the_cpu_unless_told_otherwise():
+    pipe = load_pipeline("builtin")
     assert pipe.unet.device.type == "cpu" and pipe.unet.dtype is torch.float32
     assert load_pipeline("builtin", "cpu", "bfloat16").unet.dtype is torch.bfloat16
 
