@@ -482,3 +482,8 @@ def test_user_text_in_a_message_is_not_html():
     with pytest.raises(gr.Error) as info:
         compare(prompt="<img src=x onerror=alert(1)>", steps=2, num_seeds=1)
     assert "<img" not in info.value.message and "&lt;img src=x" in info.value.message
+
+
+def test_negative_prompt_on_a_class_conditional_model_warns():
+    with pytest.warns(UserWarning, match="negative prompt ignored: .* takes none"):
+        compare(negative_prompt="blurry", steps=2, num_seeds=1)
