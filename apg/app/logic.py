@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import apg
+from apg._options import SEED_MAX  # the CLI's bound: seeds are 32-bit everywhere
 from apg.runtime import BUILTIN, ModelLoadError, load_pipeline, resolve_device, resolve_dtype
 from apg.schedulers import SUPPORTED_SCHEDULERS
 
@@ -31,7 +32,7 @@ MAX_CACHED_MODELS = 2  # hub/local models kept loaded besides the built-in one (
 
 # The app's own inputs (the guidance knobs are the library's). Inclusive bounds.
 STEPS = apg.Param("steps", 25, 1, 1000, "sampling steps", int)
-SEED = apg.Param("seed", 0, 0, 2**32 - 1, "first seed; the gallery shows seed, seed + 1, ...", int)
+SEED = apg.Param("seed", 0, 0, SEED_MAX, "first seed; the gallery shows seed, seed + 1, ...", int)
 NUM_SEEDS = apg.Param("num_seeds", 4, 1, 8, "seeds in the gallery", int)
 SIZE = apg.Param("size", 0, 64, 2048, "height or width of a text-to-image model, a multiple of 8 (0: the model's)", int)
 SIGMA = apg.Param("sigma", 0.0, 0.0, math.inf, "EDM noise level sigma = sigma_t / alpha_t")
