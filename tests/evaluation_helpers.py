@@ -48,6 +48,20 @@ def register_extractor():
     return EXTRACTOR
 
 
+def write_images(folder, count, seed=0, size=32, tint=(1.0, 1.0, 1.0)):
+    """`count` random PNGs (smooth colour fields with some pixels at 0 and 255) in a new folder; returns it."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(count):
+        field = F.interpolate(torch.rand(1, 3, 4, 4, generator=gen), size=size, mode="bilinear")[0]  # [3, H, W]
+        field = 1.6 * field * torch.tensor(tint)[:, None, None] - 0.3  # out of [0, 1] here and there: clipped
+        pixels = (field.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return folder
+
+
 CLASSES = ("red", "green", "blue", "grey")
 PALETTE = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.15, 0.2, 0.9], [0.5, 0.5, 0.5]])  # [K, 3]
 

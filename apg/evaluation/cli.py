@@ -8,24 +8,26 @@ from pathlib import Path
 
 from .files import process_state
 
-METRICS_HELP = "comma-separated: fid, kid, isc, prc (precision/recall), saturation, clip (CLIP score)"
 
 
-def _floats(text):
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+def _metrics_help(default: str) -> str:
+    from .scoring import METRICS
+
+    return (f"space-separated, of: {', '.join(METRICS)} (prc: precision/recall, clipping: fraction of channel "
+            f"values at 0 or 255, clip: CLIP score); default {default}")
 
 
-def _names(text):
-    return [v.strip() for v in text.split(",") if v.strip()]
+def _metric_names():
+    from .scoring import METRICS
+
+    return list(METRICS)
 
 
-def _add_model(p):
+def _add_model(p, out_required=True):
     p.add_argument("--model", default="builtin", help="'builtin' (offline CIFAR-10 model), a hub id or a folder")
     cond = p.add_mutually_exclusive_group()
-    cond.add_argument("--classes", type=_names, help="comma-separated class names or ids; 'all' for every class")
+    cond.add_argument("--classes", nargs="+", help="class names or ids, space-separated; 'all' for every class "
+                                                   "(the default)")
     cond.add_argument("--prompts-file", type=Path, help="text file, one prompt per line (text-to-image models)")
     p.add_argument("--num-images", type=int, required=True, help="images per setting (N)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
@@ -33,7 +35,9 @@ def _add_model(p):
     p.add_argument("--steps", type=int, default=32, help="num_inference_steps")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="default float16 on CUDA, float32 on CPU")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=out_required,
+                   help="output folder" + ("" if out_required else " (default: runs/sweep-MODEL-HASH of the settings, "
+                                                                   "printed; the same command resumes there)"))
 
 
 def _add_guidance_params(p):
@@ -72,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score a folder of images against a reference, written to JSON")
     p.add_argument("images", help="folder of images (or an archive)")
-    p.add_argument("--metrics", type=_names, default=["fid", "saturation"], help=METRICS_HELP)
+    p.add_argument("--metrics", nargs="+", choices=_metric_names(), default=["fid", "saturation", "clipping"],
+                   metavar="METRIC", help=_metrics_help("fid saturation clipping"))
     _add_scoring(p)
     p.add_argument("--output", type=Path, help="JSON file (default IMAGES/score.json)")
 
@@ -80,16 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reference")
     p.add_argument("output", type=Path)
     p.add_argument("--feature-extractor", default="inception-v3-compat")
-    p.add_argument("--feature-weights", type=Path)
+    p.add_argument("--feature-weights", type=Path, metavar="PATH",
+                   help="local weights file of the feature extractor (offline use)")
     p.add_argument("--resize", type=int)
     p.add_argument("--feature-batch-size", type=int, default=64)
 
     p = sub.add_parser("sweep", help="scales x methods: CSV, plot and sample grid")
-    _add_model(p)
-    p.add_argument("--methods", type=_names, default=["cfg", "apg"], help="comma-separated: cfg, apg, mcfg")
-    p.add_argument("--scales", type=_floats, default=[1.0, 2.0, 4.0, 8.0], help="comma-separated scales")
+    _add_model(p, out_required=False)
+    p.add_argument("--methods", nargs="+", choices=("cfg", "apg", "mcfg"), default=["cfg", "apg"],
+                   help="space-separated: cfg, apg, mcfg (default cfg apg)")
+    p.add_argument("--scales", nargs="+", type=float, default=[1.0, 2.0, 4.0, 8.0],
+                   help="guidance scales, space-separated (default 1 2 4 8)")
     _add_guidance_params(p)
-    p.add_argument("--metrics", type=_names, help=METRICS_HELP + " (default saturation, plus fid with a reference)")
+    p.add_argument("--metrics", nargs="+", choices=_metric_names(), metavar="METRIC",
+                   help=_metrics_help("saturation clipping, plus fid with a --reference"))
     _add_scoring(p)
 
     p = sub.add_parser("report", help="collect score.json files into one table")
@@ -129,12 +138,31 @@ def _pipeline(args):
     return pipe, classes, None
 
 
+def _check_file(option, path):
+    if not Path(path).is_file():
+        raise ValueError(f"{option} {path}: no such file")
+
+
+def _default_sweep_dir(args) -> Path:
+    """runs/sweep-MODEL-HASH: one folder per set of generation settings, so a rerun resumes where it stopped."""
+    import hashlib
+    import json
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "out", "metrics", "reference")
+                and not k.startswith(("feature", "cache", "no_cache", "clip", "resize"))}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    model = Path(args.model).name if Path(args.model).exists() else args.model.replace("/", "-")
+    return Path("runs") / f"sweep-{model}-{digest}"
+
+
 def _scoring(args) -> dict:
-    from .fidelity import default_cache_dir
+    from .features import default_cache_dir
 
     weights = None
     if args.feature_weights:
         pairs = [entry.partition("=") if "=" in entry else ("", "", entry) for entry in args.feature_weights]
+        for _, _, path in pairs:
+            _check_file("--feature-weights", path)
         weights = pairs[0][2] if len(pairs) == 1 and not pairs[0][0] else {name: path for name, _, path in pairs}
         if isinstance(weights, dict) and "" in weights:
             raise ValueError("--feature-weights: with several files, name each one's extractor: NAME=PATH")
@@ -153,11 +181,17 @@ def main(argv=None) -> int:
 
             guidance = make_guidance(args.method, args.scale, **_guidance_params(args))
             pipe, classes, prompts = _pipeline(args)
-            generate(pipe, guidance, args.out, num_images=args.num_images, classes=classes, prompts=prompts,
-                     seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps, model=args.model)
+            done = generate(pipe, guidance, args.out, num_images=args.num_images, classes=classes, prompts=prompts,
+                            seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps,
+                            model=args.model)
+            if state.is_main_process:
+                if done["missing"] == 0:
+                    print(f"apg-eval generate: {args.out} is already complete ({args.num_images} images)")
+                else:
+                    print(f"{args.out}: {args.num_images} images ({done['missing']} made by this run)")
         elif args.command == "score":
             from .files import write_json
-            from .fidelity import score
+            from .scoring import score
 
             result = score(args.images, args.reference, metrics=args.metrics, **_scoring(args))
             if state.is_main_process:
@@ -165,8 +199,10 @@ def main(argv=None) -> int:
                 write_json(output, result)
                 print(f"{output}: {result['metrics']}")
         elif args.command == "stats":
-            from .fidelity import save_reference_statistics
+            from .features import save_reference_statistics
 
+            if args.feature_weights is not None:
+                _check_file("--feature-weights", args.feature_weights)
             meta = save_reference_statistics(args.reference, args.output, feature_extractor=args.feature_extractor,
                                              feature_weights=args.feature_weights, resize=args.resize,
                                              batch_size=args.feature_batch_size)
@@ -178,6 +214,10 @@ def main(argv=None) -> int:
             # --eta and --preset configure APG; --norm-threshold and --momentum APG and momentum CFG.
             params = {k: v for k, v in _guidance_params(args).items() if v is not None}
             method_params = {"apg": params, "mcfg": {k: v for k, v in params.items() if k not in ("eta", "preset")}}
+            if args.out is None:
+                args.out = _default_sweep_dir(args)
+                if state.is_main_process:
+                    print(f"apg-eval sweep: writing to {args.out} (no --out given; the same command resumes there)")
             pipe, classes, prompts = _pipeline(args)
             rows = sweep(pipe, args.out, methods=args.methods, scales=args.scales, method_params=method_params,
                          num_images=args.num_images, classes=classes, prompts=prompts, seed=args.seed,

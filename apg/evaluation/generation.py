@@ -16,12 +16,11 @@ from pathlib import Path
 import torch
 
 from ..guidance import APG, CFG, Guidance, MomentumCFG
-from .files import TMP_PREFIX, process_state, read_json, save_png, versions, write_json
+from .files import RUN_FILE, TMP_PREFIX, image_name, process_state, read_json, save_png, versions, write_json
 
 __all__ = ["METHODS", "make_guidance", "load_pipeline", "generate", "image_name", "read_image_metadata", "RUN_FILE"]
 
 METHODS = {"cfg": CFG, "apg": APG, "mcfg": MomentumCFG}
-RUN_FILE = "run.json"
 # Fields of run.json that define the image set: a resume must agree on all of them.
 _IDENTITY = ("model", "pipeline", "scheduler", "num_inference_steps", "guidance", "seed", "conditioning", "call")
 
@@ -60,10 +59,6 @@ def load_pipeline(model: str, device=None, dtype=None):
     return pipe
 
 
-def image_name(index: int, num_images: int) -> str:
-    return f"{index:0{max(6, len(str(num_images - 1)))}d}.png"
-
-
 def _scheduler_info(pipe) -> dict:
     scheduler = getattr(pipe, "scheduler", None)
     if scheduler is None:
@@ -92,6 +87,8 @@ def generate(pipe, guidance: Guidance, out_dir, *, num_images: int, classes=None
              batch_size: int = 16, num_inference_steps: int = 32, model: str = "unknown", call_kwargs=None,
              progress: bool = True) -> dict:
     """Generate images 0..num_images-1 into out_dir as PNGs (skipping those already there); returns a summary.
+
+    The summary's `missing` counts the images absent at the start (all processes), `generated` this process's.
 
     Exactly one of `classes` (names or label ids, for class-conditional pipelines) or `prompts`.
     """
@@ -132,9 +129,9 @@ def generate(pipe, guidance: Guidance, out_dir, *, num_images: int, classes=None
     _check_or_write_run(out_dir, run, state.is_main_process)
     state.wait_for_everyone()
 
+    missing = {i for i in range(num_images) if not (out_dir / image_name(i, num_images)).exists()}
     blocks = [range(start, min(start + batch_size, num_images)) for start in range(0, num_images, batch_size)]
-    todo = [[i for i in block if not (out_dir / image_name(i, num_images)).exists()]
-            for block in blocks[state.process_index::state.num_processes]]
+    todo = [[i for i in block if i in missing] for block in blocks[state.process_index::state.num_processes]]
     todo = [block for block in todo if block]
     total = sum(len(block) for block in todo)
     label = "class" if key == "class_labels" else "prompt"
@@ -157,7 +154,7 @@ def generate(pipe, guidance: Guidance, out_dir, *, num_images: int, classes=None
     bar.close()
     seconds = time.perf_counter() - start
     summary = {"out_dir": str(out_dir), "process": state.process_index, "processes": state.num_processes,
-               "generated": total, "seconds": round(seconds, 3),
+               "num_images": num_images, "missing": len(missing), "generated": total, "seconds": round(seconds, 3),
                "images_per_s": round(total / seconds, 3) if total else None}
     if progress and total:
         print(f"generate [{state.process_index}/{state.num_processes}]: {total} images in {seconds:.1f} s, "

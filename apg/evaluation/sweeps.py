@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from .files import atomic_open, list_images, process_state, read_json, save_png, versions, write_json, write_text
-from .fidelity import score
+from .scoring import score
 from .generation import generate, make_guidance
 
 __all__ = ["sweep", "plot_sweep", "sample_grid", "collect_scores", "write_report", "SCORE_FILE"]
