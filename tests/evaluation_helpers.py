@@ -1,6 +1,6 @@
 """Test helpers for apg.evaluation: a tiny registered feature extractor and a fake pipeline.
 
-Also run as a script by the distributed and resume tests (see `main`).
+Also run as a script by the distributed and resume tests (see `main`) and the kill test (see `apg_eval`).
 """
 
 from __future__ import annotations
@@ -158,6 +158,26 @@ def main(argv=None):
             write_json(f"{args.out}/score.json", result)
 
 
+def apg_eval(argv) -> int:
+    """`apg-eval` with every PNG rename delayed by $APG_SLOW_PNG seconds, so a kill can land inside a write."""
+    import os
+    import time
+
+    from apg.evaluation import cli
+
+    delay, replace = float(os.environ.get("APG_SLOW_PNG", "0")), os.replace
+
+    def slow_replace(src, dst):
+        if str(dst).endswith(".png"):
+            time.sleep(delay)  # the temp file is complete and not yet renamed
+        replace(src, dst)
+
+    os.replace = slow_replace
+    return cli.main(argv)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    if sys.argv[1:2] == ["apg-eval"]:  # `python tests/evaluation_helpers.py apg-eval generate ...`
+        sys.exit(apg_eval(sys.argv[2:]))
     main()
