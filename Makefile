@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench browser compiler
+.PHONY: run test bench gpu-check browser compiler
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ run: $(BIN)/.installed compiler
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_guidance.py
+
+# The GPU check (benchmarks/gpu_check.py): one table; without CUDA one line and exit 0. `make gpu-check ARGS=--quick`.
+gpu-check: $(BIN)/.installed compiler
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 # $(call apt_install,COMMAND,PACKAGE): install Debian's PACKAGE when COMMAND is missing and we are root.
 apt_install = @command -v $(1) >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \

@@ -6,7 +6,9 @@
 from importlib import import_module
 
 from ._fused import status as kernel_status
-from .guidance import APG, CFG, PRESETS, Guidance, MomentumCFG
+from .guidance import (
+    APG, CFG, INTERVALS, METHODS, PRESETS, SCALE, CFGZeroStar, Guidance, MomentumCFG, Param, register_method,
+)
 
 __version__ = "0.1.0"
 
@@ -18,7 +20,10 @@ _LAZY = {
     "load_builtin": "apg.builtin",
 }
 
-__all__ = ["APG", "CFG", "MomentumCFG", "Guidance", "PRESETS", "kernel_status", *_LAZY]
+__all__ = [
+    "APG", "CFG", "MomentumCFG", "CFGZeroStar", "Guidance", "Param", "SCALE", "METHODS", "register_method",
+    "PRESETS", "INTERVALS", "kernel_status", *_LAZY,
+]
 
 
 def __getattr__(name):

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import pytest
+import devices
 import torch
 
 from apg import _fused
@@ -50,8 +51,10 @@ def rel_err(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
-def pairs(shape, steps=1, seed=0, dtype=torch.float32):
+def pairs(shape, steps=1, seed=0, dtype=torch.float32, device=None):
+    """`steps` (cond, uncond) pairs, on the test device by default; the same values on every device."""
+    device = devices.current if device is None else device
     gen = torch.Generator().manual_seed(seed)
-    conds = [torch.randn(shape, generator=gen).to(dtype) for _ in range(steps)]
-    unconds = [c + 0.3 * torch.randn(shape, generator=gen).to(dtype) for c in conds]
+    conds = [torch.randn(shape, generator=gen).to(device, dtype) for _ in range(steps)]
+    unconds = [c + 0.3 * torch.randn(shape, generator=gen).to(device, dtype) for c in conds]
     return conds, unconds

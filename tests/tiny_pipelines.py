@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 
+import devices
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
@@ -165,7 +166,7 @@ def _flow_vae(latent_channels):
 # -- pipelines ----------------------------------------------------------------------------------------------
 def _no_bar(pipe):
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return pipe.to(devices.current)  # the test device in device-aware test modules (tests/devices.py)
 
 
 def _sd_unet(**extra):
