@@ -97,7 +97,7 @@ class FakePipeline:
             sigma = 1.0 - step / num_inference_steps
             pred_cond = colours + 0.2 * sigma * x  # [B, 3, H, W], x0 space
             pred_uncond = 0.5 + 0.2 * sigma * x
-            denoised = self.guidance(pred_cond, pred_uncond)
+            denoised = self.guidance(pred_cond, pred_uncond, sigma=sigma, step=step)
             x = denoised + (sigma - 1.0 / num_inference_steps) * noise
         pixels = (denoised.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         if os.environ.get("APG_FAKE_LOG"):

@@ -90,12 +90,16 @@ def test_generation_arguments_are_checked(fake, tmp_path):
         generate(fake, g, tmp_path, num_images=2, classes=["red"], prompts=["a cat"])
     with pytest.raises(TypeError, match="guidance must be an apg.Guidance"):
         generate(fake, 7.5, tmp_path, num_images=2, classes=["red"])
-    with pytest.raises(ValueError, match="method must be one of cfg, apg, mcfg"):
+    with pytest.raises(ValueError, match="method must be one of cfg, apg, mcfg, cfg-zero-star"):
         make_guidance("pag", 3.0)
     with pytest.raises(ValueError, match="preset 'sdxl' applies to method 'apg'"):
         make_guidance("cfg", 3.0, preset="sdxl")
     assert make_guidance("apg", 9.0, preset="sdxl") == apg.APG.from_preset("sdxl", 9.0)
     assert make_guidance("mcfg", 2.0, momentum=-0.25) == apg.MomentumCFG(2.0, momentum=-0.25)
+    with pytest.raises(ValueError, match="method 'mcfg' takes momentum, norm_threshold, not eta"):
+        make_guidance("mcfg", 2.0, eta=0.5)
+    assert make_guidance("cfg-zero-star", 3.0, zero_init_steps=2, interval=(0.5, 9.0)) == apg.CFGZeroStar(
+        3.0, zero_init_steps=2, interval=(0.5, 9.0))
 
 
 def run_helper(out, *extra, launcher=(), env=None, **popen):

@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -13,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import evaluation_helpers as helpers  # noqa: E402
 
 import apg  # noqa: E402
-from apg.evaluation import generation, saturation  # noqa: E402
+from apg.evaluation import clipping, generation, saturation  # noqa: E402
 from apg.evaluation.cli import main as cli_main  # noqa: E402
-from apg.evaluation.sweeps import collect_scores, sweep, write_report  # noqa: E402
+from apg.evaluation.sweeps import collect_scores, setting_label, sweep, write_report  # noqa: E402
 
 EXTRACTOR = helpers.register_extractor()
 
@@ -27,28 +29,37 @@ def read_csv(path):
 
 def test_sweep_writes_csv_plot_grid_and_report(monkeypatch, tmp_path):
     monkeypatch.setattr(generation, "apply_guidance", helpers.fake_guide)
-    reference = tmp_path / "reference"
-    generation.generate(helpers.FakePipeline(), generation.make_guidance("cfg", 1.0), reference, num_images=8,
-                        classes=list(helpers.CLASSES), seed=1000, num_inference_steps=3, progress=False)
-    out = tmp_path / "sweep"
-    rows = sweep(helpers.FakePipeline(), out, methods=("cfg", "apg"), scales=(1.0, 3.0), num_images=6,
-                 classes=list(helpers.CLASSES), num_inference_steps=3, batch_size=4, reference=reference,
-                 score_options={"feature_extractor": EXTRACTOR}, method_params={"apg": {"norm_threshold": 1.0}},
-                 model="fake", grid_count=4, progress=False)
+    previous_umask = os.umask(0o002)  # a group-shared run: every output must be group-readable and -writable
+    try:
+        reference = tmp_path / "reference"
+        generation.generate(helpers.FakePipeline(), generation.make_guidance("cfg", 1.0), reference, num_images=8,
+                            classes=list(helpers.CLASSES), seed=1000, num_inference_steps=3, progress=False)
+        out = tmp_path / "sweep"
+        rows = sweep(helpers.FakePipeline(), out, methods=("cfg", "apg"), scales=(1.0, 3.0), num_images=6,
+                     classes=list(helpers.CLASSES), num_inference_steps=3, batch_size=4, reference=reference,
+                     score_options={"feature_extractor": EXTRACTOR}, method_params={"apg": {"norm_threshold": 1.0}},
+                     model="fake", grid_count=4, progress=False)
+    finally:
+        os.umask(previous_umask)
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {"sweep.csv", "sweep.png", "grid.png", "sweep.json", "run.json", "score.json"}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in written} == {p.name: 0o664 for p in written}
     table = read_csv(out / "sweep.csv")
     assert [(r["method"], float(r["guidance_scale"])) for r in table] == [
         ("cfg", 1.0), ("cfg", 3.0), ("apg", 1.0), ("apg", 3.0)]
     for row, folder in zip(table, ["cfg_w1", "cfg_w3", "apg_w1", "apg_w3"]):
         images = [Image.open(p) for p in sorted((out / folder).glob("*.png"))]
         assert len(images) == 6 and float(row["saturation"]) == pytest.approx(saturation(images), abs=1e-9)
-        assert np.isfinite(float(row["fid"]))
+        assert float(row["clipping"]) == pytest.approx(clipping(images), abs=1e-9)
+        assert np.isfinite(float(row["fid"])) and row["reference_clipping"]
         recorded = json.loads((out / folder / "score.json").read_text())
         assert recorded["run"]["guidance"]["guidance_scale"] == float(row["guidance_scale"])
     assert table[0]["fid"] == table[2]["fid"]  # at w = 1 CFG and APG are the conditional model, same seeds
+    assert [setting_label(r) for r in rows] == ["CFG", "CFG", "APG η=0 r=1 β=-0.5", "APG η=0 r=1 β=-0.5"]
     plot = Image.open(out / "sweep.png")
-    assert plot.width > 2 * plot.height  # three panels: saturation, FID, FID vs saturation
-    grid = Image.open(out / "grid.png")
-    assert grid.height == 4 * (96 + 4) and grid.width == 110 + 4 * (96 + 4)  # 4 settings x 4 samples, 16 px x 6
+    assert plot.width > 3 * plot.height  # four panels: saturation, clipping, FID, FID vs saturation
+    grid = Image.open(out / "grid.png")  # 4 settings x 4 samples of 16 px x 6, under a header, right of labels
+    assert grid.height == 40 + 4 * (96 + 4) and grid.width > 4 * (96 + 4) + 60
     # report: the same rows back from the score files, as CSV and a Markdown table.
     collected = collect_scores([out])
     assert sorted(r["fid"] for r in collected) == sorted(r["fid"] for r in rows)
@@ -56,6 +67,23 @@ def test_sweep_writes_csv_plot_grid_and_report(monkeypatch, tmp_path):
     assert text.startswith("| run | method | guidance_scale") and len(read_csv(tmp_path / "report.csv")) == 4
     with pytest.raises(ValueError, match="no score.json found"):
         collect_scores([reference])
+
+
+def test_sweep_takes_intervals_as_a_dimension(monkeypatch, tmp_path):
+    monkeypatch.setattr(generation, "apply_guidance", helpers.fake_guide)
+    out = tmp_path / "sweep"
+    rows = sweep(helpers.FakePipeline(), out, methods=("apg", "cfg-zero-star"), scales=(4.0,),
+                 intervals=(None, (0.3, 0.8)), num_images=4, classes=list(helpers.CLASSES), num_inference_steps=5,
+                 method_params={"apg": {"norm_threshold": 1.0}}, model="fake", progress=False)
+    assert [setting_label(r) for r in rows] == ["APG η=0 r=1 β=-0.5", "APG η=0 r=1 β=-0.5 σ∈(0.3, 0.8]",
+                                                "CFG-Zero* zero-init=1", "CFG-Zero* zero-init=1 σ∈(0.3, 0.8]"]
+    table = read_csv(out / "sweep.csv")
+    assert [r["interval"] for r in table] == ["", "0.3,0.8", "", "0.3,0.8"]
+    run = json.loads((out / "apg_s0.3-0.8_w4" / "run.json").read_text())
+    assert run["guidance"]["interval"] == [0.3, 0.8]
+    assert apg.Guidance.from_dict(run["guidance"]) == apg.APG(4.0, norm_threshold=1.0, interval=(0.3, 0.8))
+    # Guidance on fewer steps changes the images: the interval reached the sampler.
+    assert table[0]["saturation"] != table[1]["saturation"]
 
 
 def test_builtin_sweep_saturation_grows_with_cfg_scale(tmp_path, capsys):

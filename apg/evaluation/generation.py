@@ -15,32 +15,32 @@ from pathlib import Path
 
 import torch
 
-from ..guidance import APG, CFG, Guidance, MomentumCFG
+from ..guidance import METHODS, Guidance
 from .files import RUN_FILE, TMP_PREFIX, image_name, process_state, read_json, save_png, versions, write_json
 
-__all__ = ["METHODS", "make_guidance", "load_pipeline", "generate", "image_name", "read_image_metadata", "RUN_FILE"]
+__all__ = ["make_guidance", "load_pipeline", "generate", "image_name", "read_image_metadata", "RUN_FILE"]
 
-METHODS = {"cfg": CFG, "apg": APG, "mcfg": MomentumCFG}
 # Fields of run.json that define the image set: a resume must agree on all of them.
 _IDENTITY = ("model", "pipeline", "scheduler", "num_inference_steps", "guidance", "seed", "conditioning", "call")
 
 
-def make_guidance(method: str, guidance_scale: float, *, preset=None, **params) -> Guidance:
-    """Guidance from a method name (cfg, apg, mcfg), a scale, and a preset or explicit parameters."""
+def make_guidance(method: str, guidance_scale: float, *, preset=None, interval=None, **params) -> Guidance:
+    """Guidance from a method name of apg.METHODS, a scale, and a preset or the class's own parameters."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    cls = METHODS[method]
     params = {k: v for k, v in params.items() if v is not None}
+    takes = [p.name for p in cls.parameters]
+    unknown = sorted(set(params) - set(takes))
+    if unknown:
+        raise ValueError(f"method {method!r} takes {', '.join(takes) or 'only a scale'}, not {', '.join(unknown)}")
     if preset is not None:
-        if method != "apg":
+        if not hasattr(cls, "from_preset"):
             raise ValueError(f"preset {preset!r} applies to method 'apg', not {method!r}")
         if params:
             raise ValueError(f"give either a preset or explicit parameters, got preset {preset!r} and {params}")
-        return APG.from_preset(preset, guidance_scale)
-    if method == "cfg" and params:
-        raise ValueError(f"method 'cfg' takes only a scale, got parameters {params}")
-    if method == "mcfg" and "eta" in params:
-        raise ValueError("method 'mcfg' is APG with eta = 1: it takes no eta")
-    return METHODS[method](guidance_scale, **params)
+        return cls.from_preset(preset, guidance_scale, interval=interval)
+    return cls(guidance_scale, **params, interval=interval)
 
 
 def apply_guidance(pipe, guidance: Guidance):
