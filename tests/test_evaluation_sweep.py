@@ -89,16 +89,19 @@ def test_sweep_takes_intervals_as_a_dimension(monkeypatch, tmp_path):
 def test_builtin_sweep_saturation_grows_with_cfg_scale(tmp_path, capsys):
     """The paper's observation on the built-in CIFAR-10 model, through the command line."""
     out = tmp_path / "sweep"
-    code = cli_main(["sweep", "--model", "builtin", "--classes", "airplane,cat,frog,ship", "--num-images", "8",
-                     "--steps", "8", "--batch-size", "8", "--methods", "cfg,apg", "--scales", "1,3,6,10",
-                     "--norm-threshold", "2.5", "--momentum", "-0.75", "--out", str(out), "--no-cache"])
+    code = cli_main(["sweep", "--model", "builtin", "--classes", "airplane", "cat", "frog", "ship", "--num-images",
+                     "8", "--steps", "8", "--batch-size", "8", "--methods", "cfg", "apg", "--scales", "1", "3", "6",
+                     "10", "--norm-threshold", "2.5", "--momentum", "-0.75", "--out", str(out), "--no-cache"])
     assert code == 0, capsys.readouterr().err
     table = read_csv(out / "sweep.csv")
     cfg = [float(r["saturation"]) for r in table if r["method"] == "cfg"]
     apg_ = [float(r["saturation"]) for r in table if r["method"] == "apg"]
     assert all(a < b for a, b in zip(cfg, cfg[1:])), cfg  # strictly growing with the CFG scale
     assert apg_[-1] < cfg[-1], (apg_, cfg)  # APG saturates less at the highest scale
-    assert (out / "sweep.png").stat().st_size > 10_000 and Image.open(out / "grid.png").height == 8 * 100
+    assert (out / "sweep.png").stat().st_size > 10_000 and Image.open(out / "grid.png").height == 40 + 8 * 100
+    # Saturation alone misleads at high scales; clipping shows what CFG burns and APG does not.
+    clipped = {r["method"]: float(r["clipping"]) for r in table if r["guidance_scale"] == "10.0"}
+    assert clipped["cfg"] > 5 * clipped["apg"], clipped
     run = json.loads((out / "cfg_w10" / "run.json").read_text())
     assert run["model"] == "builtin" and run["scheduler"]["class"] and run["num_inference_steps"] == 8
     assert cli_main(["report", str(out), "--output", str(tmp_path / "report.csv")]) == 0
@@ -109,7 +112,7 @@ def test_builtin_sweep_saturation_grows_with_cfg_scale(tmp_path, capsys):
 
 def test_cli_generate_on_the_builtin_model_records_the_preset(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["generate", "--model", "builtin", "--classes", "cat,3", "--num-images", "3", "--steps", "2",
+    args = ["generate", "--model", "builtin", "--classes", "cat", "3", "--num-images", "3", "--steps", "2",
             "--method", "apg", "--preset", "sdxl", "--scale", "5", "--seed", "11", "--out", str(out)]
     assert cli_main(args) == 0, capsys.readouterr().err
     run = json.loads((out / "run.json").read_text())
@@ -119,3 +122,19 @@ def test_cli_generate_on_the_builtin_model_records_the_preset(tmp_path, capsys):
     assert (meta["seed"], meta["class"], meta["scheduler"]) == (13, "cat", run["scheduler"]["class"])
     assert cli_main([*args[:-6], "--scale", "6", "--seed", "11", "--out", str(out)]) == 2  # another run, same folder
     assert "holds a different run (guidance differ" in capsys.readouterr().err
+
+
+def test_cli_sweep_without_out_picks_a_folder_and_says_which(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["sweep", "--classes", "cat", "--num-images", "2", "--steps", "2", "--methods", "apg", "--scales", "3",
+            "--no-cache"]
+    assert cli_main(args) == 0, capsys.readouterr().err
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("apg-eval sweep: writing to runs/sweep-builtin-") and "the same command resumes" in first
+    folder = tmp_path / first.split()[4]
+    assert (folder / "sweep.csv").is_file() and (folder / "apg_w3" / "run.json").is_file()
+    assert cli_main(args) == 0 and capsys.readouterr().out.splitlines()[0] == first  # the same settings, same folder
+    assert cli_main([*args[:-2], "4", "--no-cache"]) == 0 and capsys.readouterr().out.splitlines()[0] != first
+    # An option no chosen method takes is an error, not silently dropped.
+    assert cli_main([*args, "--zero-init-steps", "2"]) == 2
+    assert "--zero-init-steps applies to cfg-zero-star, none of which is among the methods apg" in capsys.readouterr().err

@@ -40,11 +40,52 @@ def _add_model(p, out_required=True):
                                                                    "printed; the same command resumes there)"))
 
 
-def _add_guidance_params(p):
-    p.add_argument("--eta", type=float, help="APG: weight of the parallel component")
-    p.add_argument("--norm-threshold", type=float, help="APG / momentum CFG: r, bound on the update norm")
-    p.add_argument("--momentum", type=float, help="APG / momentum CFG: beta (negative: reverse momentum)")
-    p.add_argument("--preset", choices=("sdxl", "sd21", "edm2-s"), help="APG: the paper's eta, r, beta")
+def _parameters() -> dict:
+    """{parameter name: (Param, [methods taking it])} over apg.METHODS, in registry order."""
+    from ..guidance import METHODS
+
+    params = {}
+    for method, cls in METHODS.items():
+        for param in cls.parameters:
+            params.setdefault(param.name, (param, []))[1].append(method)
+    return params
+
+
+def _interval(text):
+    """'none', a name of apg.INTERVALS, or LOW,HIGH (sigma; HIGH may be inf)."""
+    from ..guidance import INTERVALS
+
+    if text == "none":
+        return None
+    if text in INTERVALS:
+        return tuple(INTERVALS[text])
+    low, comma, high = text.partition(",")
+    try:
+        if not comma:
+            raise ValueError
+        return float(low), float(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (sigma, e.g. 0.28,5.42), none or one of "
+                                         f"{', '.join(INTERVALS)}; got {text!r}") from None
+
+
+def _add_guidance_options(p, several):
+    from ..guidance import METHODS, PRESETS
+
+    names = ", ".join(f"{name} ({cls.label})" for name, cls in METHODS.items())
+    if several:
+        p.add_argument("--methods", nargs="+", choices=list(METHODS), default=["cfg", "apg"], metavar="METHOD",
+                       help=f"space-separated, of: {names} (default cfg apg)")
+    else:
+        p.add_argument("--method", choices=list(METHODS), default="apg", metavar="METHOD",
+                       help=f"{names} (default apg)")
+    for name, (param, methods) in _parameters().items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=f"guidance_{name}", type=param.kind,
+                       metavar=name.upper(), help=f"{', '.join(methods)}: {param.help}")
+    p.add_argument("--preset", choices=list(PRESETS), help="APG: the paper's eta, r and beta")
+    p.add_argument("--interval", type=_interval, metavar="LOW,HIGH",
+                   help="guide only where LOW < sigma <= HIGH (EDM noise level; a name of apg.INTERVALS, e.g. "
+                        "sdxl); default every step")
 
 
 def _add_scoring(p):
@@ -70,14 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate N images with one guidance setting (resumable)")
     _add_model(p)
-    p.add_argument("--method", choices=("cfg", "apg", "mcfg"), default="apg")
     p.add_argument("--scale", type=float, required=True, help="guidance scale w")
-    _add_guidance_params(p)
+    _add_guidance_options(p, several=False)
 
     p = sub.add_parser("score", help="score a folder of images against a reference, written to JSON")
     p.add_argument("images", help="folder of images (or an archive)")
-    p.add_argument("--metrics", nargs="+", choices=_metric_names(), default=["fid", "saturation", "clipping"],
-                   metavar="METRIC", help=_metrics_help("fid saturation clipping"))
+    p.add_argument("--metrics", nargs="+", choices=_metric_names(), metavar="METRIC",
+                   help=_metrics_help("saturation clipping, plus fid with a --reference"))
     _add_scoring(p)
     p.add_argument("--output", type=Path, help="JSON file (default IMAGES/score.json)")
 
@@ -90,13 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", type=int)
     p.add_argument("--feature-batch-size", type=int, default=64)
 
-    p = sub.add_parser("sweep", help="scales x methods: CSV, plot and sample grid")
+    p = sub.add_parser("sweep", help="methods x intervals x scales: CSV, plot and sample grid")
     _add_model(p, out_required=False)
-    p.add_argument("--methods", nargs="+", choices=("cfg", "apg", "mcfg"), default=["cfg", "apg"],
-                   help="space-separated: cfg, apg, mcfg (default cfg apg)")
     p.add_argument("--scales", nargs="+", type=float, default=[1.0, 2.0, 4.0, 8.0],
                    help="guidance scales, space-separated (default 1 2 4 8)")
-    _add_guidance_params(p)
+    _add_guidance_options(p, several=True)
+    p.add_argument("--intervals", nargs="+", type=_interval, metavar="INTERVAL",
+                   help="a dimension of the sweep: each method with each interval, space-separated, of none "
+                        "(every step), LOW,HIGH or a name of apg.INTERVALS, e.g. --intervals none sdxl")
     p.add_argument("--metrics", nargs="+", choices=_metric_names(), metavar="METRIC",
                    help=_metrics_help("saturation clipping, plus fid with a --reference"))
     _add_scoring(p)
@@ -107,8 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _guidance_params(args) -> dict:
-    return {"eta": args.eta, "norm_threshold": args.norm_threshold, "momentum": args.momentum, "preset": args.preset}
+def _method_params(args, methods) -> dict:
+    """{method: its parameters given on the command line (or {"preset": name})}; a stray option is an error."""
+    from ..guidance import METHODS
+
+    given = {name: getattr(args, f"guidance_{name}") for name in _parameters()
+             if getattr(args, f"guidance_{name}") is not None}
+    for name, (_, takers) in _parameters().items():
+        if name in given and not set(takers) & set(methods):
+            raise ValueError(f"--{name.replace('_', '-')} applies to {', '.join(takers)}, none of which is among "
+                             f"the methods {' '.join(methods)}")
+    out = {}
+    for method in methods:
+        out[method] = {p.name: given[p.name] for p in METHODS[method].parameters if p.name in given}
+        if args.preset is not None and hasattr(METHODS[method], "from_preset"):
+            out[method]["preset"] = args.preset
+    return out
 
 
 def _pipeline(args):
@@ -179,7 +234,8 @@ def main(argv=None) -> int:
         if args.command == "generate":
             from .generation import generate, make_guidance
 
-            guidance = make_guidance(args.method, args.scale, **_guidance_params(args))
+            params = _method_params(args, [args.method])[args.method]
+            guidance = make_guidance(args.method, args.scale, interval=args.interval, **params)
             pipe, classes, prompts = _pipeline(args)
             done = generate(pipe, guidance, args.out, num_images=args.num_images, classes=classes, prompts=prompts,
                             seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps,
@@ -193,8 +249,13 @@ def main(argv=None) -> int:
             from .files import write_json
             from .scoring import score
 
-            result = score(args.images, args.reference, metrics=args.metrics, **_scoring(args))
+            metrics = args.metrics or (("fid",) if args.reference else ()) + ("saturation", "clipping")
+            result = score(args.images, args.reference, metrics=metrics, **_scoring(args))
             if state.is_main_process:
+                ignored = result["images"]["ignored"]
+                if ignored:
+                    print(f"apg-eval score: scored the {result['images']['count']} samples of the run; left out "
+                          f"{', '.join(ignored)}", file=sys.stderr)
                 output = args.output or Path(args.images) / "score.json"
                 write_json(output, result)
                 print(f"{output}: {result['metrics']}")
@@ -211,15 +272,16 @@ def main(argv=None) -> int:
         elif args.command == "sweep":
             from .sweeps import sweep
 
-            # --eta and --preset configure APG; --norm-threshold and --momentum APG and momentum CFG.
-            params = {k: v for k, v in _guidance_params(args).items() if v is not None}
-            method_params = {"apg": params, "mcfg": {k: v for k, v in params.items() if k not in ("eta", "preset")}}
+            if args.interval is not None and args.intervals is not None:
+                raise ValueError("give --interval (one for every setting) or --intervals (a dimension), not both")
+            method_params = _method_params(args, args.methods)
             if args.out is None:
                 args.out = _default_sweep_dir(args)
                 if state.is_main_process:
                     print(f"apg-eval sweep: writing to {args.out} (no --out given; the same command resumes there)")
             pipe, classes, prompts = _pipeline(args)
             rows = sweep(pipe, args.out, methods=args.methods, scales=args.scales, method_params=method_params,
+                         intervals=args.intervals or [args.interval],
                          num_images=args.num_images, classes=classes, prompts=prompts, seed=args.seed,
                          batch_size=args.batch_size, num_inference_steps=args.steps, reference=args.reference,
                          metrics=args.metrics, model=args.model, score_options=_scoring(args))
