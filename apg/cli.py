@@ -61,15 +61,13 @@ def main(argv=None) -> int:
         return 2
 
 
-def load_pipeline(model: str, device: str):
-    """apg.loading.load_pipeline with float16 on CUDA and its errors as one-line command errors."""
-    import torch
-
-    from .loading import ModelLoadError
-    from .loading import load_pipeline as load
+def load_pipeline(model: str, device):
+    """apg.runtime.load_pipeline with its errors as one-line command errors."""
+    from .runtime import ModelLoadError
+    from .runtime import load_pipeline as load
 
     try:
-        return load(model, device, torch.float16 if device.startswith("cuda") else torch.float32)
+        return load(model, device)
     except ModelLoadError as error:
         raise CommandError(str(error)) from None
 
@@ -127,7 +125,12 @@ def compare(args) -> int:
         guidances = make_guidances(args)
     except (TypeError, ValueError) as error:
         raise CommandError(str(error)) from None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .runtime import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     pipe = load_pipeline(args.model, device)
     pipe.set_progress_bar_config(disable=True)
     if args.scheduler is not None:

@@ -95,7 +95,7 @@ def test_uncached_hub_model_offline_is_one_line_without_traceback(tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert "'someorg/not-a-cached-model'" in lines[0] and "--model PATH" in lines[0] and "network" in lines[0]
+    assert "'someorg/not-a-cached-model'" in lines[0] and "local" in lines[0] and "network" in lines[0]
 
 
 def test_apg_eval_is_apg_eval(capsys):

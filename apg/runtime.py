@@ -1,0 +1,133 @@
+"""One runtime for every entry point (`apg compare`, `apg eval`, the app): device, dtype and model loading.
+
+    device = resolve_device(None)            # cuda if available, else cpu
+    dtype = resolve_dtype(None, device)      # float32 on CPU; bfloat16 on CUDA where supported, else float16
+    pipe = load_pipeline("builtin")          # or a hub id, or a local Diffusers pipeline folder
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+__all__ = ["BUILTIN", "DTYPES", "ModelLoadError", "resolve_device", "resolve_dtype", "load_pipeline"]
+
+BUILTIN = "builtin"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded here; the message is one line that names it and says what to do."""
+
+
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """The torch device for `name` ('cpu', 'cuda', 'cuda:1', 'mps'); None: cuda if available, else cpu.
+
+    A device this machine lacks is a ValueError with one line, not a torch traceback at the first tensor.
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as cpu, cuda or cuda:1, got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine (no GPU, or a CPU-only "
+                             "torch build); use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available on this machine; use cpu")
+    return device
+
+
+def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device | None = None) -> torch.dtype:
+    """The compute dtype for `name` (float32, float16, bfloat16); None: the device's default.
+
+    The default is float32 on the CPU (16-bit matmuls there are slow and inexact), bfloat16 on CUDA
+    where the GPU supports it (no float16 overflow in large UNets and transformers), float16 otherwise.
+    """
+    if isinstance(name, torch.dtype):
+        if name not in DTYPES.values():
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name}")
+        return name
+    if name is not None:
+        if name not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+        return DTYPES[name]
+    device = resolve_device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def load_pipeline(model: str, device=None, dtype=None):
+    """'builtin' (the offline CIFAR-10 model), a local Diffusers pipeline folder or a hub id, on `device`.
+
+    device and dtype: names or torch objects; None picks resolve_device/resolve_dtype's defaults, except
+    that the built-in model stays float32 unless a dtype is given (it is tiny and exact). Never runs remote
+    code. Loading draws no progress bar and logs no hub retries: a failure is one ModelLoadError line.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise ModelLoadError(f"model must be 'builtin', a local pipeline folder or a hub id, got {model!r}")
+    try:
+        device = resolve_device(device)
+        dtype = None if dtype is None and model == BUILTIN else resolve_dtype(dtype, device)
+    except ValueError as error:
+        raise ModelLoadError(str(error)) from None
+    from diffusers.utils import logging
+
+    bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    try:
+        pipe = _load_builtin(dtype) if model == BUILTIN else _from_pretrained(model, dtype)
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+    return pipe.to(device)
+
+
+def _load_builtin(dtype):
+    from .builtin import load_builtin
+
+    pipe = load_builtin()
+    return pipe if dtype is None else pipe.to(dtype=dtype)
+
+
+def _dtype_keyword() -> str:
+    """`dtype` where the installed Diffusers has it (0.36+; `torch_dtype` warns there), else `torch_dtype`."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
+def _from_pretrained(model: str, dtype: torch.dtype):
+    from diffusers import DiffusionPipeline
+
+    local = Path(model).expanduser()
+    if local.exists() and not (local / "model_index.json").is_file():
+        raise ModelLoadError(f"model {model!r} is a path without a model_index.json: not a Diffusers pipeline folder")
+    try:
+        return DiffusionPipeline.from_pretrained(str(local) if local.exists() else model, trust_remote_code=False,
+                                                 **{_dtype_keyword(): dtype})
+    except OSError as error:
+        if local.exists():
+            raise ModelLoadError(f"cannot load the pipeline folder {model!r}: {_first_line(error)}") from None
+        raise ModelLoadError(
+            f"model {model!r} is not in the local Hugging Face cache and could not be downloaded: give a local "
+            "Diffusers pipeline folder instead, or load it once on a machine with network access to cache it"
+        ) from None
+    except (ValueError, ImportError, AttributeError, KeyError) as error:  # a config naming unknown classes
+        raise ModelLoadError(f"cannot load model {model!r}: {type(error).__name__}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
