@@ -135,6 +135,10 @@ def test_cli_sweep_without_out_picks_a_folder_and_says_which(tmp_path, monkeypat
     assert (folder / "sweep.csv").is_file() and (folder / "apg_w3" / "run.json").is_file()
     assert cli_main(args) == 0 and capsys.readouterr().out.splitlines()[0] == first  # the same settings, same folder
     assert cli_main([*args[:-2], "4", "--no-cache"]) == 0 and capsys.readouterr().out.splitlines()[0] != first
+    # Lists are space-separated: a comma list is refused with the spelling to use.
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([*args[:-2], "1,4"])
+    assert exit_.value.code == 2 and "lists are space-separated: write 1 4" in capsys.readouterr().err
     # An option no chosen method takes is an error, not silently dropped.
     assert cli_main([*args, "--zero-init-steps", "2"]) == 2
     assert "--zero-init-steps applies to cfg-zero-star, none of which is among the methods apg" in capsys.readouterr().err

@@ -51,8 +51,8 @@ def apply_guidance(pipe, guidance: Guidance):
 
 
 def load_pipeline(model: str, device=None, dtype=None):
-    """The shared loader (apg.loading), with progress bars off: generation draws its own."""
-    from ..loading import load_pipeline as load
+    """The shared loader (apg.runtime), with progress bars off: generation draws its own."""
+    from ..runtime import load_pipeline as load
 
     pipe = load(model, device, dtype)
     pipe.set_progress_bar_config(disable=True)
