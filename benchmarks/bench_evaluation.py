@@ -63,7 +63,7 @@ def bench_features(images, tmp):
         start = time.perf_counter()
         features.extract_features(subset, extractor, layers, feature_weights=weights, batch_size=64, progress=False)
         rate = images / (time.perf_counter() - start)
-        print(f"features, {extractor or 'saturation only'}: {rate:.1f} images/s ({images} CIFAR-10 images)")
+        print(f"features, {extractor or 'pixel metrics only'}: {rate:.1f} images/s ({images} CIFAR-10 images)")
 
 
 if __name__ == "__main__":
