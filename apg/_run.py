@@ -12,12 +12,13 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import math
 import threading
 
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
-from .guidance import Guidance
+from .guidance import Guidance, _real
 from .registry import PipelineSpec
 from .schedulers import check_scheduler, denoised_coefficients
 
@@ -42,11 +43,27 @@ class _GuidedRun:
         self.guidance.reset()
         self.family = check_scheduler(pipe.scheduler)
         self.outputs: list[torch.Tensor] = []  # denoiser outputs since the last step
+        self.scale = self.guidance.guidance_scale  # the guidance's own scale; a step may use another
+        self.scale_2 = None  # scale of the steps spec.denoiser_2 evaluates (None: the guidance's own)
+        self.dynamic = False  # CogVideoX's use_dynamic_cfg
+        self.module = None  # the denoiser that produced self.outputs
 
     def capture(self, module, args, output):
         runs = _active_runs()
         if runs and runs[-1] is self:
             self.outputs.append(output[0] if isinstance(output, tuple) else output.sample)
+            self.module = module
+
+    def step_scale(self, timestep):
+        """The scale of this step: the second expert's (Wan 2.2), CogVideoX's dynamic one, or the guidance's."""
+        scale = self.scale
+        if self.scale_2 is not None and self.module is getattr(self.pipe, self.spec.denoiser_2):
+            scale = self.scale_2
+        if self.dynamic:  # CogVideoXPipeline.__call__'s formula, n = its num_inference_steps
+            n, t = len(self.pipe.scheduler.timesteps), timestep.item() if torch.is_tensor(timestep) else timestep
+            scale = 1 + scale * ((1 - math.cos(math.pi * ((n - t) / n) ** 5.0)) / 2)
+        if scale is not self.guidance.guidance_scale:
+            self.guidance.guidance_scale, self.guidance._scale_cache = scale, None  # momentum state carries on
 
     def guided_step(self, step):
         """Wrap the scheduler's bound `step`; `inspect.signature` sees the original through __wrapped__."""
@@ -87,6 +104,10 @@ class _GuidedRun:
                 f"for sample {tuple(sample.shape)}; apg guides outputs shaped like the latents"
             )
         pred_cond, pred_uncond = self._split(model_output)
+        if self.spec.to_stepped is not None:  # [n, ...] shaped like model_output from here on
+            pred_cond = self.spec.to_stepped(self.pipe, pred_cond, model_output)
+            pred_uncond = self.spec.to_stepped(self.pipe, pred_uncond, model_output)
+        self.step_scale(timestep)
         n, channels = pred_cond.shape[0], model_output.shape[1]
         # [n, C, ...] each, the model's parameterization; learned-sigma channels beyond C are dropped.
         pred_cond = pred_cond[:, :channels].to(model_output.dtype)
@@ -132,21 +153,32 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
             f"{guidance!r}; the guidance's own scale governs. Set the scale on the guidance object, or call "
             "apg.guide(pipe, None) for stock behaviour"
         )
+    for arg, reason in spec.refused_args.items():
+        if arg in bound and bound[arg] != inspect.signature(call).parameters[arg].default:
+            raise ValueError(f"{arg}={bound[arg]!r} is not supported by apg with {type(pipe).__name__}: {reason}")
     kwargs = {**kwargs, spec.scale_arg: _pipeline_scale(guidance)}
     arg = spec.negative_prompt_arg
     if arg and bound.get(arg) is None and bound.get("negative_prompt_embeds") is None:
         kwargs[arg] = ""  # the uncond pass runs only with a negative prompt
     run = _GuidedRun(pipe, spec, guidance, space)
+    if spec.scale_2_arg and bound.get(spec.scale_2_arg) is not None:
+        run.scale_2 = _real(spec.scale_2_arg, bound[spec.scale_2_arg])  # passed on: the stock call checks it too
+    run.dynamic = bool(spec.dynamic_scale_arg and bound.get(spec.dynamic_scale_arg))
+    denoisers = [getattr(pipe, spec.denoiser)]
+    second = getattr(pipe, spec.denoiser_2, None) if spec.denoiser_2 else None
+    if second is not None and second is not denoisers[0]:
+        denoisers.append(second)
     scheduler = pipe.scheduler
     shadowed = scheduler.__dict__.get("step")  # an outer guided run on a shared scheduler
-    handle = getattr(pipe, spec.denoiser).register_forward_hook(run.capture)
+    handles = [denoiser.register_forward_hook(run.capture) for denoiser in denoisers]
     scheduler.step = run.guided_step(type(scheduler).step.__get__(scheduler))
     _active_runs().append(run)
     try:
         return call(*args, **kwargs)
     finally:
         _active_runs().remove(run)
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         if shadowed is None:
             del scheduler.step
         else:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _fused
+from . import _fused, _triton
 
 __all__ = [
     "Guidance", "APG", "MomentumCFG", "CFG", "CFGZeroStar", "Param", "SCALE", "METHODS", "register_method",
@@ -272,6 +272,8 @@ class Guidance:
         kernel = _fused.kernel(pred_cond)
         if kernel is not None:  # CPU: two memory passes in C instead of ~8 torch ops (apg/_fused.py)
             guided, self._running = _fused.apg(kernel, pred_cond, pred_uncond, self._running, *knobs)
+        elif _triton.wanted(pred_cond):  # CUDA, opt-in: two Triton launches instead of ~15 (apg/_triton.py)
+            guided, self._running = _triton.apg(pred_cond, pred_uncond, self._running, *knobs)
         else:
             guided, self._running = apg_torch(pred_cond, pred_uncond, self._running, *knobs)
         return guided

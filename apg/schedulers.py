@@ -1,8 +1,13 @@
-"""Denoised (x0) coefficients per scheduler family: x0 = a * sample + b * model_output.
+"""Denoised (x0) coefficients and EDM noise level per scheduler family: x0 = a * sample + b * model_output.
 
-The coefficients come from each scheduler's own state at the evaluated step, so the x0 here is the x0 the
-scheduler itself computes inside `step()`. `sample` is the latents passed to `step()` (for Euler-type
-schedulers the unscaled latents, not the model's scaled input).
+Each family yields the (alpha_t, sigma_t) of the evaluated model call, with sample = alpha_t * x0 + sigma_t * eps,
+read from the scheduler's own state at that step; (a, b) and the noise level sigma_t / alpha_t both derive from
+it, so the x0 here is the x0 the scheduler itself computes inside `step()`. `sample` is the latents passed to
+`step()` (for Euler-type schedulers the unscaled latents, not the model's scaled input).
+
+Schedulers that evaluate the model twice per step (Heun, KDPM2, DPM-Solver SDE, FlowMatch Heun) call `step()`
+after each evaluation; each call gets the sigma that evaluation ran at. Options that only post-process x0
+(`clip_sample`, `thresholding`) act on the guided x0, as they act on the stock CFG's.
 """
 
 from __future__ import annotations
@@ -10,34 +15,71 @@ from __future__ import annotations
 import math
 
 from diffusers import (
+    CogVideoXDDIMScheduler,
+    CogVideoXDPMScheduler,
     DDIMScheduler,
     DDPMScheduler,
+    DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
+    DPMSolverSDEScheduler,
+    DPMSolverSinglestepScheduler,
+    EDMDPMSolverMultistepScheduler,
+    EDMEulerScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+    FlowMatchLCMScheduler,
     HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    SASolverScheduler,
     UniPCMultistepScheduler,
 )
 
 __all__ = ["SUPPORTED_SCHEDULERS", "check_scheduler", "denoised_coefficients", "noise_level"]
 
 _EPS_V = ("epsilon", "v_prediction")
-_EPS_V_SAMPLE = ("epsilon", "v_prediction", "sample")
-# scheduler class -> (family, prediction types its step() implements)
+_EPS_V_SAMPLE = _EPS_V + ("sample",)
+_ALL = _EPS_V_SAMPLE + ("flow_prediction",)
+# scheduler class -> (family, prediction types its step() implements). Families, by where (alpha_t, sigma_t) live:
+#   alphas_cumprod  alphas_cumprod[t] at the training timestep t (VP: alpha^2 + sigma^2 = 1)
+#   karras_sigma    sigma of the evaluation, sample = x0 + sigma * eps (alpha = 1)
+#   edm             as karras_sigma, x0 through EDM preconditioning (c_skip, c_out with sigma_data)
+#   alpha_sigma     _sigma_to_alpha_sigma_t(sigmas[step_index]): VP, or flow with use_flow_sigmas
+#   flow_match      s = sigmas[step_index], sample = (1 - s) * x0 + s * eps, the model predicts v = eps - x0
 _SUPPORTED = {
     DDIMScheduler: ("alphas_cumprod", _EPS_V_SAMPLE),
     DDPMScheduler: ("alphas_cumprod", _EPS_V_SAMPLE),
     PNDMScheduler: ("alphas_cumprod", _EPS_V),
+    CogVideoXDDIMScheduler: ("alphas_cumprod", _EPS_V_SAMPLE),
+    CogVideoXDPMScheduler: ("alphas_cumprod", _EPS_V_SAMPLE),
     EulerDiscreteScheduler: ("karras_sigma", _EPS_V_SAMPLE),
     EulerAncestralDiscreteScheduler: ("karras_sigma", _EPS_V),
     HeunDiscreteScheduler: ("karras_sigma", _EPS_V_SAMPLE),
     LMSDiscreteScheduler: ("karras_sigma", _EPS_V_SAMPLE),
-    DPMSolverMultistepScheduler: ("alpha_sigma", _EPS_V_SAMPLE + ("flow_prediction",)),
-    UniPCMultistepScheduler: ("alpha_sigma", _EPS_V_SAMPLE + ("flow_prediction",)),
+    KDPM2DiscreteScheduler: ("karras_sigma", _EPS_V),
+    KDPM2AncestralDiscreteScheduler: ("karras_sigma", _EPS_V),
+    DPMSolverSDEScheduler: ("karras_sigma", _EPS_V),
+    EDMEulerScheduler: ("edm", _EPS_V),
+    EDMDPMSolverMultistepScheduler: ("edm", _EPS_V),
+    DPMSolverMultistepScheduler: ("alpha_sigma", _ALL),
+    DPMSolverSinglestepScheduler: ("alpha_sigma", _ALL),
+    UniPCMultistepScheduler: ("alpha_sigma", _ALL),
+    DEISMultistepScheduler: ("alpha_sigma", _ALL),
+    SASolverScheduler: ("alpha_sigma", _ALL),
     FlowMatchEulerDiscreteScheduler: ("flow_match", ("flow",)),
+    FlowMatchHeunDiscreteScheduler: ("flow_match", ("flow",)),
+    FlowMatchLCMScheduler: ("flow_match", ("flow",)),
+}
+# The second evaluation of a two-stage step runs at a sigma between the step's ends (Heun and FlowMatch Heun
+# interleave their sigmas, so sigmas[step_index] is already the one evaluated): the sigma its step() converts with.
+_SECOND_STAGE_SIGMA = {
+    KDPM2DiscreteScheduler: lambda s: s.sigmas_interpol[s.step_index],
+    KDPM2AncestralDiscreteScheduler: lambda s: s.sigmas_interpol[s.step_index - 1],
+    DPMSolverSDEScheduler: lambda s: s.mid_point_sigma,  # sqrt(sigma * sigma_next), the log-midpoint
 }
 
 SUPPORTED_SCHEDULERS = {cls.__name__: predictions for cls, (_, predictions) in _SUPPORTED.items()}
@@ -50,18 +92,27 @@ def _prediction_type(scheduler) -> str:
 def check_scheduler(scheduler) -> str:
     """Family name of a supported scheduler; ValueError naming what is unsupported otherwise."""
     # Exact class: a subclass may change step(), and then these coefficients would be wrong without a word.
+    name = type(scheduler).__name__
     if type(scheduler) not in _SUPPORTED:
         raise ValueError(
-            f"scheduler {type(scheduler).__name__} is not supported by apg; supported schedulers: "
-            f"{sorted(SUPPORTED_SCHEDULERS)}"
+            f"scheduler {name} is not supported by apg; supported schedulers: {sorted(SUPPORTED_SCHEDULERS)}"
         )
     family, predictions = _SUPPORTED[type(scheduler)]
     prediction = _prediction_type(scheduler)
     if prediction not in predictions:
         raise ValueError(
-            f"prediction_type {prediction!r} of {type(scheduler).__name__} is not supported; "
+            f"prediction_type {prediction!r} of {name} is not supported; "
             f"supported with this scheduler: {list(predictions)}"
         )
+    if family == "alpha_sigma" and prediction in ("flow_prediction", "v_prediction"):
+        # Their step() writes x0 = sample - sigmas[i] * v for flow and alpha_t * sample - sigma_t * v for v: each
+        # is a consistent parameterization only on its own kind of sigmas.
+        flow_sigmas = bool(scheduler.config.get("use_flow_sigmas", False))
+        if flow_sigmas != (prediction == "flow_prediction"):
+            raise ValueError(
+                f"prediction_type {prediction!r} of {name} with use_flow_sigmas={flow_sigmas} is not supported: "
+                f"flow_prediction needs use_flow_sigmas=True, v_prediction needs use_flow_sigmas=False"
+            )
     return family
 
 
@@ -71,45 +122,55 @@ def _step_index(scheduler, timestep) -> int:
     return scheduler.step_index
 
 
+def _evaluated_sigma(scheduler, timestep) -> float:
+    """The sigma of the model evaluation this step() call follows."""
+    index = _step_index(scheduler, timestep)
+    second_stage = _SECOND_STAGE_SIGMA.get(type(scheduler))
+    if second_stage is not None and not scheduler.state_in_first_order:
+        return float(second_stage(scheduler))
+    return float(scheduler.sigmas[index])
+
+
+def _alpha_sigma(scheduler, family: str, timestep) -> tuple[float, float]:
+    """(alpha_t, sigma_t) of the evaluated step, with sample = alpha_t * x0 + sigma_t * eps."""
+    if family == "alphas_cumprod":
+        alpha_sq = float(scheduler.alphas_cumprod[int(timestep)])  # indexed by the training timestep
+        return math.sqrt(alpha_sq), math.sqrt(1.0 - alpha_sq)
+    if family == "alpha_sigma":
+        alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(scheduler.sigmas[_step_index(scheduler, timestep)])
+        return float(alpha_t), float(sigma_t)
+    sigma = _evaluated_sigma(scheduler, timestep)
+    return (1.0 - sigma, sigma) if family == "flow_match" else (1.0, sigma)  # karras_sigma, edm: alpha = 1
+
+
 def denoised_coefficients(scheduler, family: str, timestep) -> tuple[float, float]:
     """(a, b) with x0 = a * sample + b * model_output at this step, as Python floats."""
     prediction = _prediction_type(scheduler)
     if prediction == "sample":
         return 0.0, 1.0
-    if family == "alphas_cumprod":
-        alpha_sq = float(scheduler.alphas_cumprod[int(timestep)])  # indexed by the training timestep
-        alpha, sigma = math.sqrt(alpha_sq), math.sqrt(1.0 - alpha_sq)
-    elif family == "karras_sigma":  # sample = x0 + sigma * eps
-        sigma = float(scheduler.sigmas[_step_index(scheduler, timestep)])
-        if prediction == "epsilon":
-            return 1.0, -sigma
-        return 1.0 / (sigma**2 + 1.0), -sigma / math.sqrt(sigma**2 + 1.0)  # v in the variance-preserving frame
-    elif family == "alpha_sigma":
-        alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(scheduler.sigmas[_step_index(scheduler, timestep)])
-        alpha, sigma = float(alpha_t), float(sigma_t)
-    else:  # flow_match: sample = (1 - sigma) * x0 + sigma * noise, v = noise - x0
-        return 1.0, -float(scheduler.sigmas[_step_index(scheduler, timestep)])
-    if prediction == "epsilon":
+    alpha, sigma = _alpha_sigma(scheduler, family, timestep)
+    if family == "edm":  # D = c_skip * x + c_out * F (Karras et al. 2022, eq. 7); v flips the sign of c_out
+        sigma_data = scheduler.config.sigma_data
+        c_out = sigma * sigma_data / math.sqrt(sigma**2 + sigma_data**2)
+        return sigma_data**2 / (sigma**2 + sigma_data**2), c_out if prediction == "epsilon" else -c_out
+    if prediction == "epsilon":  # x0 = (x - sigma * eps) / alpha
+        if alpha == 0:
+            raise ValueError(
+                f"prediction_type 'epsilon' of {type(scheduler).__name__} has no x0 at timestep {timestep}: "
+                "alpha_t = 0 (zero terminal SNR needs v_prediction)"
+            )
         return 1.0 / alpha, -sigma / alpha
-    if prediction == "v_prediction":
-        return alpha, -sigma
-    return 1.0, -sigma  # flow_prediction
+    if prediction == "v_prediction":  # x0 = alpha x - sigma v in the variance-preserving frame x / r
+        r_sq = alpha**2 + sigma**2  # 1 for VP schedules, 1 + sigma^2 for sigma-space samples
+        return alpha / r_sq, -sigma / math.sqrt(r_sq)
+    return 1.0 / (alpha + sigma), -sigma / (alpha + sigma)  # flow: v = eps - x0, alpha + sigma = 1
 
 
 def noise_level(scheduler, family: str, timestep) -> float:
     """EDM noise level sigma = sigma_t / alpha_t of the evaluated step (x_t = alpha_t x0 + sigma_t eps).
 
-    One definition for every family, so a sigma interval carries over between models; +inf where a flow
-    schedule reaches s = 1 (pure noise).
+    One definition for every family, so a sigma interval carries over between models; +inf where alpha_t = 0
+    (a flow schedule at s = 1, a zero-terminal-SNR schedule at its last timestep).
     """
-    if family == "alphas_cumprod":
-        alpha_sq = float(scheduler.alphas_cumprod[int(timestep)])
-        return math.sqrt((1.0 - alpha_sq) / alpha_sq)
-    sigma = float(scheduler.sigmas[_step_index(scheduler, timestep)])
-    if family == "karras_sigma":  # sample = x0 + sigma * eps: already the EDM sigma
-        return sigma
-    if family == "alpha_sigma":
-        alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(scheduler.sigmas[_step_index(scheduler, timestep)])
-        alpha_t, sigma_t = float(alpha_t), float(sigma_t)
-        return math.inf if alpha_t == 0 else sigma_t / alpha_t
-    return math.inf if sigma >= 1.0 else sigma / (1.0 - sigma)  # flow_match: x_t = (1 - s) x0 + s eps
+    alpha, sigma = _alpha_sigma(scheduler, family, timestep)
+    return math.inf if alpha <= 0 else sigma / alpha

@@ -1,6 +1,7 @@
 """Overhead of apg.guide on a whole pipeline call: stock CFG vs APG, small random SD-shaped UNet, CPU.
 
     python benchmarks/bench_pipeline.py [--repeats 30] [--steps 10] [--size 64] [--threads 1]
+    python benchmarks/bench_pipeline.py --wan [--frames 9]   # separate-pass video pipeline (Wan)
 
 Both variants run the same StableDiffusionPipeline object with the same seed, interleaved call by call so
 background load hits them alike; the verdict is the ratio of median wall times (target <= 1.03). The ratio
@@ -17,9 +18,30 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 from tiny_pipelines import tiny_sd_pipeline  # noqa: E402
+from tiny_video import tiny_wan_pipeline, wan_call  # noqa: E402
 
 import apg  # noqa: E402
 from apg import _run  # noqa: E402
+
+
+def wan_case(args):
+    """Wan (two transformer passes per step, cond then uncond): pipe, stock, guided and a description."""
+    pipe = tiny_wan_pipeline(heads=8, layers=2)  # hidden size 96, 16 latent channels
+    guidance = apg.APG(5.0, eta=0.0, norm_threshold=10.0, momentum=-0.5)
+    kwargs = dict(wan_call(), height=args.size, width=args.size, num_frames=args.frames,
+                  num_inference_steps=args.steps, output_type="latent")
+
+    def stock():
+        return pipe(**kwargs, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
+
+    def guided():
+        with apg.guide(pipe, guidance):
+            return pipe(**kwargs, generator=torch.Generator().manual_seed(0))
+
+    params = sum(p.numel() for p in pipe.transformer.parameters())
+    latents = f"{(args.frames - 1) // 4 + 1}x{args.size // 8}x{args.size // 8}"
+    return pipe, stock, guided, (f"Wan transformer {params / 1e6:.2f}M params, 16x{latents} latents, {args.steps} "
+                                 f"steps (UniPC flow), {args.repeats} interleaved repeats, {args.threads} thread(s)")
 
 
 def main():
@@ -29,6 +51,8 @@ def main():
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (latents are half of it)")
     parser.add_argument("--scheduler", default="dpmpp_2m")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--wan", action="store_true", help="time WanPipeline (separate passes) instead of SD")
+    parser.add_argument("--frames", type=int, default=9, help="--wan: video frames (latent frames: (n - 1) / 4 + 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = tiny_sd_pipeline(args.scheduler, unet_channels=(32, 64))  # SD-shaped: 2 levels, cross-attention
@@ -43,6 +67,8 @@ def main():
         with apg.guide(pipe, guidance):
             return pipe(**kwargs, generator=torch.Generator().manual_seed(0))
 
+    if args.wan:
+        pipe, stock, guided, header = wan_case(args)
     for fn in (stock, guided):  # warm up
         fn()
     names = ("stock CFG", "APG (apg.guide)")
@@ -57,9 +83,12 @@ def main():
     medians = {name: statistics.median(values) for name, values in wall.items()}
     cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
     ratio = medians[names[1]] / medians[names[0]]
-    unet = sum(p.numel() for p in pipe.unet.parameters())
-    print(f"SD-shaped UNet {unet / 1e6:.2f}M params, {args.size // 2}x{args.size // 2} latents, {args.steps} steps "
-          f"({args.scheduler}), {args.repeats} interleaved repeats, {args.threads} thread(s)")
+    if args.wan:
+        print(header)
+    else:
+        unet = sum(p.numel() for p in pipe.unet.parameters())
+        print(f"SD-shaped UNet {unet / 1e6:.2f}M params, {args.size // 2}x{args.size // 2} latents, {args.steps} steps "
+              f"({args.scheduler}), {args.repeats} interleaved repeats, {args.threads} thread(s)")
     for name in names:
         print(f"  {name:16s} median wall {medians[name] * 1e3:8.1f} ms   cpu {cpu_medians[name] * 1e3:8.1f} ms")
     print(f"  ratio APG / stock, wall time: {ratio:.4f}  (target <= 1.03: {'pass' if ratio <= 1.03 else 'FAIL'})")

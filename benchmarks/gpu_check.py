@@ -7,7 +7,8 @@ does, with --quick, so the kit itself stays tested). Rows, each timed after a wa
 
 - step: one guidance step on SDXL latents, Flux/SD3 tokens and a Wan-size video latent, in float16, bfloat16
   and float32: the stock CFG line, apg.CFG, apg.APG with every knob on, Diffusers' normalized_guidance with the
-  same settings, and apg's torch ops under torch.compile (plus CUDA graphs, mode="reduce-overhead", on CUDA);
+  same settings, apg's two Triton kernels (apg/_triton.py, CUDA only) and apg's torch ops under torch.compile
+  (plus CUDA graphs, mode="reduce-overhead", on CUDA);
   the ratio is to the stock CFG line. CUDA events time GPU work; the CPU uses perf_counter.
 - sync: apg's work inside a guided pipeline call (x0 conversion, guidance, mapping back) under
   torch.cuda.set_sync_debug_mode("error"): any host-device synchronisation raises.
@@ -96,6 +97,16 @@ def step_rows(device, timer, quick):
                               lambda: normalized_guidance(cond, uncond, W - 1, buffer, ETA, R, True))):
                 seconds = timer(fn)
                 yield "step", case, name, seconds, seconds / stock
+            if device.type == "cuda":
+                from apg import _triton
+
+                triton_state = [None]
+
+                def triton_step():
+                    triton_state[0] = _triton.apg(cond, uncond, triton_state[0], W, ETA, R, BETA)[1]
+
+                seconds = timer(triton_step)
+                yield "step", case, "apg.APG, Triton (APG_CUDA_KERNEL=triton)", seconds, seconds / stock
             for mode in compile_modes[1:]:
                 torch._dynamo.reset()
                 compiled = torch.compile(lambda c, u, run: apg_torch(c, u, run, W, ETA, R, BETA), mode=mode)

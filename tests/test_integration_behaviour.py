@@ -271,17 +271,17 @@ def test_mixin_per_call_guidance_raw_space_and_errors(sd, reference):
 
 # -- errors ---------------------------------------------------------------------------------------------------
 def test_unsupported_scheduler_is_named_with_the_supported_list(sd):
-    from diffusers import KDPM2DiscreteScheduler
+    from diffusers import IPNDMScheduler
 
     previous = sd.scheduler
-    sd.scheduler = KDPM2DiscreteScheduler()
+    sd.scheduler = IPNDMScheduler()
     try:
-        with pytest.raises(ValueError, match=r"scheduler KDPM2DiscreteScheduler is not supported .*'DDIMScheduler'"):
+        with pytest.raises(ValueError, match=r"scheduler IPNDMScheduler is not supported .*'DDIMScheduler'"):
             apg.guide(sd, apg.APG(W))
         sd.scheduler = previous
         with apg.guide(sd, apg.APG(W)):  # swapped after guide(): the call refuses before running
-            sd.scheduler = KDPM2DiscreteScheduler()
-            with pytest.raises(ValueError, match="KDPM2DiscreteScheduler is not supported"):
+            sd.scheduler = IPNDMScheduler()
+            with pytest.raises(ValueError, match="IPNDMScheduler is not supported"):
                 call(sd, "sd")
     finally:
         sd.scheduler = previous
