@@ -150,7 +150,7 @@ def main(argv=None):
         from accelerate import PartialState
 
         from apg.evaluation.files import write_json
-        from apg.evaluation.fidelity import score
+        from apg.evaluation.scoring import score
 
         result = score(args.out, args.score, metrics=("fid", "saturation"), feature_extractor=register_extractor(),
                        batch_size=2, progress=False)

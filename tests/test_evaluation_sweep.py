@@ -141,4 +141,6 @@ def test_cli_sweep_without_out_picks_a_folder_and_says_which(tmp_path, monkeypat
     assert exit_.value.code == 2 and "lists are space-separated: write 1 4" in capsys.readouterr().err
     # An option no chosen method takes is an error, not silently dropped.
     assert cli_main([*args, "--zero-init-steps", "2"]) == 2
-    assert "--zero-init-steps applies to cfg-zero-star, none of which is among the methods apg" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--zero-init-steps applies to cfg-zero-star, none of which is among the methods apg" in err
+

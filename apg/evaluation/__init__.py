@@ -1,4 +1,4 @@
-"""Evaluation at scale: saturation, clipping, FID/KID/IS/precision-recall (torch-fidelity), resumable generation, sweeps.
+"""Evaluation at scale: saturation, clipping, FID/KID/IS/precision-recall, resumable generation, sweeps.
 
 Metrics and I/O are importable without Diffusers; torch-fidelity, accelerate and matplotlib load on use.
 """
