@@ -2,9 +2,15 @@
 
 Per call, a forward hook on the denoiser records its conditional and unconditional outputs;
 `scheduler.step` is shadowed on the instance by a wrapper that turns both into x0 with the scheduler's own
-coefficients, applies the guidance, maps the result back to the model's parameterization
+coefficients, applies the guidance with its step context (sigma, step), maps the result back to the model's
+parameterization
 (`out_uncond + (x0_guided - x0_uncond) / b`, exact) and calls the real step. Both are removed when the call
 ends, whether it returns or raises. The pipeline's own CFG line still runs; its result is replaced.
+
+The step context: `step` counts scheduler.step calls from 0, as Diffusers' loops count `i` over
+scheduler.timesteps; `sigma` is the EDM noise level of the sample that step's model evaluation saw. Heun-type
+schedulers evaluate twice per step and count twice: the first evaluation gets sigma_i, the second (the
+correction at the Euler prediction) sigma_{i+1}, and its own step index.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 
 from .guidance import Guidance, _real
 from .registry import PipelineSpec
-from .schedulers import check_scheduler, denoised_coefficients
+from .schedulers import check_scheduler, denoised_coefficients, noise_level
 
 __all__ = ["run_guided"]
 
@@ -47,11 +53,15 @@ class _GuidedRun:
         self.scale_2 = None  # scale of the steps spec.denoiser_2 evaluates (None: the guidance's own)
         self.dynamic = False  # CogVideoX's use_dynamic_cfg
         self.module = None  # the denoiser that produced self.outputs
+        self.renorm = False  # rescale to the cond prediction's norm (spec.renorm_to_cond), set per call
+        self.trunc_ratio = None  # steps past this fraction run no uncond pass (spec.cfg_trunc_arg), set per call
+        self.step = 0  # scheduler.step calls so far: the guidance's `step`
 
     def capture(self, module, args, output):
         runs = _active_runs()
         if runs and runs[-1] is self:
-            self.outputs.append(output[0] if isinstance(output, tuple) else output.sample)
+            output = output[0] if isinstance(output, tuple) else output.sample
+            self.outputs.append(output if self.spec.from_output is None else self.spec.from_output(self.pipe, output))
             self.module = module
 
     def step_scale(self, timestep):
@@ -68,21 +78,29 @@ class _GuidedRun:
     def guided_step(self, step):
         """Wrap the scheduler's bound `step`; `inspect.signature` sees the original through __wrapped__."""
 
+        signature = inspect.signature(step)  # by name: CogVideoXDPM's step takes (model_output, old_x0, timestep, ...)
+
         @functools.wraps(step)
-        def guided(model_output, timestep, sample, *args, **kwargs):
-            return step(self.guide_output(model_output, timestep, sample), timestep, sample, *args, **kwargs)
+        def guided(*args, **kwargs):
+            call = signature.bind(*args, **kwargs).arguments
+            call["model_output"] = self.guide_output(call["model_output"], call["timestep"], call["sample"])
+            return step(**call)
 
         return guided
 
     def _split(self, model_output):
         outputs, self.outputs = self.outputs, []
         spec, name = self.spec, type(self.pipe).__name__
-        expected = 2 if spec.batch == "separate" else 1
+        steps = len(self.pipe.scheduler.timesteps)  # Lumina2's count once it passes its sigmas
+        truncated = self.trunc_ratio is not None and (self.step + 1) / steps > self.trunc_ratio
+        expected = 2 if spec.batch == "separate" and not truncated else 1
         if len(outputs) != expected:
             raise RuntimeError(
                 f"{name}: expected {expected} {spec.denoiser} evaluation(s) before each scheduler.step "
                 f"(batch={spec.batch!r}), got {len(outputs)}; this call does not follow the registered CFG pattern"
             )
+        if truncated:  # the pipeline's CFG truncation: it steps the cond prediction alone
+            return outputs[0], None
         if spec.batch == "separate":
             pred_cond, pred_uncond = outputs
         else:
@@ -94,6 +112,8 @@ class _GuidedRun:
                 f"{name}: the {spec.denoiser} ran on batch {sum(o.shape[0] for o in outputs)} and the scheduler "
                 f"steps batch {model_output.shape[0]}; the pipeline did not run its unconditional pass as registered"
             )
+        if spec.negated_output:  # what the pipeline steps, and so what the scheduler's x0 formula reads
+            pred_cond, pred_uncond = -pred_cond, -pred_uncond
         return pred_cond, pred_uncond
 
     def guide_output(self, model_output, timestep, sample):
@@ -104,6 +124,9 @@ class _GuidedRun:
                 f"for sample {tuple(sample.shape)}; apg guides outputs shaped like the latents"
             )
         pred_cond, pred_uncond = self._split(model_output)
+        step, self.step = self.step, self.step + 1
+        if pred_uncond is None:
+            return model_output  # a truncated step, unguided as stock
         if self.spec.to_stepped is not None:  # [n, ...] shaped like model_output from here on
             pred_cond = self.spec.to_stepped(self.pipe, pred_cond, model_output)
             pred_uncond = self.spec.to_stepped(self.pipe, pred_uncond, model_output)
@@ -117,8 +140,9 @@ class _GuidedRun:
                 f"{type(self.pipe).__name__}: denoiser output {tuple(pred_cond.shape)} does not match the "
                 f"scheduler's model_output {tuple(model_output.shape)}"
             )
+        context = dict(sigma=noise_level(self.pipe.scheduler, self.family, timestep), step=step)
         if self.space == "raw":
-            guided = self.guidance(pred_cond, pred_uncond)
+            guided = self.guidance(pred_cond, pred_uncond, **context)
         else:
             a, b = denoised_coefficients(self.pipe.scheduler, self.family, timestep)
             if b == 0:
@@ -128,12 +152,14 @@ class _GuidedRun:
             scaled_sample = sample[:n].to(dtype) * a  # x0 = a * sample + b * output, [n, C, ...]
             denoised_cond = torch.add(scaled_sample, pred_cond.to(dtype), alpha=b)
             denoised_uncond = torch.add(scaled_sample, pred_uncond.to(dtype), alpha=b)
-            denoised = self.guidance(denoised_cond, denoised_uncond)
+            denoised = self.guidance(denoised_cond, denoised_uncond, **context)
             guided = torch.add(pred_uncond.to(dtype), denoised - denoised_uncond, alpha=1.0 / b)
             guided = guided.to(model_output.dtype)
         rescale = getattr(self.pipe, self.spec.rescale_attr) if self.spec.rescale_attr else 0.0
         if rescale > 0:
             guided = rescale_noise_cfg(guided, pred_cond, guidance_rescale=rescale)
+        if self.renorm:  # the pipeline's own rescale to the cond prediction's norm, over the last dim as it does
+            guided = guided * (torch.norm(pred_cond, dim=-1, keepdim=True) / torch.norm(guided, dim=-1, keepdim=True))
         return torch.cat([guided, guided]) if self.spec.steps_both_halves else guided
 
 
@@ -142,6 +168,13 @@ def _pipeline_scale(guidance: Guidance) -> float:
     scale = guidance.guidance_scale
     scale = float(scale.max()) if isinstance(scale, torch.Tensor) else scale
     return scale if scale > 1.0 else 2.0
+
+
+def _call_value(call, bound, name, default):
+    """Call argument `name` as passed, else its default in the signature of `call`; `default` if name is None."""
+    if name is None:
+        return default
+    return bound[name] if name in bound else inspect.signature(call).parameters[name].default
 
 
 def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, args, kwargs):
@@ -168,6 +201,8 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
     second = getattr(pipe, spec.denoiser_2, None) if spec.denoiser_2 else None
     if second is not None and second is not denoisers[0]:
         denoisers.append(second)
+    run.renorm = spec.renorm_to_cond and bool(_call_value(call, bound, spec.renorm_arg, True))
+    run.trunc_ratio = _call_value(call, bound, spec.cfg_trunc_arg, None)
     scheduler = pipe.scheduler
     shadowed = scheduler.__dict__.get("step")  # an outer guided run on a shared scheduler
     handles = [denoiser.register_forward_hook(run.capture) for denoiser in denoisers]

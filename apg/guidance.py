@@ -198,6 +198,8 @@ def _interval(value):
 def _sigma(sigma):
     if sigma is None:
         return None
+    if isinstance(sigma, torch.Tensor) and sigma.numel() == 1 and sigma.dtype.is_floating_point:
+        sigma = sigma.item()  # an entry of a scheduler's table
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
         raise TypeError(f"sigma must be a real number (the EDM noise level) or None, got {sigma!r}")
     if not sigma >= 0:

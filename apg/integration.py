@@ -1,12 +1,14 @@
-"""Guide stock Diffusers pipelines with an `apg.Guidance` in denoised (x0) space: `guide` and the mixin.
+"""Guide stock Diffusers pipelines with an `apg.Guidance` (in x0 space, or raw for raw rules): `guide` and the mixin.
 
 The table of supported pipelines is apg/registry.py; what happens inside one guided call is apg/_run.py.
 """
 
 from __future__ import annotations
 
+import dis
 import functools
 import inspect
+import sys
 
 import torch
 
@@ -20,28 +22,71 @@ __all__ = ["guide", "GuidancePipelineMixin", "register_pipeline", "SPACES"]
 SPACES = ("x0", "raw")  # "x0": the paper's denoised space; "raw": the model's raw output (Diffusers' guiders)
 
 
-def _check(pipe, guidance, space) -> PipelineSpec:
-    if guidance is not None and not isinstance(guidance, Guidance):
-        raise TypeError(f"guidance must be an apg.Guidance (APG, CFG, MomentumCFG) or None, got {guidance!r}")
-    if space not in SPACES:
-        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+def _check_space(space):
+    if space is not None and space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r} (None: the rule's own space)")
+
+
+def _resolve_space(guidance: Guidance, space: str | None) -> str:
+    """The rule's own space (`space=None`), or "raw" forced for an x0 rule; "x0" for a raw rule is an error."""
+    _check_space(space)
+    if space is None:
+        return guidance.space
+    if guidance.space == "raw" and space != "raw":
+        raise ValueError(
+            f"space={space!r} conflicts with {guidance!r}, which is defined on the model's raw output; "
+            "leave space unset (or pass 'raw')"
+        )
+    return space
+
+
+def _check(pipe, guidance, space) -> tuple[PipelineSpec, str]:
+    """The pipeline's spec and the resolved space; errors naming the bad argument."""
+    if not isinstance(guidance, Guidance):
+        raise TypeError(f"guidance must be an apg.Guidance (one of apg.METHODS) or None, got {guidance!r}")
+    space = _resolve_space(guidance, space)
     spec = spec_for(pipe)
     denoiser = getattr(pipe, spec.denoiser, None)
     if not isinstance(denoiser, torch.nn.Module):
         raise ValueError(f"{type(pipe).__name__}.{spec.denoiser} must be a torch module, got {denoiser!r}")
     check_scheduler(pipe.scheduler)
-    return spec
+    return spec, space
+
+
+def _call_site(depth: int) -> tuple:
+    """(frame id, code, last instruction) of the frame `depth` levels above the caller."""
+    frame = sys._getframe(depth + 1)
+    return id(frame), frame.f_code, frame.f_lasti
+
+
+def _entered_from(site) -> bool:
+    """Whether the running __enter__ comes straight from the apg.guide call at `site`.
+
+    True for `with apg.guide(pipe, g):` (and ExitStack.enter_context(apg.guide(pipe, g))): the frame that called
+    guide runs, as its next instruction after that call, the one that enters. A later bare `with pipe:` is not.
+    """
+    frame = sys._getframe(2)
+    for _ in range(3):  # the `with` statement's frame, or contextlib's frame above it
+        if frame is None:
+            return False
+        if id(frame) == site[0] and frame.f_code is site[1]:
+            offsets = [i.offset for i in dis.get_instructions(frame.f_code) if i.opname != "PRECALL"]
+            running = max(o for o in offsets if o <= frame.f_lasti)
+            return running == min((o for o in offsets if o > site[2]), default=None)
+        frame = frame.f_back
+    return False
 
 
 class GuidancePipelineMixin:
-    """Mix into a stock pipeline class: `pipe(..., guidance=apg.APG(...))` guides that call in x0 space.
+    """Mix into a stock pipeline class: `pipe(..., guidance=apg.APG(...))` guides that call.
 
     Without `guidance=`, the guidance set by `apg.guide(pipe, g)` applies; with neither, stock behaviour.
-    `guidance_space="raw"` guides the model's raw output instead (parity with Diffusers' guiders).
+    The rule's own space applies (x0; raw for CFG-Zero*); `guidance_space="raw"` guides an x0 rule on the
+    model's raw output instead (parity with Diffusers' guiders).
     """
 
     _apg_guidance: Guidance | None = None
-    _apg_space: str = "x0"
+    _apg_space: str | None = None  # None: the rule's own
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -67,13 +112,15 @@ class GuidancePipelineMixin:
             if guidance_space is not None:
                 raise ValueError(f"guidance_space={guidance_space!r} was passed without a guidance")
             return super().__call__(*args, **kwargs)
-        spec = _check(self, guidance, space)
+        spec, space = _check(self, guidance, space)
         return run_guided(self, spec, super().__call__, guidance, space, args, kwargs)
 
     def __enter__(self):
-        # The state before the apg.guide call that returned this pipeline; a bare `with pipe:` keeps the current one.
+        # `with apg.guide(pipe, g):` restores the state from before that call; any other `with pipe:` keeps the
+        # current state and restores it on exit.
         current = (type(self), self._apg_guidance, self._apg_space)
-        self.__dict__.setdefault("_apg_saved", []).append(self.__dict__.pop("_apg_before", current))
+        before, site = self.__dict__.pop("_apg_before", (current, None))
+        self.__dict__.setdefault("_apg_saved", []).append(before if site and _entered_from(site) else current)
         return self
 
     def __exit__(self, *exc_info):
@@ -91,19 +138,22 @@ def _guided_class(cls):
     return type(cls.__name__, (GuidancePipelineMixin, cls), names)
 
 
-def guide(pipe, guidance: Guidance | None, *, space: str = "x0"):
+def guide(pipe, guidance: Guidance | None, *, space: str | None = None):
     """Switch `pipe` to `guidance` in place and return it; `None` restores stock behaviour.
 
     Also a context manager: `with apg.guide(pipe, g): ...` restores the previous state on exit.
     While a guidance is set, `pipe(...)` runs its unconditional pass and the guidance's scale governs;
-    passing the pipeline's own scale argument (`guidance_scale=`) raises a ValueError.
+    passing the pipeline's own scale argument (`guidance_scale=`) raises a ValueError. `space=None` applies
+    the rule in its own space (`guidance.space`); `space="raw"` forces the model's raw output.
+    Every step passes the rule its context: sigma (apg.schedulers.noise_level) and the step index.
     """
     if guidance is not None:
         _check(pipe, guidance, space)  # fail here, not at the first call
-    elif space not in SPACES:
-        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+    else:
+        _check_space(space)
     state = pipe.__dict__
-    state["_apg_before"] = (type(pipe), state.get("_apg_guidance"), state.get("_apg_space", "x0"))  # for `with`
+    before = (type(pipe), state.get("_apg_guidance"), state.get("_apg_space"))
+    state["_apg_before"] = (before, _call_site(1))  # for `with apg.guide(...)`
     pipe.__class__ = _guided_class(type(pipe))
     state["_apg_guidance"], state["_apg_space"] = guidance, space
     return pipe

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
 __all__ = ["PipelineSpec", "register_pipeline", "spec_for", "BATCHES", "registered"]
 
 BATCHES = ("uncond_first", "cond_first", "separate")
@@ -25,6 +27,11 @@ class PipelineSpec:
     dynamic_scale_arg: str | None = None
     to_stepped: Callable | None = None
     refused_args: dict = field(default_factory=dict)
+    negated_output: bool = False
+    renorm_to_cond: bool = False
+    renorm_arg: str | None = None
+    cfg_trunc_arg: str | None = None
+    from_output: Callable | None = None
 
 
 _REGISTRY: dict[type, PipelineSpec] = {}
@@ -44,6 +51,11 @@ def register_pipeline(
     dynamic_scale_arg: str | None = None,
     to_stepped: Callable | None = None,
     refused_args: dict | None = None,
+    negated_output: bool = False,
+    renorm_to_cond: bool = False,
+    renorm_arg: str | None = None,
+    cfg_trunc_arg: str | None = None,
+    from_output: Callable | None = None,
 ):
     """Declare a pipeline class that follows the standard CFG pattern, so `apg.guide` supports it.
 
@@ -64,6 +76,35 @@ def register_pipeline(
     refused_args: call argument -> reason: apg cannot reproduce the pipeline with it, so a value other than
     the stock default raises a ValueError.
     Only the first `sample.shape[1]` channels of each output are guided (learned-sigma channels are not).
+    On packed tokens `[B, N, C]` that is the first N tokens: the image-context tokens that Flux Kontext and
+    Qwen-Image-Edit append to the input are dropped, as those pipelines do.
+    negated_output: the pipeline steps `-output` (HiDream, Lumina2); apg converts that one to x0, so the sign
+    of b in x0 = a * sample + b * output is the scheduler's own.
+    renorm_to_cond: after CFG the pipeline rescales the combined prediction to the cond prediction's norm
+    over the last dim (Qwen-Image: per token; Lumina2: per row of the latents); apg does the same to the
+    guided prediction, so APG's output is renormalised too, as stock.
+    renorm_arg: the call argument that switches renorm_to_cond per call (Lumina2: `cfg_normalization`);
+    its default in the pipeline's signature applies when it is not passed.
+    cfg_trunc_arg: the call argument (Lumina2: `cfg_trunc_ratio`) past which, at steps with
+    (i + 1) / steps > value, the pipeline runs no uncond pass: those steps step the cond prediction, as
+    stock, and the guidance (with its momentum) sits them out.
+    from_output: `f(pipe, output)` -> each captured denoiser output as one batched tensor, where it is not one
+    (ZImage: a list of `[C, 1, H, W]` per sample, stacked and squeezed to `[B, C, H, W]` as the pipeline does).
+
+    Read the class's `__call__` first. It fits when, per `scheduler.step`, the denoiser runs once on the
+    concatenated halves (or twice, cond then uncond), the pipeline combines them with the plain CFG line
+    `uncond + scale * (cond - uncond)` (then at most the post-processing the options above reproduce), and
+    steps an output shaped like the latents. Extra modules (a ControlNet, an image encoder) are fine: only `denoiser`'s output is captured.
+    ControlNet img2img, for example, batches `[uncond, cond]` through `self.unet`:
+
+        import apg
+        from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+        apg.register_pipeline(StableDiffusionControlNetImg2ImgPipeline, denoiser="unet", batch="uncond_first")
+        apg.guide(pipe, apg.APG(7.5, norm_threshold=15.0))  # pipe: a loaded pipeline of that class
+
+    A call that breaks the pattern at run time (another number of denoiser passes per step, a batch that
+    does not split in two) raises a RuntimeError. Check parity: `apg.APG(scale, eta=1.0, momentum=0.0)` is CFG.
     """
     if not isinstance(pipeline_cls, type):
         raise TypeError(f"pipeline_cls must be a pipeline class, got {pipeline_cls!r}")
@@ -77,8 +118,19 @@ def register_pipeline(
         raise ValueError(f"scale_2_arg={scale_2_arg!r} needs denoiser_2, the expert whose steps it scales")
     if to_stepped is not None and not callable(to_stepped):
         raise TypeError(f"to_stepped must be callable as f(pipe, output, model_output), got {to_stepped!r}")
-    spec = PipelineSpec(denoiser, batch, scale_arg, rescale_attr, negative_prompt_arg, steps_both_halves,
-                        denoiser_2, scale_2_arg, dynamic_scale_arg, to_stepped, dict(refused_args or {}))
+    if from_output is not None and not callable(from_output):
+        raise TypeError(f"from_output must be callable as f(pipe, output), got {from_output!r}")
+    if renorm_arg and not renorm_to_cond:
+        raise ValueError(f"renorm_arg={renorm_arg!r} switches renorm_to_cond, which is False")
+    if cfg_trunc_arg and batch != "separate":
+        raise ValueError(f"cfg_trunc_arg={cfg_trunc_arg!r} needs batch='separate' (a step without its uncond pass)")
+    spec = PipelineSpec(
+        denoiser, batch, scale_arg=scale_arg, rescale_attr=rescale_attr, negative_prompt_arg=negative_prompt_arg,
+        steps_both_halves=steps_both_halves, denoiser_2=denoiser_2, scale_2_arg=scale_2_arg,
+        dynamic_scale_arg=dynamic_scale_arg, to_stepped=to_stepped, refused_args=dict(refused_args or {}),
+        negated_output=negated_output, renorm_to_cond=renorm_to_cond, renorm_arg=renorm_arg,
+        cfg_trunc_arg=cfg_trunc_arg, from_output=from_output,
+    )
     _REGISTRY[pipeline_cls] = spec
     return pipeline_cls
 
@@ -112,6 +164,17 @@ _WAN = dict(denoiser="transformer", batch="separate", denoiser_2="transformer_2"
 _LTX_I2V_RESCALE = ("its stock rescale takes the std over the image-conditioned frame 0 too, which is not stepped "
                     "and so not guided")
 
+
+def _z_image_output(pipe, output):
+    """ZImagePipeline's transformer returns a list of [C, 1, H, W] per sample; the pipeline stacks and squeezes."""
+    return torch.stack(output).squeeze(2)
+
+
+_Z_IMAGE_REFUSED = {
+    "cfg_normalization": "it clips the combined prediction to the cond prediction's norm, not reproduced",
+    "cfg_truncation": "it drops the uncond pass late in sampling, which the capture does not follow",
+}
+
 # Stock Diffusers pipelines: class name -> register_pipeline keywords (read from each class's __call__).
 STOCK_PIPELINES: dict[str, dict] = {
     "StableDiffusionPipeline": dict(denoiser="unet", batch="uncond_first", rescale_attr="guidance_rescale"),
@@ -132,6 +195,38 @@ STOCK_PIPELINES: dict[str, dict] = {
     "CogVideoXPipeline": dict(denoiser="transformer", batch="uncond_first", dynamic_scale_arg="use_dynamic_cfg"),
     "HunyuanVideoPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
                                  negative_prompt_arg="negative_prompt"),
+    # Image pipelines with their own CFG post-processing (issue 11).
+    "FluxImg2ImgPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                                negative_prompt_arg="negative_prompt"),
+    "FluxKontextPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                                negative_prompt_arg="negative_prompt"),
+    "ChromaPipeline": dict(denoiser="transformer", batch="separate"),
+    "QwenImagePipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                              negative_prompt_arg="negative_prompt", renorm_to_cond=True),
+    "QwenImageEditPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                                  negative_prompt_arg="negative_prompt", renorm_to_cond=True),
+    "HiDreamImagePipeline": dict(denoiser="transformer", batch="uncond_first", negated_output=True),
+    "Lumina2Pipeline": dict(denoiser="transformer", batch="separate", negated_output=True, renorm_to_cond=True,
+                            renorm_arg="cfg_normalization", cfg_trunc_arg="cfg_trunc_ratio"),
+    # ControlNet: the residuals come from pipe.controlnet, a second module; only the unet's output is captured.
+    # guess_mode feeds the controlnet the cond half only (zero residuals for uncond): still one unet pass.
+    "StableDiffusionControlNetPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "StableDiffusionXLControlNetPipeline": dict(denoiser="unet", batch="uncond_first"),
+    # Inpaint: a 9-channel unet input (latents, mask, masked image) gives a 4-channel output, stepped on the
+    # 4-channel latents; a 4-channel unet blends the known region back after each step.
+    "StableDiffusionInpaintPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "StableDiffusionXLInpaintPipeline": dict(denoiser="unet", batch="uncond_first", rescale_attr="guidance_rescale"),
+    "PixArtAlphaPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "StableDiffusion3Img2ImgPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "KolorsPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "AuraFlowPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "HunyuanDiTPipeline": dict(denoiser="transformer", batch="uncond_first", rescale_attr="guidance_rescale"),
+    "CogView4Pipeline": dict(denoiser="transformer", batch="separate"),
+    # Channels-last video latents [B, T, H, W, C]; the default negative prompt makes the uncond pass always run.
+    "Kandinsky5T2VPipeline": dict(denoiser="transformer", batch="separate"),
+    # ZImage's rule pos + s (pos - neg) is CFG at w = s + 1: APG(w) stands for its guidance_scale = w - 1.
+    "ZImagePipeline": dict(denoiser="transformer", batch="cond_first", negated_output=True,
+                           from_output=_z_image_output, refused_args=_Z_IMAGE_REFUSED),
 }
 
 

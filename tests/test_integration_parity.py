@@ -18,9 +18,9 @@ RECORDED = []  # shapes seen by Recording; a module-level list survives the per-
 
 
 class Recording(apg.APG):
-    def __call__(self, pred_cond, pred_uncond):
+    def __call__(self, pred_cond, pred_uncond, **context):  # apg.guide passes sigma= and step=
         RECORDED.append(tuple(pred_cond.shape))
-        return super().__call__(pred_cond, pred_uncond)
+        return super().__call__(pred_cond, pred_uncond, **context)
 
 
 def rel_diff(a, b):

@@ -49,6 +49,13 @@ def test_inside_outside_and_boundaries(implementation, make):
             assert g._running is None  # the momentum state did not start
 
 
+def test_sigma_from_a_scheduler_table():
+    (cond,), (uncond,) = pairs((2, 3, 4, 4))
+    g = CFG(5.0, interval=(1.0, 2.0))
+    assert torch.equal(g(cond, uncond, sigma=torch.tensor(1.5, dtype=torch.float64)), CFG(5.0)(cond, uncond))
+    assert torch.equal(g(cond, uncond, sigma=torch.tensor([0.5])), cond)
+
+
 def test_infinite_high_includes_pure_noise():
     (cond,), (uncond,) = pairs((2, 3, 4, 4))
     g = CFG(5.0, interval=(1.0, math.inf))
@@ -87,7 +94,7 @@ def test_calls_without_interval_are_unchanged(implementation, monkeypatch):
     calls = []
     real = _fused.apg
     monkeypatch.setattr(_fused, "apg", lambda *a: calls.append(1) or real(*a))
-    g, plain, ctx = APG(7.0, eta=0.1, norm_threshold=2.0), APG(7.0, eta=0.1, norm_threshold=2.0), APG(7.0, eta=0.1, norm_threshold=2.0)
+    g, plain, ctx = (APG(7.0, eta=0.1, norm_threshold=2.0) for _ in range(3))
     running = None
     for step, (c, u) in enumerate(zip(conds, unconds)):
         kernel = _fused.kernel(c)
@@ -108,7 +115,8 @@ def test_calls_without_interval_are_unchanged(implementation, monkeypatch):
     (dict(sigma=float("nan")), ValueError, "sigma"),
     (dict(sigma=-1.0), ValueError, "sigma"),
     (dict(sigma="1"), TypeError, "sigma"),
-    (dict(sigma=torch.tensor(1.0)), TypeError, "sigma"),
+    (dict(sigma=torch.tensor([1.0, 2.0])), TypeError, "sigma"),
+    (dict(sigma=torch.tensor(1)), TypeError, "sigma"),
     (dict(step=-1), ValueError, "step"),
     (dict(step=1.0), TypeError, "step"),
     (dict(step=True), TypeError, "step"),
@@ -127,7 +135,8 @@ def test_cfg_zero_star_matches_diffusers(k, w):
 
     steps = 5
     conds, unconds = pairs((2, 16, 8, 8), steps=steps, seed=11)
-    ours, theirs = CFGZeroStar(w, zero_init_steps=k), ClassifierFreeZeroStarGuidance(guidance_scale=w, zero_init_steps=k)
+    ours = CFGZeroStar(w, zero_init_steps=k)
+    theirs = ClassifierFreeZeroStarGuidance(guidance_scale=w, zero_init_steps=k)
     for step, (c, u) in enumerate(zip(conds, unconds)):
         theirs.set_state(step=step, num_inference_steps=steps, timestep=torch.tensor(999 - 200 * step))
         expected = theirs.forward(c, u).pred
@@ -239,7 +248,8 @@ def test_interval_bounds_accepted():
 
 @pytest.mark.parametrize("g", [
     APG(15.0, norm_threshold=15.0, interval=(0.28, 5.42)), CFG(7.5, interval=(0.0, math.inf)),
-    MomentumCFG(4.0, interval=(1, 2)), CFGZeroStar(4.0, zero_init_steps=2), CFGZeroStar(torch.tensor([1.0, 5.0]), interval=(0.5, 3.0)),
+    MomentumCFG(4.0, interval=(1, 2)), CFGZeroStar(4.0, zero_init_steps=2),
+    CFGZeroStar(torch.tensor([1.0, 5.0]), interval=(0.5, 3.0)),
 ])
 def test_config_round_trip_with_interval(g):
     config = json.loads(json.dumps(g.to_dict()))

@@ -1,0 +1,50 @@
+"""README.md's tables of pipelines and schedulers are what scripts/readme_tables.py generates from the registries."""
+
+import importlib.util
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("readme_tables", os.path.join(REPO, "scripts", "readme_tables.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_tables_are_generated():
+    script = _script()
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8", newline="") as f:
+        current = f.read()
+    wanted = script.render(current)
+    assert wanted == current, (
+        f"README.md tables out of date ({', '.join(script.stale_tables(current, wanted))}): "
+        "run `python scripts/readme_tables.py`"
+    )
+
+
+def test_every_registered_stock_pipeline_and_scheduler_has_a_row():
+    from apg.registry import STOCK_PIPELINES
+    from apg.schedulers import SUPPORTED_SCHEDULERS
+
+    script = _script()
+    pipelines, schedulers = script.pipelines_table(), script.schedulers_table()
+    assert all(f"| `{name}` |" in pipelines for name in STOCK_PIPELINES)
+    assert all(f"| `{name}` |" in schedulers for name in SUPPORTED_SCHEDULERS)
+    assert "| `StableDiffusionXLInpaintPipeline` | `unet` | one pass on `[uncond, cond]` | `guidance_scale` | " \
+           "`guidance_rescale` re-applied to the guided output | `stable_diffusion_xl_inpaint.py` |" in pipelines
+
+
+def test_missing_markers_are_an_error_and_the_rest_is_kept():
+    script = _script()
+    with pytest.raises(ValueError, match="<!-- schedulers:start -->"):
+        script.render("<!-- pipelines:start -->\n<!-- pipelines:end -->\n")
+    text = "intro\n<!-- pipelines:start -->\nold\n<!-- pipelines:end -->\nmiddle\n" \
+           "<!-- schedulers:start --><!-- schedulers:end -->\noutro\n"
+    out = script.render(text)
+    assert out.startswith("intro\n<!-- pipelines:start -->\n| pipeline |") and "\nmiddle\n" in out
+    assert out.endswith("<!-- schedulers:end -->\noutro\n") and "old" not in out
+    assert script.render(out) == out
