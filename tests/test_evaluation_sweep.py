@@ -144,3 +144,25 @@ def test_cli_sweep_without_out_picks_a_folder_and_says_which(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "--zero-init-steps applies to cfg-zero-star, none of which is among the methods apg" in err
 
+
+
+def test_cli_generate_takes_an_interval_and_every_method(tmp_path, capsys):
+    """--interval and CFG-Zero* through `apg-eval generate`: run.json records them, the images are apg.guide's."""
+    import torch
+
+    pipe = apg.load_builtin()
+    pipe.set_progress_bar_config(disable=True)
+    common = ["generate", "--classes", "cat", "ship", "--num-images", "2", "--steps", "6", "--scale", "6",
+              "--seed", "5"]
+    for options, guidance in [(["--method", "apg", "--interval", "0.28,5.42"], apg.APG(6.0, interval=(0.28, 5.42))),
+                              (["--method", "apg", "--interval", "sdxl"], apg.APG(6.0, interval=(0.28, 5.42))),
+                              (["--method", "cfg-zero-star", "--zero-init-steps", "2"], apg.CFGZeroStar(6.0, 2))]:
+        out = tmp_path / "".join(options)
+        assert cli_main([*common, *options, "--out", str(out)]) == 0, capsys.readouterr().err
+        run = json.loads((out / "run.json").read_text())
+        assert apg.Guidance.from_dict(run["guidance"]) == guidance and run["guidance"].get("interval") == (
+            None if guidance.interval is None else list(guidance.interval))
+        with apg.guide(pipe, guidance) as guided:
+            expected = guided(class_labels=pipe.get_label_ids(["cat", "ship"]), num_inference_steps=6,
+                              generator=[torch.Generator().manual_seed(s) for s in (5, 6)], output_type="pil").images
+        assert [Image.open(out / f"00000{i}.png").tobytes() for i in range(2)] == [im.tobytes() for im in expected]
