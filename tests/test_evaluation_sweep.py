@@ -166,3 +166,38 @@ def test_cli_generate_takes_an_interval_and_every_method(tmp_path, capsys):
             expected = guided(class_labels=pipe.get_label_ids(["cat", "ship"]), num_inference_steps=6,
                               generator=[torch.Generator().manual_seed(s) for s in (5, 6)], output_type="pil").images
         assert [Image.open(out / f"00000{i}.png").tobytes() for i in range(2)] == [im.tobytes() for im in expected]
+
+
+class Damped(apg.Guidance):
+    """A rule defined here: CFG with its update damped, registered to show up in apg-eval."""
+
+    label = "Damped"
+    parameters = (apg.Param("damping", 0.5, 0.0, 1.0, "fraction of the guidance update removed"),)
+
+    def __init__(self, guidance_scale, damping=0.5, *, interval=None):
+        super().__init__(guidance_scale, eta=1.0, interval=interval)
+        self.damping = self.parameters[0].validate(damping)
+
+    def _guide(self, pred_cond, pred_uncond, step):
+        return pred_cond + (1 - self.damping) * (self.guidance_scale - 1) * (pred_cond - pred_uncond)
+
+
+def test_a_registered_rule_is_offered_by_apg_eval(tmp_path, capsys):
+    apg.register_method("damped", Damped)
+    try:
+        with pytest.raises(SystemExit):
+            cli_main(["sweep", "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "damped (Damped)" in help_text and "--damping" in help_text
+        for method in apg.METHODS:
+            assert method in help_text
+        out = tmp_path / "sweep"
+        assert cli_main(["sweep", "--classes", "cat", "--num-images", "2", "--steps", "2", "--methods", "cfg", "damped",
+                         "--damping", "0.25", "--scales", "3", "--out", str(out), "--no-cache"]) == 0
+        table = read_csv(out / "sweep.csv")
+        assert [(r["method"], r["damping"]) for r in table] == [("cfg", ""), ("damped", "0.25")]
+        assert apg.Guidance.from_dict(json.loads((out / "damped_w3" / "run.json").read_text())["guidance"]) == Damped(
+            3.0, 0.25)
+        assert setting_label(collect_scores([out / "damped_w3"])[0]) == "Damped damping=0.25"
+    finally:
+        apg.METHODS.pop("damped", None)

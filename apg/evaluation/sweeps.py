@@ -15,11 +15,10 @@ from .scoring import score
 __all__ = ["sweep", "plot_sweep", "sample_grid", "collect_scores", "write_report", "setting_label", "SCORE_FILE"]
 
 SCORE_FILE = "score.json"
-_PARAMETERS = tuple(dict.fromkeys(p.name for cls in METHODS.values() for p in cls.parameters))
-# Report columns: the setting first, then every metric score() can produce.
-COLUMNS = ("method", "guidance_scale", *_PARAMETERS, "interval", "num_images", "num_inference_steps", "model",
-           "saturation", "reference_saturation", "clipping", "reference_clipping", "fid", "kid_mean", "kid_std",
-           "isc_mean", "isc_std", "precision", "recall", "f_score", "clip_score", "clip_score_std")
+# Report columns after the method, the scale and the parameters of every registered method.
+COLUMNS = ("interval", "num_images", "num_inference_steps", "model", "saturation", "reference_saturation",
+           "clipping", "reference_clipping", "fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision",
+           "recall", "f_score", "clip_score", "clip_score_std")
 # How the labels of plots and grids write a parameter.
 SYMBOLS = {"eta": "η", "norm_threshold": "r", "momentum": "β", "zero_init_steps": "zero-init"}
 # (metric, axis label) of the per-scale panels of sweep.png.
@@ -62,7 +61,10 @@ def setting_label(row: dict) -> str:
 
 
 def _fields(rows: list[dict]) -> list[str]:
-    return ["run"] + [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
+    """The columns some row has: the setting first (read from apg.METHODS now: a rule registered late counts)."""
+    parameters = dict.fromkeys(p.name for cls in METHODS.values() for p in cls.parameters)
+    columns = ("method", "guidance_scale", *parameters, *COLUMNS)
+    return ["run"] + [c for c in columns if any(r.get(c) is not None for r in rows)]
 
 
 def _csv(rows: list[dict]) -> str:
