@@ -159,8 +159,9 @@ def _default_sweep_dir(args) -> Path:
     import hashlib
     import json
 
-    scoring = {"command", "out", "metrics", "reference", "resize", "no_cache", "cache_dir", "clip_model"}
-    settings = {k: v for k, v in vars(args).items() if k not in scoring and not k.startswith("feature")}
+    # What makes the images: not the scoring options, nor the batch size (the images do not depend on it).
+    ignored = {"command", "out", "batch_size", "metrics", "reference", "resize", "no_cache", "cache_dir", "clip_model"}
+    settings = {k: v for k, v in vars(args).items() if k not in ignored and not k.startswith("feature")}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     model = Path(args.model).name if Path(args.model).exists() else args.model.replace("/", "-")
     return Path("runs") / f"sweep-{model}-{digest}"
