@@ -13,7 +13,9 @@ after each evaluation; each call gets the sigma that evaluation ran at. Options 
 from __future__ import annotations
 
 import math
+import weakref
 
+import torch
 from diffusers import (
     CogVideoXDDIMScheduler,
     CogVideoXDPMScheduler,
@@ -116,6 +118,20 @@ def check_scheduler(scheduler) -> str:
     return family
 
 
+# Device sigma tables (FlowMatch Euler keeps its sigmas on the sample's device) -> their CPU copy, made once per
+# set_timesteps: reading an entry of a CUDA table as a float every step would be a host-device sync every step.
+_HOST_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _on_host(table: torch.Tensor) -> torch.Tensor:
+    if table.device.type == "cpu":
+        return table
+    host = _HOST_TABLES.get(table)
+    if host is None:
+        host = _HOST_TABLES[table] = table.cpu()
+    return host
+
+
 def _step_index(scheduler, timestep) -> int:
     if scheduler.step_index is None:
         scheduler._init_step_index(timestep)  # what step() does first; some schedulers set it only there
@@ -128,7 +144,7 @@ def _evaluated_sigma(scheduler, timestep) -> float:
     second_stage = _SECOND_STAGE_SIGMA.get(type(scheduler))
     if second_stage is not None and not scheduler.state_in_first_order:
         return float(second_stage(scheduler))
-    return float(scheduler.sigmas[index])
+    return float(_on_host(scheduler.sigmas)[index])
 
 
 def _alpha_sigma(scheduler, family: str, timestep) -> tuple[float, float]:
@@ -137,7 +153,8 @@ def _alpha_sigma(scheduler, family: str, timestep) -> tuple[float, float]:
         alpha_sq = float(scheduler.alphas_cumprod[int(timestep)])  # indexed by the training timestep
         return math.sqrt(alpha_sq), math.sqrt(1.0 - alpha_sq)
     if family == "alpha_sigma":
-        alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(scheduler.sigmas[_step_index(scheduler, timestep)])
+        sigma = _on_host(scheduler.sigmas)[_step_index(scheduler, timestep)]
+        alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(sigma)
         return float(alpha_t), float(sigma_t)
     sigma = _evaluated_sigma(scheduler, timestep)
     return (1.0 - sigma, sigma) if family == "flow_match" else (1.0, sigma)  # karras_sigma, edm: alpha = 1

@@ -189,7 +189,6 @@ def pipeline_rows(device, quick):
 
 def generate_rows(device, quick):
     from bench_evaluation import random_inception_weights
-    from PIL import Image
 
     from apg.evaluation import extract_features, generate, open_images
 

@@ -22,9 +22,9 @@ RECORDED = []  # (x0_cond, x0_uncond) per guidance call; module level: the guida
 
 
 class Recording(apg.APG):
-    def __call__(self, pred_cond, pred_uncond):
+    def __call__(self, pred_cond, pred_uncond, **context):
         RECORDED.append((pred_cond.clone(), pred_uncond.clone()))
-        return super().__call__(pred_cond, pred_uncond)
+        return super().__call__(pred_cond, pred_uncond, **context)
 
 
 def rel_diff(a, b):

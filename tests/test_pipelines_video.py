@@ -57,6 +57,7 @@ CASES = [
     ("ltx_i2v", {}),
     ("cogvideox", {}),
     ("cogvideox", {"use_dynamic_cfg": True}),
+    ("cogvideox_dpm", {}),
     ("hunyuan_video", {}),
 ]
 

@@ -8,7 +8,7 @@ are called with fixed random `prompt_embeds` / `negative_prompt_embeds` (and mas
 from __future__ import annotations
 
 import torch
-from tiny_pipelines import _clip_text, _no_bar, _sd_unet, _sd_vae, clip_tokenizer, make_scheduler
+from tiny_pipelines import _no_bar, _sd_unet, _sd_vae, make_scheduler
 from tiny_pipelines import tiny_pixart_sigma_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
 
 from diffusers import (

@@ -11,13 +11,14 @@ import torch
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from diffusers import (
+    CogVideoXDDIMScheduler,
+    CogVideoXDPMScheduler,
     AutoencoderKLCogVideoX,
     AutoencoderKLHunyuanVideo,
     AutoencoderKLLTXVideo,
     AutoencoderKLWan,
     CogVideoXPipeline,
     CogVideoXTransformer3DModel,
-    DDIMScheduler,
     FlowMatchEulerDiscreteScheduler,
     HunyuanVideoPipeline,
     HunyuanVideoTransformer3DModel,
@@ -136,16 +137,16 @@ def ltx_call(image_to_video: bool = False) -> dict:
 
 
 # -- CogVideoX ----------------------------------------------------------------------------------------------
-def cogvideox_scheduler():
-    """DDIM with CogVideoX-2b's scheduler config (v-prediction, zero terminal SNR, trailing spacing)."""
-    return DDIMScheduler(
+def cogvideox_scheduler(cls=CogVideoXDDIMScheduler):
+    """CogVideoX-2b's scheduler config (v-prediction, zero terminal SNR, trailing spacing); DDIM (2b) or DPM (5b)."""
+    return cls(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
         num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True,
         set_alpha_to_one=True, steps_offset=0, timestep_spacing="trailing",
     )
 
 
-def tiny_cogvideox_pipeline():
+def tiny_cogvideox_pipeline(scheduler_cls=CogVideoXDDIMScheduler):
     torch.manual_seed(0)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=2,
@@ -159,7 +160,7 @@ def tiny_cogvideox_pipeline():
         layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
     ).eval()
     return _no_bar(CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
-                                     scheduler=cogvideox_scheduler()))
+                                     scheduler=cogvideox_scheduler(scheduler_cls)))
 
 
 def cogvideox_call() -> dict:
@@ -209,6 +210,8 @@ VIDEO_FAMILIES = {
     "ltx": (tiny_ltx_pipeline, "guidance_scale", ltx_call),
     "ltx_i2v": (lambda: tiny_ltx_pipeline(image_to_video=True), "guidance_scale", lambda: ltx_call(True)),
     "cogvideox": (tiny_cogvideox_pipeline, "guidance_scale", cogvideox_call),
+    # CogVideoXDPMScheduler.step takes (model_output, old_pred_original_sample, timestep, timestep_back, sample)
+    "cogvideox_dpm": (lambda: tiny_cogvideox_pipeline(CogVideoXDPMScheduler), "guidance_scale", cogvideox_call),
     "hunyuan_video": (tiny_hunyuan_video_pipeline, "true_cfg_scale", hunyuan_video_call),
 }
 
