@@ -148,7 +148,7 @@ def test_clipping_and_saturation_are_scored_per_image_with_the_reference(synthet
     assert 0.01 < result["clipping"] < 0.9  # the synthetic images do clip, partly
 
 
-def test_run_folder_scores_its_samples_only(tmp_path, monkeypatch):
+def test_run_folder_scores_its_samples_only(tmp_path, monkeypatch, capsys):
     from apg.evaluation import generation
 
     monkeypatch.setattr(generation, "apply_guidance", helpers.fake_guide)
@@ -160,6 +160,9 @@ def test_run_folder_scores_its_samples_only(tmp_path, monkeypatch):
     result = score(run, metrics=("saturation",), progress=False)
     assert result["images"]["count"] == 5 and result["images"]["ignored"] == ["grid.png"]
     assert result["metrics"]["saturation"] == pytest.approx(saturation(samples), abs=1e-12)
+    assert cli_main(["score", str(run), "--no-cache"]) == 0  # without a reference: saturation and clipping
+    assert "scored the 5 samples of the run folder; left out grid.png" in capsys.readouterr().err
+    assert set(json.loads((run / "score.json").read_text())["metrics"]) == {"saturation", "clipping"}
     (run / "000003.png").unlink()
     with pytest.raises(ValueError, match="is incomplete: 1 of its 5 samples are missing \\(000003.png\\); finish"):
         score(run, metrics=("saturation",), progress=False)
