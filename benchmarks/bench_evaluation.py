@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import apg
-from apg.evaluation import fidelity
+from apg.evaluation import features, sources
 from apg.evaluation.generation import generate
 
 ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -53,17 +53,17 @@ def bench_generation(images, steps, tmp):
 def bench_features(images, tmp):
     weights = Path(tmp) / "inception-random.pth"
     random_inception_weights(weights)
-    cats = fidelity.open_images(f"{ARCHIVE}#cifar10/test/cat/")
+    cats = sources.open_images(f"{ARCHIVE}#cifar10/test/cat/")
     folder = Path(tmp) / "cats"
     folder.mkdir()
     for i in range(images):
         Image.fromarray(cats[i].permute(1, 2, 0).numpy()).save(folder / f"{i:06d}.png")
-    subset = fidelity.open_images(folder)
+    subset = sources.open_images(folder)
     for extractor, layers in (("inception-v3-compat", ["2048"]), (None, [])):
         start = time.perf_counter()
-        fidelity.extract_features(subset, extractor, layers, feature_weights=weights, batch_size=64, progress=False)
+        features.extract_features(subset, extractor, layers, feature_weights=weights, batch_size=64, progress=False)
         rate = images / (time.perf_counter() - start)
-        print(f"features, {extractor or 'saturation only'}: {rate:.1f} images/s ({images} CIFAR-10 images)")
+        print(f"features, {extractor or 'pixel metrics only'}: {rate:.1f} images/s ({images} CIFAR-10 images)")
 
 
 if __name__ == "__main__":

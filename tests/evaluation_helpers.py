@@ -1,6 +1,6 @@
 """Test helpers for apg.evaluation: a tiny registered feature extractor and a fake pipeline.
 
-Also run as a script by the distributed and resume tests (see `main`).
+Also run as a script by the distributed and resume tests (see `main`) and the kill test (see `apg_eval`).
 """
 
 from __future__ import annotations
@@ -48,6 +48,20 @@ def register_extractor():
     return EXTRACTOR
 
 
+def write_images(folder, count, seed=0, size=32, tint=(1.0, 1.0, 1.0)):
+    """`count` random PNGs (smooth colour fields with some pixels at 0 and 255) in a new folder; returns it."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(count):
+        field = F.interpolate(torch.rand(1, 3, 4, 4, generator=gen), size=size, mode="bilinear")[0]  # [3, H, W]
+        field = 1.6 * field * torch.tensor(tint)[:, None, None] - 0.3  # out of [0, 1] here and there: clipped
+        pixels = (field.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return folder
+
+
 CLASSES = ("red", "green", "blue", "grey")
 PALETTE = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.15, 0.2, 0.9], [0.5, 0.5, 0.5]])  # [K, 3]
 
@@ -83,7 +97,7 @@ class FakePipeline:
             sigma = 1.0 - step / num_inference_steps
             pred_cond = colours + 0.2 * sigma * x  # [B, 3, H, W], x0 space
             pred_uncond = 0.5 + 0.2 * sigma * x
-            denoised = self.guidance(pred_cond, pred_uncond)
+            denoised = self.guidance(pred_cond, pred_uncond, sigma=sigma, step=step)
             x = denoised + (sigma - 1.0 / num_inference_steps) * noise
         pixels = (denoised.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         if os.environ.get("APG_FAKE_LOG"):
@@ -136,7 +150,7 @@ def main(argv=None):
         from accelerate import PartialState
 
         from apg.evaluation.files import write_json
-        from apg.evaluation.fidelity import score
+        from apg.evaluation.scoring import score
 
         result = score(args.out, args.score, metrics=("fid", "saturation"), feature_extractor=register_extractor(),
                        batch_size=2, progress=False)
@@ -144,6 +158,26 @@ def main(argv=None):
             write_json(f"{args.out}/score.json", result)
 
 
+def apg_eval(argv) -> int:
+    """`apg-eval` with every PNG rename delayed by $APG_SLOW_PNG seconds, so a kill can land inside a write."""
+    import os
+    import time
+
+    from apg.evaluation import cli
+
+    delay, replace = float(os.environ.get("APG_SLOW_PNG", "0")), os.replace
+
+    def slow_replace(src, dst):
+        if str(dst).endswith(".png"):
+            time.sleep(delay)  # the temp file is complete and not yet renamed
+        replace(src, dst)
+
+    os.replace = slow_replace
+    return cli.main(argv)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    if sys.argv[1:2] == ["apg-eval"]:  # `python tests/evaluation_helpers.py apg-eval generate ...`
+        sys.exit(apg_eval(sys.argv[2:]))
     main()

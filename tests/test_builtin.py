@@ -28,7 +28,8 @@ from apg.builtin import BUILTIN_PATH, CIFAR10_CLASSES, ClassConditionalPipeline,
 from apg.builtin.fit import main as fit_main
 from apg.builtin.pipeline import default_scheduler
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
+from cifar_data import CIFAR10 as DATA
+from cifar_data import needs_cifar10
 
 
 def tiny_model(num_classes=3, rank=3, channels=1, size=4, seed=0, spread=1.0) -> GaussianMixtureDenoiser:
@@ -223,7 +224,7 @@ def _benchmark_module():
     return module
 
 
-@pytest.mark.skipif(not DATA.is_file(), reason=f"CIFAR-10 archive not found at {DATA}")
+@needs_cifar10
 def test_cfg_oversaturates_and_apg_stays_near_the_data():
     pipe = load_builtin()
     pipe.set_progress_bar_config(disable=True)

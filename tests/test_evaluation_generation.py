@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import evaluation_helpers as helpers  # noqa: E402
 
 import apg  # noqa: E402
 from apg.evaluation import generation  # noqa: E402
+from apg.evaluation.cli import main as cli_main  # noqa: E402
 from apg.evaluation.generation import generate, make_guidance, read_image_metadata  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,12 +90,16 @@ def test_generation_arguments_are_checked(fake, tmp_path):
         generate(fake, g, tmp_path, num_images=2, classes=["red"], prompts=["a cat"])
     with pytest.raises(TypeError, match="guidance must be an apg.Guidance"):
         generate(fake, 7.5, tmp_path, num_images=2, classes=["red"])
-    with pytest.raises(ValueError, match="method must be one of cfg, apg, mcfg"):
+    with pytest.raises(ValueError, match="method must be one of cfg, apg, mcfg, cfg-zero-star"):
         make_guidance("pag", 3.0)
     with pytest.raises(ValueError, match="preset 'sdxl' applies to method 'apg'"):
         make_guidance("cfg", 3.0, preset="sdxl")
     assert make_guidance("apg", 9.0, preset="sdxl") == apg.APG.from_preset("sdxl", 9.0)
     assert make_guidance("mcfg", 2.0, momentum=-0.25) == apg.MomentumCFG(2.0, momentum=-0.25)
+    with pytest.raises(ValueError, match="method 'mcfg' takes momentum, norm_threshold, not eta"):
+        make_guidance("mcfg", 2.0, eta=0.5)
+    assert make_guidance("cfg-zero-star", 3.0, zero_init_steps=2, interval=(0.5, 9.0)) == apg.CFGZeroStar(
+        3.0, zero_init_steps=2, interval=(0.5, 9.0))
 
 
 def run_helper(out, *extra, launcher=(), env=None, **popen):
@@ -151,6 +157,62 @@ def test_killed_run_resumes_to_the_uninterrupted_set(fake, tmp_path):
     made_on_resume = [int(seed) - 7 for seed in log.read_text().split()[logged_before:]]
     saved_before = {int(name[:6]) for name in survivors}
     assert sorted(made_on_resume) == sorted(set(range(6)) - saved_before)
+
+
+def files(folder):
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+
+
+def test_apg_eval_generate_survives_sigkill_at_random_points(tmp_path, capsys):
+    """`apg-eval generate` on the built-in model, SIGKILLed 5 times (3 inside a PNG write) and rerun each time,
+    ends byte-identical to an uninterrupted run, run.json included, with no temp file left."""
+    args = ["generate", "--model", "builtin", "--classes", "airplane", "cat", "ship", "--num-images", "8",
+            "--batch-size", "2", "--steps", "4", "--method", "apg", "--scale", "4", "--seed", "3"]
+    reference = tmp_path / "reference"
+    assert cli_main([*args, "--out", str(reference)]) == 0
+    assert cli_main([*args, "--out", str(reference)]) == 0  # a finished run says so and does nothing
+    assert capsys.readouterr().out.splitlines()[-1] == f"apg-eval generate: {reference} is already complete (8 images)"
+
+    out, rng = tmp_path / "killed", random.Random(2026)
+    plan = ["write", "write", "write", "after-png", "startup"]
+    rng.shuffle(plan)
+
+    def wait_for(condition, victim):
+        deadline = time.monotonic() + 180
+        while not condition():
+            assert victim.poll() is None, f"the run ended before it could be killed: {victim.stderr.read()}"
+            assert time.monotonic() < deadline, "timed out waiting for the kill point"
+            time.sleep(0.01)
+
+    for mode in plan:
+        before = set(pngs(out)) if out.exists() else set()
+        victim = subprocess.Popen([sys.executable, str(HELPER), "apg-eval", *args, "--out", str(out)], cwd=ROOT,
+                                  env={**os.environ, "APG_SLOW_PNG": "0.3"}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+        if mode == "startup":  # while importing or loading the model
+            time.sleep(rng.uniform(0.0, 2.0))
+        elif mode == "after-png":  # a random moment after this run's first finished PNG
+            wait_for(lambda: set(pngs(out)) - before if out.exists() else False, victim)
+            time.sleep(rng.uniform(0.0, 0.6))
+        else:  # inside the write of this run's n-th PNG: its temp file complete, not yet renamed
+            n, seen = rng.randint(1, 2), set()
+
+            def writing():
+                temps = {p.name for p in out.glob(".tmp-*.png.*")}
+                seen.update(temps)
+                return len(seen) >= n and temps
+
+            wait_for(writing, victim)
+        assert victim.poll() is None, f"{mode}: the run finished before the kill"
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        if mode == "write":
+            assert list(out.glob(".tmp-*.png.*")), "killed inside a PNG write: its temp file is left"
+        for name in pngs(out):  # every PNG that exists is whole
+            Image.open(out / name).load()
+    assert len(pngs(out)) < 8
+    assert cli_main([*args, "--out", str(out)]) == 0  # the last rerun, uninterrupted
+    assert files(out) == files(reference) and not list(out.glob(".tmp-*"))
 
 
 @pytest.mark.parametrize("family", ["sd", "dit"])

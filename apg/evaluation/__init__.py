@@ -1,4 +1,4 @@
-"""Evaluation at scale: saturation, FID/KID/IS/precision-recall (torch-fidelity), resumable generation, sweeps.
+"""Evaluation at scale: saturation, clipping, FID/KID/IS/precision-recall, resumable generation, sweeps.
 
 Metrics and I/O are importable without Diffusers; torch-fidelity, accelerate and matplotlib load on use.
 """
@@ -16,8 +16,9 @@ from .metrics import (
 
 # name -> module, imported on first use (torch-fidelity, accelerate and matplotlib are optional extras).
 _LAZY = {
-    "score": ".fidelity", "open_images": ".fidelity", "open_reference": ".fidelity",
-    "extract_features": ".fidelity", "save_reference_statistics": ".fidelity", "FeatureWeightsError": ".fidelity",
+    "score": ".scoring", "METRICS": ".scoring",
+    "open_images": ".sources", "open_reference": ".sources", "UnknownImagesError": ".sources",
+    "extract_features": ".features", "save_reference_statistics": ".features", "FeatureWeightsError": ".features",
     "generate": ".generation", "make_guidance": ".generation", "load_pipeline": ".generation",
     "read_image_metadata": ".generation",
     "sweep": ".sweeps", "plot_sweep": ".sweeps", "sample_grid": ".sweeps", "collect_scores": ".sweeps",

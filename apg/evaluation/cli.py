@@ -1,4 +1,8 @@
-"""apg-eval: generate, score, stats, sweep, report. Run under `accelerate launch` to use several processes."""
+"""apg-eval: generate, score, stats, sweep, report. Run under `accelerate launch` to use several processes.
+
+Lists are space-separated (--scales 1 2 4 8, --methods cfg apg); methods and their options come from
+apg.METHODS, as in `apg compare`.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +10,45 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import _options
+from .._options import CommandError, listed
 from .files import process_state
 
-METRICS_HELP = "comma-separated: fid, kid, isc, prc (precision/recall), saturation, clip (CLIP score)"
+PROG = "apg-eval"
 
 
-def _floats(text):
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+def _metric_option(p, default: str):
+    from .scoring import METRICS
+
+    p.add_argument("--metrics", nargs="+", type=listed(str, "a metric name"), choices=list(METRICS),
+                   metavar="METRIC", help=f"space-separated, of: {', '.join(METRICS)} (prc: precision/recall; "
+                                          f"clipping: fraction of channel values at 0 or 255; clip: CLIP score); "
+                                          f"default {default}")
 
 
-def _names(text):
-    return [v.strip() for v in text.split(",") if v.strip()]
+def _add_model(p, out_required=True):
+    from ..runtime import DTYPES
 
-
-def _add_model(p):
     p.add_argument("--model", default="builtin", help="'builtin' (offline CIFAR-10 model), a hub id or a folder")
     cond = p.add_mutually_exclusive_group()
-    cond.add_argument("--classes", type=_names, help="comma-separated class names or ids; 'all' for every class")
+    cond.add_argument("--classes", nargs="+", type=listed(str, "a class name or id"),
+                      help="class names or ids, space-separated; 'all' (the default) for every class")
     cond.add_argument("--prompts-file", type=Path, help="text file, one prompt per line (text-to-image models)")
     p.add_argument("--num-images", type=int, required=True, help="images per setting (N)")
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=_options.seed, default=0, help="image i uses seed + i")
+    p.add_argument("--batch-size", type=int, default=16, help="images per pipeline call")
     p.add_argument("--steps", type=int, default=32, help="num_inference_steps")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
-                   help="default float16 on CUDA, float32 on CPU")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--dtype", choices=list(DTYPES),
+                   help="compute dtype (default: float32 on the CPU, bfloat16 or float16 on CUDA; builtin float32)")
+    p.add_argument("--out", type=Path, required=out_required,
+                   help="output folder" + ("" if out_required else " (default: runs/sweep-MODEL-HASH, named after "
+                                                                   "the settings and printed; the same command "
+                                                                   "resumes there)"))
 
 
-def _add_guidance_params(p):
-    p.add_argument("--eta", type=float, help="APG: weight of the parallel component")
-    p.add_argument("--norm-threshold", type=float, help="APG / momentum CFG: r, bound on the update norm")
-    p.add_argument("--momentum", type=float, help="APG / momentum CFG: beta (negative: reverse momentum)")
-    p.add_argument("--preset", choices=("sdxl", "sd21", "edm2-s"), help="APG: the paper's eta, r, beta")
+def _interval_or_none(text):
+    """An item of --intervals: 'none' (every step) or what --interval takes."""
+    return None if text == "none" else _options.parse_interval(text)
 
 
 def _add_scoring(p):
@@ -48,48 +56,51 @@ def _add_scoring(p):
                    help="folder of images, tar archive (a.tar.gz#sub/folder/), statistics .npz, or a registered "
                         "torch-fidelity dataset name (e.g. cifar10-train; downloads)")
     p.add_argument("--feature-extractor", help="torch-fidelity extractor for all metrics "
-                                               "(default inception-v3-compat; vgg16 for prc)")
+                                               "(default: inception-v3-compat; vgg16 for prc)")
     p.add_argument("--feature-weights", action="append", metavar="[NAME=]PATH",
                    help="local weights file of the feature extractor (offline use); with several extractors "
                         "(fid and prc), NAME=PATH once per extractor")
     p.add_argument("--resize", type=int, help="resize and centre-crop both sets to this size first")
-    p.add_argument("--feature-batch-size", type=int, default=64)
-    p.add_argument("--cache-dir", type=Path, help="feature cache (default $APG_CACHE or ~/.cache/apg/eval)")
+    p.add_argument("--feature-batch-size", type=int, default=64, help="images per feature-extractor batch")
+    p.add_argument("--cache-dir", type=Path, help="feature cache (default: $APG_CACHE or ~/.cache/apg/eval)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     p.add_argument("--clip-model", help="CLIP model id or folder for the clip metric "
-                                        "(default openai/clip-vit-large-patch14)")
+                                        "(default: openai/clip-vit-large-patch14)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="apg-eval", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _options.ArgumentParser(prog=PROG, description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_options.ArgumentParser)
 
     p = sub.add_parser("generate", help="generate N images with one guidance setting (resumable)")
     _add_model(p)
-    p.add_argument("--method", choices=("cfg", "apg", "mcfg"), default="apg")
     p.add_argument("--scale", type=float, required=True, help="guidance scale w")
-    _add_guidance_params(p)
+    _options.add_guidance_options(p, several=False, default="apg")
 
     p = sub.add_parser("score", help="score a folder of images against a reference, written to JSON")
-    p.add_argument("images", help="folder of images (or an archive)")
-    p.add_argument("--metrics", type=_names, default=["fid", "saturation"], help=METRICS_HELP)
+    p.add_argument("images", help="folder of images (a run folder: its samples), or an archive")
+    _metric_option(p, "saturation clipping, plus fid with a --reference")
     _add_scoring(p)
-    p.add_argument("--output", type=Path, help="JSON file (default IMAGES/score.json)")
+    p.add_argument("--output", type=Path, help="JSON file (default: IMAGES/score.json)")
 
     p = sub.add_parser("stats", help="save FID statistics of a reference to an .npz file")
-    p.add_argument("reference")
-    p.add_argument("output", type=Path)
-    p.add_argument("--feature-extractor", default="inception-v3-compat")
-    p.add_argument("--feature-weights", type=Path)
-    p.add_argument("--resize", type=int)
-    p.add_argument("--feature-batch-size", type=int, default=64)
+    p.add_argument("reference", help="folder of images, tar archive or registered dataset name")
+    p.add_argument("output", type=Path, help=".npz file to write")
+    p.add_argument("--feature-extractor", default="inception-v3-compat", help="torch-fidelity extractor")
+    p.add_argument("--feature-weights", type=Path, metavar="PATH",
+                   help="local weights file of the feature extractor (offline use)")
+    p.add_argument("--resize", type=int, help="resize and centre-crop to this size first")
+    p.add_argument("--feature-batch-size", type=int, default=64, help="images per feature-extractor batch")
 
-    p = sub.add_parser("sweep", help="scales x methods: CSV, plot and sample grid")
-    _add_model(p)
-    p.add_argument("--methods", type=_names, default=["cfg", "apg"], help="comma-separated: cfg, apg, mcfg")
-    p.add_argument("--scales", type=_floats, default=[1.0, 2.0, 4.0, 8.0], help="comma-separated scales")
-    _add_guidance_params(p)
-    p.add_argument("--metrics", type=_names, help=METRICS_HELP + " (default saturation, plus fid with a reference)")
+    p = sub.add_parser("sweep", help="methods x intervals x scales: CSV, plot and sample grid")
+    _add_model(p, out_required=False)
+    p.add_argument("--scales", nargs="+", type=listed(float, "a number"), default=[1.0, 2.0, 4.0, 8.0],
+                   help="guidance scales, space-separated")
+    _options.add_guidance_options(p, several=True)
+    p.add_argument("--intervals", nargs="+", type=_interval_or_none, metavar="INTERVAL",
+                   help="sigma intervals as a dimension of the sweep (every method with each): none (every step), "
+                        "LOW,HIGH, or a name of apg.INTERVALS; e.g. --intervals none sdxl")
+    _metric_option(p, "saturation clipping, plus fid with a --reference")
     _add_scoring(p)
 
     p = sub.add_parser("report", help="collect score.json files into one table")
@@ -98,26 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _guidance_params(args) -> dict:
-    return {"eta": args.eta, "norm_threshold": args.norm_threshold, "momentum": args.momentum, "preset": args.preset}
-
-
 def _pipeline(args):
-    import torch
-
     from .generation import load_pipeline
 
-    device = process_state().device
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    pipe = load_pipeline(args.model, device=device, dtype=dtype)
+    # accelerate's device (one per process); apg.runtime's dtype policy when --dtype is not given.
+    pipe = load_pipeline(args.model, device=process_state().device, dtype=args.dtype)
     if args.prompts_file is not None:
         prompts = [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
         return pipe, None, prompts
     classes = args.classes or ["all"]
     if classes == ["all"]:
         if not hasattr(pipe, "labels"):
-            raise ValueError(f"--classes all: the {type(pipe).__name__} pipeline has no class names; "
-                             "pass --classes or --prompts-file")
+            raise CommandError(f"--classes all: the {type(pipe).__name__} pipeline has no class names; "
+                               "pass --classes or --prompts-file")
         first_name = {}
         for name, label in pipe.labels.items():  # DiT lists several synonyms per label id
             first_name.setdefault(label, name)
@@ -129,71 +133,123 @@ def _pipeline(args):
     return pipe, classes, None
 
 
+def _check_file(option, path):
+    if not Path(path).is_file():
+        raise CommandError(f"{option} {path}: no such file")
+
+
 def _scoring(args) -> dict:
-    from .fidelity import default_cache_dir
+    from .features import default_cache_dir
 
     weights = None
     if args.feature_weights:
         pairs = [entry.partition("=") if "=" in entry else ("", "", entry) for entry in args.feature_weights]
+        for _, _, path in pairs:
+            _check_file("--feature-weights", path)
         weights = pairs[0][2] if len(pairs) == 1 and not pairs[0][0] else {name: path for name, _, path in pairs}
         if isinstance(weights, dict) and "" in weights:
-            raise ValueError("--feature-weights: with several files, name each one's extractor: NAME=PATH")
+            raise CommandError("--feature-weights: with several files, name each one's extractor: NAME=PATH")
     return {"feature_extractor": args.feature_extractor, "feature_weights": weights,
             "resize": args.resize, "batch_size": args.feature_batch_size, "clip_model": args.clip_model,
             "cache_dir": None if args.no_cache else (args.cache_dir or default_cache_dir())}
 
 
+def _default_sweep_dir(args) -> Path:
+    """runs/sweep-MODEL-HASH: one folder per set of generation settings, so a rerun resumes where it stopped."""
+    import hashlib
+    import json
+
+    # What makes the images: not the scoring options, nor the batch size (the images do not depend on it).
+    ignored = {"command", "out", "batch_size", "metrics", "reference", "resize", "no_cache", "cache_dir", "clip_model"}
+    settings = {k: v for k, v in vars(args).items() if k not in ignored and not k.startswith("feature")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    model = Path(args.model).name if Path(args.model).exists() else args.model.replace("/", "-")
+    return Path("runs") / f"sweep-{model}-{digest}"
+
+
+def _generate(args, state):
+    from .generation import generate
+
+    _options.check_guidance_options(args, [args.method])
+    guidance = _options.make_guidance(args, args.method, args.scale)
+    pipe, classes, prompts = _pipeline(args)
+    done = generate(pipe, guidance, args.out, num_images=args.num_images, classes=classes, prompts=prompts,
+                    seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps, model=args.model)
+    if state.is_main_process:
+        if done["missing"] == 0:
+            print(f"{PROG} generate: {args.out} is already complete ({args.num_images} images)")
+        else:
+            print(f"{args.out}: {args.num_images} images ({done['missing']} made by this run)")
+
+
+def _score(args, state):
+    from .files import write_json
+    from .scoring import score
+
+    metrics = args.metrics or (("fid",) if args.reference else ()) + ("saturation", "clipping")
+    result = score(args.images, args.reference, metrics=metrics, **_scoring(args))
+    if state.is_main_process:
+        ignored = result["images"]["ignored"]
+        if ignored:
+            print(f"{PROG} score: scored the {result['images']['count']} samples of the run folder; left out "
+                  f"{', '.join(ignored)}", file=sys.stderr)
+        output = args.output or Path(args.images) / "score.json"
+        write_json(output, result)
+        print(f"{output}: {result['metrics']}")
+
+
+def _stats(args, state):
+    from .features import save_reference_statistics
+
+    if args.feature_weights is not None:
+        _check_file("--feature-weights", args.feature_weights)
+    meta = save_reference_statistics(args.reference, args.output, feature_extractor=args.feature_extractor,
+                                     feature_weights=args.feature_weights, resize=args.resize,
+                                     batch_size=args.feature_batch_size)
+    if state.is_main_process:
+        print(f"{args.output}: {meta['count']} images, {meta['extractor']} layer {meta['layer']}")
+
+
+def _sweep(args, state):
+    from ..guidance import METHODS
+    from .sweeps import sweep, write_report
+
+    _options.check_guidance_options(args, args.methods)
+    if args.interval is not None and args.intervals is not None:
+        raise CommandError("give --interval (one for every setting) or --intervals (a dimension), not both")
+    # Each method's parameters as the shared options resolve them (defaults, preset, bounds checked).
+    method_params = {}
+    for method in args.methods:
+        guidance = _options.make_guidance(args, method, 1.0)
+        method_params[method] = {p.name: getattr(guidance, p.name) for p in METHODS[method].parameters}
+    if args.out is None:
+        args.out = _default_sweep_dir(args)
+        if state.is_main_process:
+            print(f"{PROG} sweep: writing to {args.out} (no --out given; the same command resumes there)")
+    pipe, classes, prompts = _pipeline(args)
+    rows = sweep(pipe, args.out, methods=args.methods, scales=args.scales, method_params=method_params,
+                 intervals=args.intervals or [args.interval], num_images=args.num_images, classes=classes,
+                 prompts=prompts, seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps,
+                 reference=args.reference, metrics=args.metrics, model=args.model, score_options=_scoring(args))
+    if state.is_main_process:
+        print(write_report(rows))
+
+
+def _report(args, state):
+    from .sweeps import collect_scores, write_report
+
+    print(write_report(collect_scores(args.paths), args.output))
+
+
+COMMANDS = {"generate": _generate, "score": _score, "stats": _stats, "sweep": _sweep, "report": _report}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-
-    state = process_state()
     try:
-        if args.command == "generate":
-            from .generation import generate, make_guidance
-
-            guidance = make_guidance(args.method, args.scale, **_guidance_params(args))
-            pipe, classes, prompts = _pipeline(args)
-            generate(pipe, guidance, args.out, num_images=args.num_images, classes=classes, prompts=prompts,
-                     seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps, model=args.model)
-        elif args.command == "score":
-            from .files import write_json
-            from .fidelity import score
-
-            result = score(args.images, args.reference, metrics=args.metrics, **_scoring(args))
-            if state.is_main_process:
-                output = args.output or Path(args.images) / "score.json"
-                write_json(output, result)
-                print(f"{output}: {result['metrics']}")
-        elif args.command == "stats":
-            from .fidelity import save_reference_statistics
-
-            meta = save_reference_statistics(args.reference, args.output, feature_extractor=args.feature_extractor,
-                                             feature_weights=args.feature_weights, resize=args.resize,
-                                             batch_size=args.feature_batch_size)
-            if state.is_main_process:
-                print(f"{args.output}: {meta['count']} images, {meta['extractor']} layer {meta['layer']}")
-        elif args.command == "sweep":
-            from .sweeps import sweep
-
-            # --eta and --preset configure APG; --norm-threshold and --momentum APG and momentum CFG.
-            params = {k: v for k, v in _guidance_params(args).items() if v is not None}
-            method_params = {"apg": params, "mcfg": {k: v for k, v in params.items() if k not in ("eta", "preset")}}
-            pipe, classes, prompts = _pipeline(args)
-            rows = sweep(pipe, args.out, methods=args.methods, scales=args.scales, method_params=method_params,
-                         num_images=args.num_images, classes=classes, prompts=prompts, seed=args.seed,
-                         batch_size=args.batch_size, num_inference_steps=args.steps, reference=args.reference,
-                         metrics=args.metrics, model=args.model, score_options=_scoring(args))
-            if state.is_main_process:
-                from .sweeps import write_report
-
-                print(write_report(rows))
-        elif args.command == "report":
-            from .sweeps import collect_scores, write_report
-
-            print(write_report(collect_scores(args.paths), args.output))
-    except (ValueError, TypeError, OSError, RuntimeError) as error:
-        print(f"apg-eval {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        COMMANDS[args.command](args, process_state())
+    except (CommandError, ValueError, TypeError, OSError, RuntimeError) as error:
+        return _options.report(f"{PROG} {args.command}", error)
     return 0
 
 

@@ -7,12 +7,32 @@ import io
 import json
 import os
 import platform
-import tempfile
+import secrets
 from importlib import metadata
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TMP_PREFIX = ".tmp-"  # partial files: skipped by every folder listing, removed on resume
+RUN_FILE = "run.json"  # what `generate` made in a folder; its samples are image_name(i, num_images)
+
+
+def image_name(index: int, num_images: int) -> str:
+    """The file name of sample `index` of a run of `num_images`: zero-padded, so names sort by index."""
+    return f"{index:0{max(6, len(str(num_images - 1)))}d}.png"
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new temp file next to `path`, created with mode 0666 so the kernel applies the user's umask.
+
+    tempfile.mkstemp would make it 0600 whatever the umask, and the rename keeps that mode: shared runs
+    need outputs the group (or everyone) can read.
+    """
+    while True:
+        tmp = path.parent / f"{TMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
@@ -20,7 +40,7 @@ def atomic_open(path, mode="wb"):
     """Write to a temporary file next to `path`, then rename: readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, mode) as file:
             yield file

@@ -15,33 +15,32 @@ from pathlib import Path
 
 import torch
 
-from ..guidance import APG, CFG, Guidance, MomentumCFG
-from .files import TMP_PREFIX, process_state, read_json, save_png, versions, write_json
+from ..guidance import METHODS, Guidance
+from .files import RUN_FILE, TMP_PREFIX, image_name, process_state, read_json, save_png, versions, write_json
 
-__all__ = ["METHODS", "make_guidance", "load_pipeline", "generate", "image_name", "read_image_metadata", "RUN_FILE"]
+__all__ = ["make_guidance", "load_pipeline", "generate", "image_name", "read_image_metadata", "RUN_FILE"]
 
-METHODS = {"cfg": CFG, "apg": APG, "mcfg": MomentumCFG}
-RUN_FILE = "run.json"
 # Fields of run.json that define the image set: a resume must agree on all of them.
 _IDENTITY = ("model", "pipeline", "scheduler", "num_inference_steps", "guidance", "seed", "conditioning", "call")
 
 
-def make_guidance(method: str, guidance_scale: float, *, preset=None, **params) -> Guidance:
-    """Guidance from a method name (cfg, apg, mcfg), a scale, and a preset or explicit parameters."""
+def make_guidance(method: str, guidance_scale: float, *, preset=None, interval=None, **params) -> Guidance:
+    """Guidance from a method name of apg.METHODS, a scale, and a preset or the class's own parameters."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    cls = METHODS[method]
     params = {k: v for k, v in params.items() if v is not None}
+    takes = [p.name for p in cls.parameters]
+    unknown = sorted(set(params) - set(takes))
+    if unknown:
+        raise ValueError(f"method {method!r} takes {', '.join(takes) or 'only a scale'}, not {', '.join(unknown)}")
     if preset is not None:
-        if method != "apg":
+        if not hasattr(cls, "from_preset"):
             raise ValueError(f"preset {preset!r} applies to method 'apg', not {method!r}")
         if params:
             raise ValueError(f"give either a preset or explicit parameters, got preset {preset!r} and {params}")
-        return APG.from_preset(preset, guidance_scale)
-    if method == "cfg" and params:
-        raise ValueError(f"method 'cfg' takes only a scale, got parameters {params}")
-    if method == "mcfg" and "eta" in params:
-        raise ValueError("method 'mcfg' is APG with eta = 1: it takes no eta")
-    return METHODS[method](guidance_scale, **params)
+        return cls.from_preset(preset, guidance_scale, interval=interval)
+    return cls(guidance_scale, **params, interval=interval)
 
 
 def apply_guidance(pipe, guidance: Guidance):
@@ -52,16 +51,12 @@ def apply_guidance(pipe, guidance: Guidance):
 
 
 def load_pipeline(model: str, device=None, dtype=None):
-    """The shared loader (apg.loading), with progress bars off: generation draws its own."""
-    from ..loading import load_pipeline as load
+    """The shared loader (apg.runtime), with progress bars off: generation draws its own."""
+    from ..runtime import load_pipeline as load
 
     pipe = load(model, device, dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def image_name(index: int, num_images: int) -> str:
-    return f"{index:0{max(6, len(str(num_images - 1)))}d}.png"
 
 
 def _scheduler_info(pipe) -> dict:
@@ -92,6 +87,8 @@ def generate(pipe, guidance: Guidance, out_dir, *, num_images: int, classes=None
              batch_size: int = 16, num_inference_steps: int = 32, model: str = "unknown", call_kwargs=None,
              progress: bool = True) -> dict:
     """Generate images 0..num_images-1 into out_dir as PNGs (skipping those already there); returns a summary.
+
+    The summary's `missing` counts the images absent at the start (all processes), `generated` this process's.
 
     Exactly one of `classes` (names or label ids, for class-conditional pipelines) or `prompts`.
     """
@@ -132,9 +129,9 @@ def generate(pipe, guidance: Guidance, out_dir, *, num_images: int, classes=None
     _check_or_write_run(out_dir, run, state.is_main_process)
     state.wait_for_everyone()
 
+    missing = {i for i in range(num_images) if not (out_dir / image_name(i, num_images)).exists()}
     blocks = [range(start, min(start + batch_size, num_images)) for start in range(0, num_images, batch_size)]
-    todo = [[i for i in block if not (out_dir / image_name(i, num_images)).exists()]
-            for block in blocks[state.process_index::state.num_processes]]
+    todo = [[i for i in block if i in missing] for block in blocks[state.process_index::state.num_processes]]
     todo = [block for block in todo if block]
     total = sum(len(block) for block in todo)
     label = "class" if key == "class_labels" else "prompt"
@@ -157,7 +154,7 @@ def generate(pipe, guidance: Guidance, out_dir, *, num_images: int, classes=None
     bar.close()
     seconds = time.perf_counter() - start
     summary = {"out_dir": str(out_dir), "process": state.process_index, "processes": state.num_processes,
-               "generated": total, "seconds": round(seconds, 3),
+               "num_images": num_images, "missing": len(missing), "generated": total, "seconds": round(seconds, 3),
                "images_per_s": round(total / seconds, 3) if total else None}
     if progress and total:
         print(f"generate [{state.process_index}/{state.num_processes}]: {total} images in {seconds:.1f} s, "

@@ -88,7 +88,7 @@ def clipping(images) -> float:
     end of it; counting the ends needs no access to the unclamped decode and works for any pipeline's output.
     A burnt (white) or crushed (black) pixel has saturation near 0, so saturation alone reads *lower* for
     the images that high-scale CFG burns; this is the number that shows them. Natural images rarely sit
-    exactly at 0 or 255 (CIFAR-10 test set: see the README).
+    exactly at 0 or 255: on the CIFAR-10 (JPEG) test set (10,000 images) clipping is 0.0173.
     """
     return float(per_image_clipping(images).mean())
 

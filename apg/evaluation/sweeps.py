@@ -1,4 +1,4 @@
-"""Sweeps over guidance scales and methods (CSV, plot, sample grid) and reports that collect runs."""
+"""Sweeps over guidance scales, methods and sigma intervals (CSV, plot, labelled sample grid), and reports."""
 
 from __future__ import annotations
 
@@ -7,35 +7,64 @@ import io
 import json
 from pathlib import Path
 
+from ..guidance import METHODS
 from .files import atomic_open, list_images, process_state, read_json, save_png, versions, write_json, write_text
-from .fidelity import score
-from .generation import generate, make_guidance
+from .generation import generate, make_guidance, read_image_metadata
+from .scoring import score
 
-__all__ = ["sweep", "plot_sweep", "sample_grid", "collect_scores", "write_report", "SCORE_FILE"]
+__all__ = ["sweep", "plot_sweep", "sample_grid", "collect_scores", "write_report", "setting_label", "SCORE_FILE"]
 
 SCORE_FILE = "score.json"
-# Report columns: setting first, then every metric score() can produce.
-COLUMNS = ("method", "guidance_scale", "eta", "norm_threshold", "momentum", "num_images", "num_inference_steps",
-           "model", "saturation", "reference_saturation", "fid", "kid_mean", "kid_std", "isc_mean", "isc_std",
-           "precision", "recall", "f_score", "clip_score", "clip_score_std")
-METHOD_NAMES = {"CFG": "cfg", "APG": "apg", "MomentumCFG": "mcfg"}
+# Report columns after the method, the scale and the parameters of every registered method.
+COLUMNS = ("interval", "num_images", "num_inference_steps", "model", "saturation", "reference_saturation",
+           "clipping", "reference_clipping", "fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision",
+           "recall", "f_score", "clip_score", "clip_score_std")
+# How the labels of plots and grids write a parameter.
+SYMBOLS = {"eta": "η", "norm_threshold": "r", "momentum": "β", "zero_init_steps": "zero-init"}
+# (metric, axis label) of the per-scale panels of sweep.png.
+PANELS = (("saturation", "saturation (mean HSV S)"), ("clipping", "clipping (fraction at 0 or 255)"),
+          ("fid", "FID"))
+
+
+def _method_name(type_name):
+    return next((name for name, cls in METHODS.items() if cls.__name__ == type_name), type_name)
 
 
 def _row(result: dict, path) -> dict:
     """One report row from a score() result (and the run.json it carries)."""
     run = result.get("run") or {}
-    guidance = run.get("guidance") or {}
-    row = {"run": str(path), "method": METHOD_NAMES.get(guidance.get("type"), guidance.get("type")),
-           "guidance_scale": guidance.get("guidance_scale"), "eta": guidance.get("eta"),
-           "norm_threshold": guidance.get("norm_threshold"), "momentum": guidance.get("momentum"),
+    guidance = dict(run.get("guidance") or {})
+    interval = guidance.pop("interval", None)
+    row = {"run": str(path), "method": _method_name(guidance.pop("type", None)),
+           "guidance_scale": guidance.pop("guidance_scale", None), **guidance,
+           "interval": None if interval is None else ",".join(f"{v:g}" for v in interval),
            "num_images": result["images"]["count"], "num_inference_steps": run.get("num_inference_steps"),
            "model": run.get("model")}
     row.update(result["metrics"])
     return row
 
 
+def _describe(row: dict) -> tuple[str, str]:
+    """('APG', 'η=0 r=2.5 β=-0.75 σ∈(0.28, 5.42]'): the method's label and its settings, for a report row."""
+    cls = METHODS.get(row["method"])
+    names = [p.name for p in cls.parameters] if cls is not None else []
+    parts = [f"{SYMBOLS.get(n, n)}={row[n]:g}" for n in names if row.get(n) is not None]
+    if row.get("interval"):
+        low, high = row["interval"].split(",")
+        parts.append(f"σ∈({low}, {high}]")
+    return (cls.label if cls is not None else str(row["method"])), " ".join(parts)
+
+
+def setting_label(row: dict) -> str:
+    """'APG η=0 r=2.5 β=-0.75 σ∈(0.28, 5.42]': a row's method with its settings, without the scale."""
+    return " ".join(part for part in _describe(row) if part)
+
+
 def _fields(rows: list[dict]) -> list[str]:
-    return ["run"] + [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
+    """The columns some row has: the setting first (read from apg.METHODS now: a rule registered late counts)."""
+    parameters = dict.fromkeys(p.name for cls in METHODS.values() for p in cls.parameters)
+    columns = ("method", "guidance_scale", *parameters, *COLUMNS)
+    return ["run"] + [c for c in columns if any(r.get(c) is not None for r in rows)]
 
 
 def _csv(rows: list[dict]) -> str:
@@ -47,97 +76,144 @@ def _csv(rows: list[dict]) -> str:
 
 
 def plot_sweep(rows: list[dict], path, title: str = ""):
-    """PNG: FID and saturation against the scale, one line per method, and FID against saturation."""
+    """PNG: saturation, clipping (and FID) against the scale, one line per setting; FID against saturation."""
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     has_fid = any(r.get("fid") is not None for r in rows)
-    panels = [("saturation", "saturation (mean HSV S)")] + ([("fid", "FID")] if has_fid else [])
-    fig = Figure(figsize=(4.6 * (len(panels) + has_fid), 3.9), layout="constrained")
+    panels = [(k, label) for k, label in PANELS if any(r.get(k) is not None for r in rows)]
+    fig = Figure(figsize=(4.6 * (len(panels) + has_fid), 4.3), layout="constrained")
     axes = fig.subplots(1, len(panels) + has_fid, squeeze=False)[0]
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    styles = {"cfg": ("tab:red", "o"), "apg": ("tab:blue", "s"), "mcfg": ("tab:green", "^")}
-    for method in methods:
-        points = sorted((r for r in rows if r["method"] == method), key=lambda r: r["guidance_scale"])
-        color, marker = styles.get(method, (None, "o"))
-        label = {"cfg": "CFG", "apg": "APG", "mcfg": "momentum CFG"}.get(method, method)
+    settings = list(dict.fromkeys(setting_label(r) for r in rows))
+    markers = dict(zip(METHODS, "os^Dvp"))
+    for k, setting in enumerate(settings):
+        points = sorted((r for r in rows if setting_label(r) == setting), key=lambda r: r["guidance_scale"])
+        style = dict(marker=markers.get(points[0]["method"], "o"), color=f"C{k}", label=setting)
         scales = [r["guidance_scale"] for r in points]
         for ax, (key, _) in zip(axes, panels):
-            ax.plot(scales, [r[key] for r in points], marker=marker, color=color, label=label)
+            ax.plot(scales, [r.get(key) for r in points], **style)
         if has_fid:  # the trade-off: lower-left is better
-            axes[-1].plot([r["saturation"] for r in points], [r["fid"] for r in points], marker=marker,
-                          color=color, label=label)
+            axes[-1].plot([r["saturation"] for r in points], [r["fid"] for r in points], **style)
             for r in points:
                 axes[-1].annotate(f"w={r['guidance_scale']:g}", (r["saturation"], r["fid"]), fontsize=7,
-                                  xytext=(3, 3), textcoords="offset points", color=color)
-    reference = next((r.get("reference_saturation") for r in rows if r.get("reference_saturation")), None)
+                                  xytext=(3, 3), textcoords="offset points", color=style["color"])
     for ax, (key, label) in zip(axes, panels):
-        ax.set(xlabel="guidance scale w", ylabel=label, title=f"{label} vs scale")
+        ax.set(xlabel="guidance scale w", ylabel=label, title=f"{label.split(' (')[0]} vs scale")
         ax.grid(alpha=0.3)
-        if key == "saturation" and reference is not None:
+        reference = next((r[f"reference_{key}"] for r in rows if r.get(f"reference_{key}") is not None), None)
+        if reference is not None:
             ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="reference data")
-        ax.legend(fontsize=8)
     if has_fid:
         axes[-1].set(xlabel="saturation", ylabel="FID", title="FID vs saturation")
         axes[-1].grid(alpha=0.3)
-        axes[-1].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     with atomic_open(path) as file:
         fig.savefig(file, format="png", dpi=110)
 
 
+def _font(size):
+    """DejaVu Sans (matplotlib ships it: Greek letters for η, β, σ), else Pillow's own font."""
+    from PIL import ImageFont
+
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default(size)
+
+
 def sample_grid(folders: dict[str, Path], path, count: int = 8, min_size: int = 96):
-    """PNG grid: one labelled row per setting, the first `count` images (same seeds along a column)."""
+    """PNG grid: one row per setting, labelled with it; the first `count` samples, a column per seed.
+
+    `folders` maps a row label to a generated folder; the column headers (seed and condition) come from
+    the first folder's PNG metadata, the same in every row of a sweep.
+    """
     from PIL import Image, ImageDraw
 
-    rows = {label: [Image.open(p).convert("RGB") for p in list_images(folder)[:count]]
-            for label, folder in folders.items()}
+    files = {label: list_images(folder)[:count] for label, folder in folders.items()}
+    rows = {label: [Image.open(p).convert("RGB") for p in paths] for label, paths in files.items()}
     width, height = next(iter(rows.values()))[0].size
     zoom = max(1, -(-min_size // max(width, height)))  # upscale tiny (CIFAR) images so a person can see them
-    cell_w, cell_h, gap, margin = width * zoom, height * zoom, 4, 110
-    grid = Image.new("RGB", (margin + count * (cell_w + gap), len(rows) * (cell_h + gap)), "white")
+    cell_w, cell_h, gap = width * zoom, height * zoom, 4
+    font, small = _font(13), _font(11)
+    headers = []
+    for p in next(iter(files.values())):
+        try:
+            meta = read_image_metadata(p)
+            condition = meta.get("class", meta.get("prompt", ""))
+            headers.append((f"seed {meta['seed']}", str(condition)[: max(4, cell_w // 7)]))
+        except ValueError:  # not written by generate
+            headers.append((p.stem, ""))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = {label: label.split("\n") for label in rows}
+    margin = 12 + max(measure.textlength(line, font=font) for ls in lines.values() for line in ls)
+    top = 2 * 16 + 8
+    grid = Image.new("RGB", (int(margin) + len(headers) * (cell_w + gap), top + len(rows) * (cell_h + gap)), "white")
     draw = ImageDraw.Draw(grid)
+    for c, (seed, condition) in enumerate(headers):
+        x = int(margin) + c * (cell_w + gap) + cell_w // 2
+        draw.text((x, 4), seed, fill="black", font=small, anchor="ma")
+        draw.text((x, 20), condition, fill="dimgray", font=small, anchor="ma")
     for r, (label, images) in enumerate(rows.items()):
-        top = r * (cell_h + gap)
-        draw.text((6, top + cell_h // 2 - 6), label, fill="black")
+        y = top + r * (cell_h + gap)
+        for k, line in enumerate(lines[label]):
+            draw.text((6, y + cell_h // 2 + (k - (len(lines[label]) - 1) / 2) * 17), line, fill="black", font=font,
+                      anchor="lm")
         for c, image in enumerate(images):
-            grid.paste(image.resize((cell_w, cell_h), Image.NEAREST), (margin + c * (cell_w + gap), top))
+            grid.paste(image.resize((cell_w, cell_h), Image.NEAREST), (int(margin) + c * (cell_w + gap), y))
     save_png(path, grid)
 
 
-def sweep(pipe, out_dir, *, methods=("cfg", "apg"), scales=(1.0, 2.0, 4.0, 8.0), method_params=None,
-          num_images=64, classes=None, prompts=None, seed=0, batch_size=16, num_inference_steps=32,
-          reference=None, metrics=None, score_options=None, model="unknown", grid_count=8,
-          progress=True) -> list[dict]:
-    """Generate and score every (method, scale); write sweep.csv, sweep.png, grid.png and sweep.json.
+def _folder_name(method, interval, scale):
+    where = "" if interval is None else f"_s{interval[0]:g}-{interval[1]:g}"
+    return f"{method}{where}_w{float(scale):g}"
 
-    Every setting uses the same seeds, so the methods see identical noise. `score_options` go to `score`
-    (feature_extractor, feature_weights, cache_dir, ...); `method_params` maps a method to its parameters.
+
+def sweep(pipe, out_dir, *, methods=("cfg", "apg"), scales=(1.0, 2.0, 4.0, 8.0), method_params=None,
+          intervals=(None,), num_images=64, classes=None, prompts=None, seed=0, batch_size=16,
+          num_inference_steps=32, reference=None, metrics=None, score_options=None, model="unknown", grid_count=8,
+          progress=True) -> list[dict]:
+    """Generate and score every (method, interval, scale); write sweep.csv, sweep.png, grid.png and sweep.json.
+
+    Every setting uses the same seeds, so the methods see identical noise. `method_params` maps a method to
+    its parameters (or {"preset": name}); `intervals`: sigma intervals (low, high), None for every step.
+    `score_options` go to `score` (feature_extractor, feature_weights, cache_dir, ...).
     """
     out_dir = Path(out_dir)
     method_params = method_params or {}
-    if not methods or not scales:
-        raise ValueError(f"methods and scales must be non-empty, got {methods!r} and {scales!r}")
-    metrics = metrics or (("saturation", "fid") if reference is not None else ("saturation",))
+    intervals = [None if i is None else tuple(float(v) for v in i) for i in intervals]
+    if not methods or not scales or not intervals:
+        raise ValueError(f"methods, scales and intervals must be non-empty, got {methods!r}, {scales!r} and "
+                         f"{intervals!r}")
+    metrics = metrics or (("saturation", "clipping", "fid") if reference is not None else ("saturation", "clipping"))
+    settings = [(m, i, float(w)) for m in methods for i in intervals for w in scales]
+    guidances = {s: make_guidance(s[0], s[2], interval=s[1], **method_params.get(s[0], {})) for s in settings}
     rows, folders = [], {}
-    for method in methods:
-        for scale in scales:
-            guidance = make_guidance(method, float(scale), **method_params.get(method, {}))
-            folder = out_dir / f"{method}_w{float(scale):g}"
-            generate(pipe, guidance, folder, num_images=num_images, classes=classes, prompts=prompts, seed=seed,
-                     batch_size=batch_size, num_inference_steps=num_inference_steps, model=model, progress=progress)
-            result = score(folder, reference, metrics=metrics, progress=progress, **(score_options or {}))
-            if process_state().is_main_process:
-                write_json(folder / SCORE_FILE, result)
-            rows.append(_row(result, folder))
-            folders[f"{method} w={float(scale):g}"] = folder
+    for setting, guidance in guidances.items():  # all built first: a bad setting fails before any work
+        folder = out_dir / _folder_name(*setting)
+        generate(pipe, guidance, folder, num_images=num_images, classes=classes, prompts=prompts, seed=seed,
+                 batch_size=batch_size, num_inference_steps=num_inference_steps, model=model, progress=progress)
+        result = score(folder, reference, metrics=metrics, progress=progress, **(score_options or {}))
+        if process_state().is_main_process:
+            write_json(folder / SCORE_FILE, result)
+        rows.append(_row(result, folder))
+        folders[rows[-1]["run"]] = folder
     if process_state().is_main_process:
         write_text(out_dir / "sweep.csv", _csv(rows))
         title = f"{model}: {num_images} images/setting, {num_inference_steps} steps, seed {seed}"
         plot_sweep(rows, out_dir / "sweep.png", title)
-        sample_grid(folders, out_dir / "grid.png", count=min(grid_count, num_images))
+        # Grid rows by scale, then setting: the methods at one scale sit next to each other.
+        by_scale = sorted(rows, key=lambda r: r["guidance_scale"])
+        labels = {r["run"]: "{} w={:g}\n{}".format(_describe(r)[0], r["guidance_scale"], _describe(r)[1]).strip()
+                  for r in by_scale}
+        sample_grid({labels[r["run"]]: folders[r["run"]] for r in by_scale}, out_dir / "grid.png",
+                    count=min(grid_count, num_images))
         write_json(out_dir / "sweep.json", {"rows": rows, "methods": list(methods), "scales": list(scales),
-                                             "method_params": method_params, "versions": versions()})
+                                             "intervals": intervals, "method_params": method_params,
+                                             "versions": versions()})
     return rows
 
 
