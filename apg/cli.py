@@ -35,29 +35,12 @@ def build_parser() -> ArgumentParser:
 
 def _app(argv) -> int:
     try:
-        app_main = _app_main()
+        from .app import main as app_main
     except ImportError as error:
         if getattr(error, "name", "") in ("gradio", "gradio_client"):
             raise CommandError("the app needs Gradio: pip install 'apg-diffusers[app]'") from None
         raise
     return app_main(argv) or 0
-
-
-def _app_main():
-    try:
-        from .app import main
-    except ModuleNotFoundError as error:  # TODO(i12a): drop once apg/app/ is on main; app/app.py until then
-        if error.name != "apg.app":
-            raise
-        import importlib.util
-        from pathlib import Path
-
-        script = Path(__file__).resolve().parent.parent / "app" / "app.py"
-        spec = importlib.util.spec_from_file_location("apg_app_script", script)
-        module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        main = module.main
-    return main
 
 
 def main(argv=None) -> int:

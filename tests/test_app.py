@@ -263,7 +263,7 @@ def test_copy_as_code_reproduces_the_images(default_result):
 @pytest.mark.parametrize("method", list(apg.METHODS))
 def test_each_method_runs_with_an_interval_and_its_code_reproduces_it(method):
     interval = next(iter(apg.INTERVALS))
-    slider, summary, gallery, _, code = compare(left_method=method, right_method=method, right_interval=interval,
+    slider, summary, _, _, code = compare(left_method=method, right_method=method, right_interval=interval,
                                                 steps=4, num_seeds=1)
     cls = apg.METHODS[method]
     assert summary.count(logic.escape_markdown(cls.label)) == 2 and "σ∈(" in summary
@@ -426,7 +426,7 @@ def test_api_lists_every_input_by_name(client):
 
 
 def test_compare_endpoint_with_defaults_returns_two_pngs(client):
-    slider, summary, gallery, table, code = client.predict(steps=6, api_name="/compare")
+    slider, _, gallery, table, _ = client.predict(steps=6, api_name="/compare")
     left, right = slider
     for path in (left, right):
         with Image.open(local_path(path)) as image:

@@ -16,9 +16,10 @@ import pytest
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
+from test_app import free_port, pixels  # noqa: E402
+
 import apg  # noqa: E402
 from apg.app import ui  # noqa: E402
-from test_app import free_port, pixels  # noqa: E402
 
 CLIENTS, REQUESTS, BUDGET_S = 8, 25, 90  # 8 clients x up to 25 requests each, for at most ~90 s
 MAX_RSS_GROWTH_MB = 150
