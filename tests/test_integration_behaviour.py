@@ -5,7 +5,13 @@ import os
 
 import pytest
 import torch
-from tiny_pipelines import call, make_scheduler, tiny_sd3_pipeline, tiny_sd_pipeline
+from tiny_pipelines import (
+    call,
+    make_scheduler,
+    rel_diff,
+    tiny_sd3_pipeline,
+    tiny_sd_pipeline,
+)
 
 import apg
 from apg.registry import register_pipeline
@@ -15,10 +21,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 W = 5.0
 PARITY = dict(eta=1.0, norm_threshold=0.0, momentum=0.0)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def rel_diff(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 @pytest.fixture(scope="module")

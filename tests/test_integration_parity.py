@@ -6,7 +6,15 @@ on x0 of the latents' shape, so parity cannot pass with the hook silently off.
 """
 
 import pytest
-from tiny_pipelines import FAMILIES, FLOW_FAMILIES, FLOW_SCHEDULERS, SCHEDULERS, call, make_scheduler
+from tiny_pipelines import (
+    FAMILIES,
+    FLOW_FAMILIES,
+    FLOW_SCHEDULERS,
+    SCHEDULERS,
+    call,
+    make_scheduler,
+    rel_diff,
+)
 
 import apg
 from apg.schedulers import SUPPORTED_SCHEDULERS
@@ -21,10 +29,6 @@ class Recording(apg.APG):
     def __call__(self, pred_cond, pred_uncond, **context):  # apg.guide passes sigma= and step=
         RECORDED.append(tuple(pred_cond.shape))
         return super().__call__(pred_cond, pred_uncond, **context)
-
-
-def rel_diff(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 _cache = {}

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from tiny_pipelines import make_scheduler, tiny_sd3_pipeline, tiny_sd_pipeline
+from tiny_pipelines import make_scheduler, rel_diff, tiny_sd3_pipeline, tiny_sd_pipeline
 
 import apg
 
@@ -36,10 +36,6 @@ def apg_reference(x0_cond, x0_uncond, running, r, w=W, eta=0.0, beta=BETA):
     parallel = coef * x0_cond
     orthogonal = diff - parallel
     return x0_cond + (w - 1.0) * (orthogonal + eta * parallel), running
-
-
-def rel_diff(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def initial_latents(shape):

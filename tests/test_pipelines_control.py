@@ -11,7 +11,13 @@ import functools
 
 import pytest
 import torch
-from tiny_control import FAMILIES, call, tiny_sd_inpaint_pipeline, tiny_sdxl_inpaint_pipeline
+from tiny_control import (
+    FAMILIES,
+    call,
+    tiny_sd_inpaint_pipeline,
+    tiny_sdxl_inpaint_pipeline,
+)
+from tiny_pipelines import rel_diff
 
 import apg
 
@@ -25,10 +31,6 @@ class Recording(apg.APG):
     def __call__(self, pred_cond, pred_uncond, **context):
         RECORDED.append((pred_cond.clone(), pred_uncond.clone()))
         return super().__call__(pred_cond, pred_uncond, **context)
-
-
-def rel_diff(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def evaluations(pipe, family, **kwargs):

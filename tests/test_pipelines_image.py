@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_image import IMAGE_FAMILIES, TEXT_LEN, call_image
-from tiny_pipelines import make_scheduler
+from tiny_pipelines import make_scheduler, rel_diff
 
 import apg
 
@@ -27,10 +27,6 @@ class Recording(apg.APG):
     def __call__(self, pred_cond, pred_uncond, **context):
         RECORDED.append(pred_cond.detach().clone())
         return super().__call__(pred_cond, pred_uncond, **context)
-
-
-def rel_diff(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 _cache = {}

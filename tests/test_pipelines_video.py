@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from tiny_pipelines import rel_diff
 from tiny_video import (
     VIDEO_FAMILIES,
     flow_scheduler,
@@ -30,10 +31,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W, BETA, STEPS = 5.0, -0.5, 3
 CFG_LIKE = dict(eta=1.0, norm_threshold=0.0, momentum=0.0)
-
-
-def rel_diff(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 _PIPES = {}

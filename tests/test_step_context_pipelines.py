@@ -11,7 +11,14 @@ import math
 
 import pytest
 import torch
-from tiny_pipelines import FAMILIES, call, make_scheduler, tiny_sd3_pipeline, tiny_sd_pipeline
+from tiny_pipelines import (
+    FAMILIES,
+    call,
+    make_scheduler,
+    rel_diff,
+    tiny_sd3_pipeline,
+    tiny_sd_pipeline,
+)
 
 import apg
 
@@ -20,10 +27,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 STEPS = 5
 W, BETA = 6.0, -0.5  # eta = 0, no rescaling
 PROMPT, NEGATIVE = "a photo of a cat", "a blue car"
-
-
-def rel_diff(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def initial_latents(shape=(1, 4, 16, 16)):

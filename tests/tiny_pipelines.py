@@ -163,6 +163,11 @@ def _flow_vae(latent_channels):
     ).eval()
 
 
+def rel_diff(a, b) -> float:
+    """||a - b|| / ||b|| in float64: how far a pipeline output is from a reference."""
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
 # -- pipelines ----------------------------------------------------------------------------------------------
 def _no_bar(pipe):
     pipe.set_progress_bar_config(disable=True)
