@@ -26,7 +26,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 
 from .guidance import Guidance, _real
 from .registry import PipelineSpec
-from .schedulers import check_scheduler, denoised_coefficients, noise_level
+from .schedulers import check_scheduler, noise_level, step_coefficients
 
 __all__ = ["run_guided"]
 
@@ -82,9 +82,10 @@ class _GuidedRun:
 
         @functools.wraps(step)
         def guided(*args, **kwargs):
-            call = signature.bind(*args, **kwargs).arguments
-            call["model_output"] = self.guide_output(call["model_output"], call["timestep"], call["sample"])
-            return step(**call)
+            call = signature.bind(*args, **kwargs)
+            given = call.arguments
+            given["model_output"] = self.guide_output(given["model_output"], given["timestep"], given["sample"])
+            return step(*call.args, **call.kwargs)
 
         return guided
 
@@ -140,11 +141,12 @@ class _GuidedRun:
                 f"{type(self.pipe).__name__}: denoiser output {tuple(pred_cond.shape)} does not match the "
                 f"scheduler's model_output {tuple(model_output.shape)}"
             )
-        context = dict(sigma=noise_level(self.pipe.scheduler, self.family, timestep), step=step)
+        scheduler = self.pipe.scheduler
         if self.space == "raw":
-            guided = self.guidance(pred_cond, pred_uncond, **context)
+            sigma = noise_level(scheduler, self.family, timestep)
+            guided = self.guidance(pred_cond, pred_uncond, sigma=sigma, step=step)
         else:
-            a, b = denoised_coefficients(self.pipe.scheduler, self.family, timestep)
+            a, b, sigma = step_coefficients(scheduler, self.family, timestep)  # one read of the scheduler's state
             if b == 0:
                 raise RuntimeError(f"x0 does not depend on the model output at timestep {timestep} (noise level 0)")
             # At least float32: at high noise a * sample and b * output nearly cancel, too close for half precision.
@@ -152,7 +154,7 @@ class _GuidedRun:
             scaled_sample = sample[:n].to(dtype) * a  # x0 = a * sample + b * output, [n, C, ...]
             denoised_cond = torch.add(scaled_sample, pred_cond.to(dtype), alpha=b)
             denoised_uncond = torch.add(scaled_sample, pred_uncond.to(dtype), alpha=b)
-            denoised = self.guidance(denoised_cond, denoised_uncond, **context)
+            denoised = self.guidance(denoised_cond, denoised_uncond, sigma=sigma, step=step)
             guided = torch.add(pred_uncond.to(dtype), denoised - denoised_uncond, alpha=1.0 / b)
             guided = guided.to(model_output.dtype)
         rescale = getattr(self.pipe, self.spec.rescale_attr) if self.spec.rescale_attr else 0.0

@@ -41,7 +41,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-__all__ = ["SUPPORTED_SCHEDULERS", "check_scheduler", "denoised_coefficients", "noise_level"]
+__all__ = ["SUPPORTED_SCHEDULERS", "check_scheduler", "denoised_coefficients", "noise_level", "step_coefficients"]
 
 _EPS_V = ("epsilon", "v_prediction")
 _EPS_V_SAMPLE = _EPS_V + ("sample",)
@@ -160,12 +160,11 @@ def _alpha_sigma(scheduler, family: str, timestep) -> tuple[float, float]:
     return (1.0 - sigma, sigma) if family == "flow_match" else (1.0, sigma)  # karras_sigma, edm: alpha = 1
 
 
-def denoised_coefficients(scheduler, family: str, timestep) -> tuple[float, float]:
-    """(a, b) with x0 = a * sample + b * model_output at this step, as Python floats."""
+def _x0_coefficients(scheduler, family: str, alpha: float, sigma: float, timestep) -> tuple[float, float]:
+    """(a, b) with x0 = a * sample + b * model_output, from the step's (alpha_t, sigma_t)."""
     prediction = _prediction_type(scheduler)
     if prediction == "sample":
         return 0.0, 1.0
-    alpha, sigma = _alpha_sigma(scheduler, family, timestep)
     if family == "edm":  # D = c_skip * x + c_out * F (Karras et al. 2022, eq. 7); v flips the sign of c_out
         sigma_data = scheduler.config.sigma_data
         c_out = sigma * sigma_data / math.sqrt(sigma**2 + sigma_data**2)
@@ -183,11 +182,25 @@ def denoised_coefficients(scheduler, family: str, timestep) -> tuple[float, floa
     return 1.0 / (alpha + sigma), -sigma / (alpha + sigma)  # flow: v = eps - x0, alpha + sigma = 1
 
 
+def _edm_sigma(alpha: float, sigma: float) -> float:
+    return math.inf if alpha <= 0 else sigma / alpha
+
+
+def denoised_coefficients(scheduler, family: str, timestep) -> tuple[float, float]:
+    """(a, b) with x0 = a * sample + b * model_output at this step, as Python floats."""
+    return _x0_coefficients(scheduler, family, *_alpha_sigma(scheduler, family, timestep), timestep)
+
+
 def noise_level(scheduler, family: str, timestep) -> float:
     """EDM noise level sigma = sigma_t / alpha_t of the evaluated step (x_t = alpha_t x0 + sigma_t eps).
 
     One definition for every family, so a sigma interval carries over between models; +inf where alpha_t = 0
     (a flow schedule at s = 1, a zero-terminal-SNR schedule at its last timestep).
     """
+    return _edm_sigma(*_alpha_sigma(scheduler, family, timestep))
+
+
+def step_coefficients(scheduler, family: str, timestep) -> tuple[float, float, float]:
+    """(a, b, noise level) of this step from one read of the scheduler's state: what x0-space guidance needs."""
     alpha, sigma = _alpha_sigma(scheduler, family, timestep)
-    return math.inf if alpha <= 0 else sigma / alpha
+    return (*_x0_coefficients(scheduler, family, alpha, sigma, timestep), _edm_sigma(alpha, sigma))

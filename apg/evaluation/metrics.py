@@ -48,17 +48,30 @@ def _to_rgb_float64(image) -> np.ndarray:
     return array
 
 
-def per_image_saturation(images) -> np.ndarray:
-    """Mean HSV saturation of each image, [N] float64 (see `saturation` for the conventions)."""
+def _per_image(images, per_batch) -> np.ndarray:
+    """per_batch([N, H, W, 3] float64 in [0, 1]) -> [N], over one image, a batch, or a list of them."""
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError("images: got an empty list")
-        return np.concatenate([per_image_saturation(image) for image in images])
-    rgb = _to_rgb_float64(images)  # [N, H, W, 3] in [0, 1]
+        return np.concatenate([_per_image(image, per_batch) for image in images])
+    return per_batch(_to_rgb_float64(images))
+
+
+def _saturation(rgb: np.ndarray) -> np.ndarray:
     high, low = rgb.max(axis=-1), rgb.min(axis=-1)
     # S = (max - min) / max, defined as 0 for black pixels (max = 0).
     per_pixel = np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
     return per_pixel.reshape(len(per_pixel), -1).mean(axis=1)
+
+
+def _clipping(rgb: np.ndarray) -> np.ndarray:
+    clipped = (rgb <= 0.0) | (rgb >= 1.0)
+    return clipped.reshape(len(clipped), -1).mean(axis=1)
+
+
+def per_image_saturation(images) -> np.ndarray:
+    """Mean HSV saturation of each image, [N] float64 (see `saturation` for the conventions)."""
+    return _per_image(images, _saturation)
 
 
 def saturation(images) -> float:
@@ -72,13 +85,7 @@ def saturation(images) -> float:
 
 def per_image_clipping(images) -> np.ndarray:
     """Fraction of each image's channel values at the ends of the range (0 or 1; uint8 0 or 255), [N] float64."""
-    if isinstance(images, (list, tuple)):
-        if not images:
-            raise ValueError("images: got an empty list")
-        return np.concatenate([per_image_clipping(image) for image in images])
-    rgb = _to_rgb_float64(images)  # [N, H, W, 3] in [0, 1]
-    clipped = (rgb <= 0.0) | (rgb >= 1.0)
-    return clipped.reshape(len(clipped), -1).mean(axis=1)
+    return _per_image(images, _clipping)
 
 
 def clipping(images) -> float:
