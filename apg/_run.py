@@ -16,7 +16,6 @@ correction at the Euler prediction) sigma_{i+1}, and its own step index.
 from __future__ import annotations
 
 import copy
-import functools
 import inspect
 import math
 import threading
@@ -24,9 +23,10 @@ import threading
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
+from ._x0 import guided_output, shadow_step
 from .guidance import Guidance, _real
 from .registry import PipelineSpec
-from .schedulers import check_scheduler, noise_level, step_coefficients
+from .schedulers import check_scheduler
 
 __all__ = ["run_guided"]
 
@@ -77,17 +77,7 @@ class _GuidedRun:
 
     def guided_step(self, step):
         """Wrap the scheduler's bound `step`; `inspect.signature` sees the original through __wrapped__."""
-
-        signature = inspect.signature(step)  # by name: CogVideoXDPM's step takes (model_output, old_x0, timestep, ...)
-
-        @functools.wraps(step)
-        def guided(*args, **kwargs):
-            call = signature.bind(*args, **kwargs)
-            given = call.arguments
-            given["model_output"] = self.guide_output(given["model_output"], given["timestep"], given["sample"])
-            return step(*call.args, **call.kwargs)
-
-        return guided
+        return shadow_step(step, self.guide_output)
 
     def _split(self, model_output):
         outputs, self.outputs = self.outputs, []
@@ -132,7 +122,7 @@ class _GuidedRun:
             pred_cond = self.spec.to_stepped(self.pipe, pred_cond, model_output)
             pred_uncond = self.spec.to_stepped(self.pipe, pred_uncond, model_output)
         self.step_scale(timestep)
-        n, channels = pred_cond.shape[0], model_output.shape[1]
+        channels = model_output.shape[1]
         # [n, C, ...] each, the model's parameterization; learned-sigma channels beyond C are dropped.
         pred_cond = pred_cond[:, :channels].to(model_output.dtype)
         pred_uncond = pred_uncond[:, :channels].to(model_output.dtype)
@@ -141,22 +131,8 @@ class _GuidedRun:
                 f"{type(self.pipe).__name__}: denoiser output {tuple(pred_cond.shape)} does not match the "
                 f"scheduler's model_output {tuple(model_output.shape)}"
             )
-        scheduler = self.pipe.scheduler
-        if self.space == "raw":
-            sigma = noise_level(scheduler, self.family, timestep)
-            guided = self.guidance(pred_cond, pred_uncond, sigma=sigma, step=step)
-        else:
-            a, b, sigma = step_coefficients(scheduler, self.family, timestep)  # one read of the scheduler's state
-            if b == 0:
-                raise RuntimeError(f"x0 does not depend on the model output at timestep {timestep} (noise level 0)")
-            # At least float32: at high noise a * sample and b * output nearly cancel, too close for half precision.
-            dtype = torch.promote_types(model_output.dtype, torch.float32)
-            scaled_sample = sample[:n].to(dtype) * a  # x0 = a * sample + b * output, [n, C, ...]
-            denoised_cond = torch.add(scaled_sample, pred_cond.to(dtype), alpha=b)
-            denoised_uncond = torch.add(scaled_sample, pred_uncond.to(dtype), alpha=b)
-            denoised = self.guidance(denoised_cond, denoised_uncond, sigma=sigma, step=step)
-            guided = torch.add(pred_uncond.to(dtype), denoised - denoised_uncond, alpha=1.0 / b)
-            guided = guided.to(model_output.dtype)
+        guided = guided_output(self.guidance, self.space, self.pipe.scheduler, self.family, timestep, sample,
+                               pred_cond, pred_uncond, step)
         rescale = getattr(self.pipe, self.spec.rescale_attr) if self.spec.rescale_attr else 0.0
         if rescale > 0:
             guided = rescale_noise_cfg(guided, pred_cond, guidance_rescale=rescale)
