@@ -1,0 +1,151 @@
+"""apg through Diffusers' guider slot (apg/guider.py), per pipeline: parity with Diffusers' own CFG guider, the x0
+handed to the rule against the scheduler's own x0, skipped unconditional passes against the schedule's sigma, and
+the pipeline's own guider objects back afterwards."""
+
+import copy
+import math
+
+import pytest
+import torch
+from tiny_guider import CASES, W, run
+from tiny_pipelines import rel_diff
+
+import apg
+from apg import guider as guider_slot
+from diffusers.guiders import ClassifierFreeGuidance
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+STEPS = 4
+_PIPES = {}
+
+
+@pytest.fixture(params=sorted(CASES))
+def case(request):
+    name = request.param
+    if name not in _PIPES:
+        _PIPES[name] = CASES[name][0]()
+    return name, _PIPES[name]
+
+
+def _cfg_as_apg(w=W):
+    return apg.APG(w, eta=1.0, norm_threshold=0.0, momentum=0.0)
+
+
+def _slots(pipe):
+    return {name: getattr(pipe, name) for name in guider_slot.SLOTS if name in pipe.components}
+
+
+def test_parity_with_diffusers_cfg_guider(case):
+    name, pipe = case
+    stock = run(pipe, name, STEPS)
+    with apg.guide(pipe, _cfg_as_apg()):
+        guided = run(pipe, name, STEPS)
+    assert rel_diff(guided, stock) <= 1e-4
+    with apg.guide(pipe, apg.APG.from_preset("sdxl", W)):  # and the rule does change the result
+        assert rel_diff(run(pipe, name, STEPS), stock) > 1e-3
+
+
+class _Recording(apg.APG):
+    """APG that records the x0 pair and step context it is handed."""
+
+    seen = []
+
+    def __call__(self, pred_cond, pred_uncond, *, sigma=None, step=None):
+        _Recording.seen.append((pred_cond.clone(), pred_uncond.clone(), sigma, step))
+        return super().__call__(pred_cond, pred_uncond, sigma=sigma, step=step)
+
+
+def _own_x0(scheduler, step, output, timestep, sample):
+    """x0 of `output` as the scheduler itself computes it at its current state (a copy, so nothing advances)."""
+    scheduler = copy.deepcopy(scheduler)
+    vars(scheduler).pop("step", None)  # apg's shadow: this is the scheduler's own step
+    if scheduler.step_index is None:
+        scheduler._init_step_index(timestep)
+    name = type(scheduler).__name__
+    if name == "EulerDiscreteScheduler":
+        return step(scheduler, output, timestep, sample).pred_original_sample
+    if name == "UniPCMultistepScheduler":
+        return scheduler.convert_model_output(output, sample=sample)
+    assert name == "FlowMatchEulerDiscreteScheduler", name
+    return sample - scheduler.sigmas[scheduler.step_index] * output  # its step: sample + (s' - s) * v, v = eps - x0
+
+
+def test_x0_handed_to_the_rule_is_the_schedulers_own(case, monkeypatch):
+    name, pipe = case
+    captured, expected = [], []
+    forward = guider_slot.ApgGuider.forward
+
+    def recording_forward(self, pred_cond, pred_uncond=None):
+        captured.append((pred_cond, pred_uncond))
+        return forward(self, pred_cond, pred_uncond)
+
+    monkeypatch.setattr(guider_slot.ApgGuider, "forward", recording_forward)
+    step = type(pipe.scheduler).step
+
+    def recording_step(self, model_output, timestep, sample, *args, **kwargs):
+        cond, uncond = captured.pop()
+        expected.append((_own_x0(self, step, cond, timestep, sample), _own_x0(self, step, uncond, timestep, sample)))
+        return step(self, model_output, timestep, sample, *args, **kwargs)
+
+    monkeypatch.setattr(type(pipe.scheduler), "step", recording_step)
+    _Recording.seen = []
+    with apg.guide(pipe, _Recording(W, momentum=-0.5)):
+        run(pipe, name, STEPS)
+    assert [s[3] for s in _Recording.seen] == list(range(STEPS))
+    assert len(expected) == STEPS
+    for (x0_cond, x0_uncond, _, _), (own_cond, own_uncond) in zip(_Recording.seen, expected):
+        for got, own in ((x0_cond, own_cond), (x0_uncond, own_uncond)):
+            assert (got - own).abs().max() <= 1e-5 * max(1.0, own.abs().max())
+
+
+def _edm_sigmas(scheduler, steps):
+    """EDM sigma of each step, read from the schedule by hand: flow sigmas s give s / (1 - s)."""
+    sigmas = [float(s) for s in scheduler.sigmas[:steps]]
+    flow = type(scheduler).__name__.startswith("FlowMatch") or scheduler.config.get("use_flow_sigmas", False)
+    return [s / (1 - s) if s < 1 else math.inf for s in sigmas] if flow else sigmas
+
+
+def _count_evaluations(pipe, denoisers):
+    counts = []
+    handles = [getattr(pipe, d).register_forward_hook(lambda *_: counts.append(1)) for d in denoisers]
+    return counts, handles
+
+
+def test_skipped_passes_follow_the_schedules_sigma(case, monkeypatch):
+    name, pipe = case
+    steps = 6
+    run(pipe, name, steps)  # sets the schedule
+    sigmas = _edm_sigmas(pipe.scheduler, steps)
+    inside = sorted(sigmas)[1:-2]  # an interval leaving steps out at both ends
+    low, high = inside[0] * 0.999, inside[-1]
+    rule = apg.APG.from_preset("sdxl", W, interval=(low, high))
+    counts, handles = _count_evaluations(pipe, CASES[name][2])
+    with apg.guide(pipe, rule):
+        skipped = run(pipe, name, steps)
+    expected = sum(2 if low < s <= high else 1 for s in sigmas)
+    assert sum(counts) == expected < 2 * steps
+    counts.clear()
+    monkeypatch.setattr(guider_slot._GuiderRun, "num_conditions", lambda self: 2)  # both passes at every step
+    with apg.guide(pipe, rule):
+        both = run(pipe, name, steps)
+    for handle in handles:
+        handle.remove()
+    assert sum(counts) == 2 * steps
+    assert rel_diff(skipped, both) <= 1e-6
+
+
+def test_restore_gives_back_the_same_guiders_and_stock_results(case):
+    name, pipe = case
+    before = _slots(pipe)
+    stock = run(pipe, name, 2)
+    with apg.guide(pipe, apg.APG(W)):
+        assert all(_slots(pipe)[k] is v for k, v in before.items())  # an ApgGuider sits there only during a call
+        run(pipe, name, 2)
+    assert all(_slots(pipe)[k] is v for k, v in before.items())
+    assert torch.equal(run(pipe, name, 2), stock)
+    apg.guide(pipe, apg.APG(W))
+    assert all(_slots(pipe)[k] is v for k, v in before.items())
+    apg.guide(pipe, None)
+    assert all(_slots(pipe)[k] is v for k, v in before.items())
+    assert torch.equal(run(pipe, name, 2), stock)

@@ -1,0 +1,126 @@
+"""Tiny pipelines that guide through a Diffusers guider slot: classic ones that take a `guider`, and modular ones
+assembled from a family's core denoise blocks. Random weights, nothing from a hub; each holds Diffusers'
+ClassifierFreeGuidance(W) in its guider slot(s), the stock behaviour apg's parity is checked against.
+"""
+
+from __future__ import annotations
+
+import torch
+from tiny_pipelines import _sd_unet, make_scheduler
+from tiny_video import _wan_transformer, flow_scheduler
+
+from diffusers import (
+    AutoencoderKLHunyuanVideo15,
+    FlowMatchEulerDiscreteScheduler,
+    HunyuanVideo15Pipeline,
+    HunyuanVideo15Transformer3DModel,
+)
+from diffusers.guiders import ClassifierFreeGuidance
+from diffusers.utils import logging as diffusers_logging
+
+W = 4.0  # the stock guiders' scale
+
+diffusers_logging.set_verbosity_error()  # the guiders' 'experimental' warning at every construction
+
+
+def _embeds(generator, *shape):
+    return torch.randn(shape, generator=generator)
+
+
+def _ones(*shape):
+    return torch.ones(shape, dtype=torch.long)
+
+
+# -- classic: HunyuanVideo 1.5 -------------------------------------------------------------------------------
+def hunyuan_video15():
+    torch.manual_seed(0)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        num_refiner_layers=1, text_embed_dim=16, text_embed_2_dim=8, image_embed_dim=8, rope_axes_dim=(2, 2, 4),
+        task_type="t2v",
+    ).eval()
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8, 8), layers_per_block=1,
+                                      spatial_compression_ratio=2, temporal_compression_ratio=1)
+    pipe = HunyuanVideo15Pipeline(
+        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), guider=ClassifierFreeGuidance(guidance_scale=W),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _hunyuan_video15_call(steps, seed):
+    g = torch.Generator().manual_seed(100)
+    embeds = {}
+    for prefix in ("", "negative_"):
+        embeds |= {f"{prefix}prompt_embeds": _embeds(g, 1, 6, 16), f"{prefix}prompt_embeds_mask": _ones(1, 6),
+                   f"{prefix}prompt_embeds_2": _embeds(g, 1, 4, 8), f"{prefix}prompt_embeds_mask_2": _ones(1, 4)}
+    return dict(**embeds, height=16, width=16, num_frames=1, num_inference_steps=steps, output_type="latent",
+                generator=torch.Generator().manual_seed(seed))
+
+
+# -- modular ---------------------------------------------------------------------------------------------------
+def _modular(blocks, **components):
+    pipe = blocks.init_pipeline()
+    pipe.update_components(**components)
+    return pipe
+
+
+def sdxl_modular():
+    from diffusers.modular_pipelines.stable_diffusion_xl.modular_blocks_stable_diffusion_xl import (
+        StableDiffusionXLCoreDenoiseStep,
+    )
+
+    unet = _sd_unet(
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1), cross_attention_dim=64, norm_num_groups=1,
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+    )
+    return _modular(StableDiffusionXLCoreDenoiseStep(), unet=unet, scheduler=make_scheduler("euler"),
+                    guider=ClassifierFreeGuidance(guidance_scale=W))
+
+
+def _sdxl_call(steps, seed):
+    g = torch.Generator().manual_seed(100)
+    return dict(prompt_embeds=_embeds(g, 1, 8, 64), negative_prompt_embeds=_embeds(g, 1, 8, 64),
+                pooled_prompt_embeds=_embeds(g, 1, 32), negative_pooled_prompt_embeds=_embeds(g, 1, 32),
+                height=32, width=32, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
+
+
+def wan_modular():
+    from diffusers.modular_pipelines.wan.modular_blocks_wan import WanCoreDenoiseStep
+
+    return _modular(WanCoreDenoiseStep(), transformer=_wan_transformer(0), scheduler=flow_scheduler("unipc"),
+                    guider=ClassifierFreeGuidance(guidance_scale=W))
+
+
+def wan22_modular():
+    from diffusers.modular_pipelines.wan.modular_blocks_wan22 import Wan22CoreDenoiseStep
+
+    # boundary_ratio 0.7: steps on both sides of the switch with a few steps
+    return _modular(Wan22CoreDenoiseStep(), transformer=_wan_transformer(0), transformer_2=_wan_transformer(1),
+                    scheduler=flow_scheduler("unipc"), guider=ClassifierFreeGuidance(guidance_scale=W),
+                    guider_2=ClassifierFreeGuidance(guidance_scale=W), boundary_ratio=0.7)
+
+
+def _wan_call(steps, seed):
+    g = torch.Generator().manual_seed(100)
+    return dict(prompt_embeds=_embeds(g, 1, 8, 32), negative_prompt_embeds=_embeds(g, 1, 8, 32), height=32,
+                width=32, num_frames=5, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
+
+
+# name -> (builder, call arguments(steps, seed), the denoiser attribute(s))
+CASES = {
+    "HunyuanVideo15Pipeline": (hunyuan_video15, _hunyuan_video15_call, ("transformer",)),
+    "StableDiffusionXLModularPipeline": (sdxl_modular, _sdxl_call, ("unet",)),
+    "WanModularPipeline": (wan_modular, _wan_call, ("transformer",)),
+    "Wan22ModularPipeline": (wan22_modular, _wan_call, ("transformer", "transformer_2")),
+}
+
+
+def run(pipe, name, steps=4, seed=0, **kwargs):
+    """The latents of one call of case `name`."""
+    call = CASES[name][1](steps, seed) | kwargs
+    if name in ("HunyuanVideo15Pipeline",):
+        return pipe(**call).frames
+    return pipe(**call, output="latents")
