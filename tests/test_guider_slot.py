@@ -149,3 +149,66 @@ def test_restore_gives_back_the_same_guiders_and_stock_results(case):
     apg.guide(pipe, None)
     assert all(_slots(pipe)[k] is v for k, v in before.items())
     assert torch.equal(run(pipe, name, 2), stock)
+
+
+def test_wan22_one_rule_across_both_guiders(monkeypatch):
+    """Wan 2.2's guider and guider_2 hold one ApgGuider: one rule, one step count, one momentum state."""
+    name = "Wan22ModularPipeline"
+    pipe = _PIPES.setdefault(name, CASES[name][0]())
+    slots = []
+    forward = guider_slot.ApgGuider.forward
+
+    def recording_forward(self, pred_cond, pred_uncond=None):
+        slots.append((pipe.guider, pipe.guider_2, self))
+        return forward(self, pred_cond, pred_uncond)
+
+    monkeypatch.setattr(guider_slot.ApgGuider, "forward", recording_forward)
+    counts = {d: [] for d in ("transformer", "transformer_2")}
+    handles = [getattr(pipe, d).register_forward_hook(lambda *_, d=d: counts[d].append(1)) for d in counts]
+    _Recording.seen = []
+    with apg.guide(pipe, _Recording(W, momentum=-0.5)):
+        run(pipe, name, STEPS)
+    for handle in handles:
+        handle.remove()
+    assert counts["transformer"] and counts["transformer_2"]  # both experts ran
+    assert all(a is b is c for a, b, c in slots)
+    assert [s[3] for s in _Recording.seen] == list(range(STEPS))
+
+
+def test_apg_guider_in_the_slot_without_apg_guide_says_what_to_do():
+    name = "StableDiffusionXLModularPipeline"
+    pipe = _PIPES.setdefault(name, CASES[name][0]())
+    stock = pipe.guider
+    rule = apg.APG(W, interval=apg.INTERVALS["sdxl"])
+    guider = guider_slot.ApgGuider(guidance=rule)
+    assert guider.guidance == rule and guider.config["guidance"] == rule.to_dict()
+    assert guider_slot.ApgGuider.from_config(guider.config).guidance == rule  # a registered ConfigMixin
+    assert guider.new().guidance == rule
+    try:
+        pipe.update_components(guider=guider)
+        assert pipe.guider is guider
+        with pytest.raises(RuntimeError, match=r"guides only inside a call set up by apg.guide.*apg.guide\(pipe, rule\)"):
+            run(pipe, name, 2)
+        spec = pipe.get_component_spec("guider")  # the ComponentSpec update_components recorded
+        assert spec.create().guidance == rule
+    finally:
+        pipe.update_components(guider=stock)
+
+
+@pytest.mark.parametrize("bad", [3.0, {"type": "Nope"}])
+def test_apg_guider_rejects_what_is_not_a_rule(bad):
+    with pytest.raises((TypeError, ValueError), match="guidance|config type"):
+        guider_slot.ApgGuider(guidance=bad)
+
+
+def test_refused_and_empty_guider_pipelines_name_the_reason():
+    name = "HunyuanVideo15Pipeline"
+    pipe = _PIPES.setdefault(name, CASES[name][0]())
+    stock = pipe.guider
+    vars(pipe)["guider"] = None
+    try:
+        with pytest.raises(ValueError, match=r"HunyuanVideo15Pipeline holds no guider"):
+            apg.guide(pipe, apg.APG(W))
+    finally:
+        vars(pipe)["guider"] = stock
+    assert set(guider_slot.REFUSED) >= {"LTX2ModularPipeline"}
