@@ -212,3 +212,23 @@ def test_refused_and_empty_guider_pipelines_name_the_reason():
     finally:
         vars(pipe)["guider"] = stock
     assert set(guider_slot.REFUSED) >= {"LTX2ModularPipeline"}
+
+
+def test_a_modular_folder_loads_as_a_guided_modular_pipeline(tmp_path):
+    """apg.runtime.load_pipeline (apg compare --model, the app) on a folder with a modular_model_index.json."""
+    from diffusers.modular_pipelines import ModularPipeline, StableDiffusionXLAutoBlocks
+    from tiny_pipelines import tiny_sdxl_pipeline
+
+    from apg.runtime import load_pipeline
+
+    classic = tiny_sdxl_pipeline()
+    saved = StableDiffusionXLAutoBlocks().init_pipeline()
+    saved.update_components(**{k: v for k, v in classic.components.items() if k in saved.components and v is not None})
+    saved.save_pretrained(str(tmp_path))
+    pipe = load_pipeline(str(tmp_path), "cpu", "float32")
+    assert isinstance(pipe, ModularPipeline) and isinstance(pipe.guider, ClassifierFreeGuidance)
+    w = pipe.guider.guidance_scale
+    call = dict(prompt="a photo of a cat", num_inference_steps=2, height=32, width=32, output="latents")
+    stock = pipe(**call, generator=torch.Generator().manual_seed(0))
+    with apg.guide(pipe, _cfg_as_apg(w)):
+        assert rel_diff(pipe(**call, generator=torch.Generator().manual_seed(0)), stock) <= 1e-4
