@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import torch
 from tiny_pipelines import _sd_unet, make_scheduler
-from tiny_video import _wan_transformer, flow_scheduler
+from tiny_video import _wan_transformer, _wan_vae, flow_scheduler
 
 from diffusers import (
     AutoencoderKLHunyuanVideo15,
     FlowMatchEulerDiscreteScheduler,
     HunyuanVideo15Pipeline,
     HunyuanVideo15Transformer3DModel,
+    MotifVideoPipeline,
+    MotifVideoTransformer3DModel,
 )
 from diffusers.guiders import ClassifierFreeGuidance
 from diffusers.utils import logging as diffusers_logging
@@ -56,6 +58,27 @@ def _hunyuan_video15_call(steps, seed):
         embeds |= {f"{prefix}prompt_embeds": _embeds(g, 1, 6, 16), f"{prefix}prompt_embeds_mask": _ones(1, 6),
                    f"{prefix}prompt_embeds_2": _embeds(g, 1, 4, 8), f"{prefix}prompt_embeds_mask_2": _ones(1, 4)}
     return dict(**embeds, height=16, width=16, num_frames=1, num_inference_steps=steps, output_type="latent",
+                generator=torch.Generator().manual_seed(seed))
+
+
+# -- classic: Motif video (reads num_conditions before each step's set_state) ------------------------------------
+def motif_video():
+    torch.manual_seed(0)
+    transformer = MotifVideoTransformer3DModel(
+        in_channels=33, out_channels=16, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        num_single_layers=1, text_embed_dim=16, rope_axes_dim=(2, 2, 4),
+    ).eval()
+    pipe = MotifVideoPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_wan_vae(), text_encoder=None,
+                              tokenizer=None, transformer=transformer, guider=ClassifierFreeGuidance(guidance_scale=W))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _motif_call(steps, seed):
+    g = torch.Generator().manual_seed(100)
+    return dict(prompt_embeds=_embeds(g, 1, 6, 16), prompt_attention_mask=_ones(1, 6),
+                negative_prompt_embeds=_embeds(g, 1, 6, 16), negative_prompt_attention_mask=_ones(1, 6), height=32,
+                width=32, num_frames=5, num_inference_steps=steps, output_type="latent",
                 generator=torch.Generator().manual_seed(seed))
 
 
@@ -112,6 +135,7 @@ def _wan_call(steps, seed):
 # name -> (builder, call arguments(steps, seed), the denoiser attribute(s))
 CASES = {
     "HunyuanVideo15Pipeline": (hunyuan_video15, _hunyuan_video15_call, ("transformer",)),
+    "MotifVideoPipeline": (motif_video, _motif_call, ("transformer",)),
     "StableDiffusionXLModularPipeline": (sdxl_modular, _sdxl_call, ("unet",)),
     "WanModularPipeline": (wan_modular, _wan_call, ("transformer",)),
     "Wan22ModularPipeline": (wan22_modular, _wan_call, ("transformer", "transformer_2")),
@@ -121,6 +145,6 @@ CASES = {
 def run(pipe, name, steps=4, seed=0, **kwargs):
     """The latents of one call of case `name`."""
     call = CASES[name][1](steps, seed) | kwargs
-    if name in ("HunyuanVideo15Pipeline",):
+    if name in ("HunyuanVideo15Pipeline", "MotifVideoPipeline"):
         return pipe(**call).frames
     return pipe(**call, output="latents")
