@@ -5,9 +5,13 @@ ClassifierFreeGuidance(W) in its guider slot(s), the stock behaviour apg's parit
 
 from __future__ import annotations
 
+import importlib
+
 import torch
-from tiny_pipelines import _sd_unet, make_scheduler
-from tiny_video import _wan_transformer, _wan_vae, flow_scheduler
+from tiny_control import tiny_z_image_pipeline
+from tiny_image import tiny_qwen_pipeline
+from tiny_pipelines import _sd_unet, make_scheduler, tiny_sd3_pipeline
+from tiny_video import _wan_transformer, _wan_vae, flow_scheduler, tiny_ltx_pipeline
 
 from diffusers import (
     AutoencoderKLHunyuanVideo15,
@@ -86,6 +90,7 @@ def _motif_call(steps, seed):
 def _modular(blocks, **components):
     pipe = blocks.init_pipeline()
     pipe.update_components(**components)
+    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
@@ -132,6 +137,64 @@ def _wan_call(steps, seed):
                 width=32, num_frames=5, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
 
 
+def _blocks(path):
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(f"diffusers.modular_pipelines.{module}"), name)()
+
+
+def _from_classic(blocks, classic, *names):
+    """A modular pipeline of `blocks` with the named components of a tiny classic pipeline and CFG(W) as guider."""
+    components = classic().components
+    return _modular(_blocks(blocks), **{n: components[n] for n in names}, guider=ClassifierFreeGuidance(guidance_scale=W))
+
+
+def sd3_modular():
+    return _from_classic("stable_diffusion_3.modular_blocks_stable_diffusion_3.StableDiffusion3T2ICoreDenoiseStep",
+                         tiny_sd3_pipeline, "transformer", "scheduler")
+
+
+def _sd3_call(steps, seed):
+    g = torch.Generator().manual_seed(100)
+    return dict(prompt_embeds=_embeds(g, 1, 8, 32), negative_prompt_embeds=_embeds(g, 1, 8, 32),
+                pooled_prompt_embeds=_embeds(g, 1, 64), negative_pooled_prompt_embeds=_embeds(g, 1, 64),
+                height=16, width=16, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
+
+
+def qwen_modular():
+    return _from_classic("qwenimage.modular_blocks_qwenimage.QwenImageCoreDenoiseStep", tiny_qwen_pipeline,
+                         "transformer", "scheduler")
+
+
+def _qwen_call(steps, seed):
+    g = torch.Generator().manual_seed(100)
+    mask = (torch.arange(8) < 6).long()[None]
+    return dict(prompt_embeds=_embeds(g, 1, 8, 16), prompt_embeds_mask=mask, negative_prompt_embeds=_embeds(g, 1, 8, 16),
+                negative_prompt_embeds_mask=mask, height=32, width=32, num_inference_steps=steps,
+                generator=torch.Generator().manual_seed(seed))
+
+
+def z_image_modular():
+    return _from_classic("z_image.modular_blocks_z_image.ZImageCoreDenoiseStep", tiny_z_image_pipeline,
+                         "transformer", "scheduler")
+
+
+def _z_image_call(steps, seed):
+    g = torch.Generator().manual_seed(100)
+    return dict(prompt_embeds=[_embeds(g, 6, 16)], negative_prompt_embeds=[_embeds(g, 6, 16)], height=32, width=32,
+                num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
+
+
+def ltx_modular():
+    return _from_classic("ltx.modular_blocks_ltx.LTXCoreDenoiseStep", tiny_ltx_pipeline, "transformer", "scheduler")
+
+
+def _ltx_call(steps, seed):
+    g = torch.Generator().manual_seed(100)
+    return dict(prompt_embeds=_embeds(g, 1, 8, 32), negative_prompt_embeds=_embeds(g, 1, 8, 32),
+                prompt_attention_mask=torch.ones(1, 8), negative_prompt_attention_mask=torch.ones(1, 8), height=32,
+                width=32, num_frames=5, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
+
+
 # name -> (builder, call arguments(steps, seed), the denoiser attribute(s))
 CASES = {
     "HunyuanVideo15Pipeline": (hunyuan_video15, _hunyuan_video15_call, ("transformer",)),
@@ -139,6 +202,10 @@ CASES = {
     "StableDiffusionXLModularPipeline": (sdxl_modular, _sdxl_call, ("unet",)),
     "WanModularPipeline": (wan_modular, _wan_call, ("transformer",)),
     "Wan22ModularPipeline": (wan22_modular, _wan_call, ("transformer", "transformer_2")),
+    "StableDiffusion3ModularPipeline": (sd3_modular, _sd3_call, ("transformer",)),
+    "QwenImageModularPipeline": (qwen_modular, _qwen_call, ("transformer",)),
+    "ZImageModularPipeline": (z_image_modular, _z_image_call, ("transformer",)),
+    "LTXModularPipeline": (ltx_modular, _ltx_call, ("transformer",)),
 }
 
 
