@@ -151,28 +151,33 @@ def test_restore_gives_back_the_same_guiders_and_stock_results(case):
     assert torch.equal(run(pipe, name, 2), stock)
 
 
-def test_wan22_one_rule_across_both_guiders(monkeypatch):
-    """Wan 2.2's guider and guider_2 hold one ApgGuider: one rule, one step count, one momentum state."""
-    name = "Wan22ModularPipeline"
+@pytest.mark.parametrize("name", ["Wan22ModularPipeline", "HunyuanImagePipeline"])
+def test_two_guider_slots_hold_one_rule(name, monkeypatch):
+    """Wan 2.2's guider/guider_2 and HunyuanImage's guider/ocr_guider hold one ApgGuider during a call: one rule,
+    one step count, one momentum state across the switch; both of the pipeline's own guiders are back afterwards."""
     pipe = _PIPES.setdefault(name, CASES[name][0]())
-    slots = []
+    before = _slots(pipe)
+    assert len(before) == 2
+    seen = []
     forward = guider_slot.ApgGuider.forward
 
     def recording_forward(self, pred_cond, pred_uncond=None):
-        slots.append((pipe.guider, pipe.guider_2, self))
+        seen.append((self, *_slots(pipe).values()))
         return forward(self, pred_cond, pred_uncond)
 
     monkeypatch.setattr(guider_slot.ApgGuider, "forward", recording_forward)
-    counts = {d: [] for d in ("transformer", "transformer_2")}
-    handles = [getattr(pipe, d).register_forward_hook(lambda *_, d=d: counts[d].append(1)) for d in counts]
+    denoisers = CASES[name][2]
+    counts = {d: [] for d in denoisers}
+    handles = [getattr(pipe, d).register_forward_hook(lambda *_, d=d: counts[d].append(1)) for d in denoisers]
     _Recording.seen = []
     with apg.guide(pipe, _Recording(W, momentum=-0.5)):
         run(pipe, name, STEPS)
     for handle in handles:
         handle.remove()
-    assert counts["transformer"] and counts["transformer_2"]  # both experts ran
-    assert all(a is b is c for a, b, c in slots)
+    assert all(counts.values())  # Wan 2.2: both experts ran
+    assert len(seen) == STEPS and all(len({id(g) for g in guiders}) == 1 for guiders in seen)
     assert [s[3] for s in _Recording.seen] == list(range(STEPS))
+    assert all(_slots(pipe)[k] is v for k, v in before.items())
 
 
 def test_apg_guider_in_the_slot_without_apg_guide_says_what_to_do():

@@ -16,6 +16,8 @@ from tiny_video import _wan_transformer, _wan_vae, flow_scheduler, tiny_ltx_pipe
 from diffusers import (
     AutoencoderKLHunyuanVideo15,
     FlowMatchEulerDiscreteScheduler,
+    HunyuanImagePipeline,
+    HunyuanImageTransformer2DModel,
     HunyuanVideo15Pipeline,
     HunyuanVideo15Transformer3DModel,
     MotifVideoPipeline,
@@ -65,6 +67,22 @@ def _hunyuan_video15_call(steps, seed):
                 generator=torch.Generator().manual_seed(seed))
 
 
+# -- classic: HunyuanImage (guider, and ocr_guider for prompts with glyph embeddings) --------------------------------
+def hunyuan_image():
+    torch.manual_seed(0)
+    transformer = HunyuanImageTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1, num_single_layers=1,
+        num_refiner_layers=1, text_embed_dim=16, text_embed_2_dim=8, rope_axes_dim=(4, 4),
+    ).eval()
+    pipe = HunyuanImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=None, text_encoder=None, tokenizer=None,
+        text_encoder_2=None, tokenizer_2=None, transformer=transformer, guider=ClassifierFreeGuidance(guidance_scale=W),
+        ocr_guider=ClassifierFreeGuidance(guidance_scale=W),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 # -- classic: Motif video (reads num_conditions before each step's set_state) ------------------------------------
 def motif_video():
     torch.manual_seed(0)
@@ -84,6 +102,13 @@ def _motif_call(steps, seed):
                 negative_prompt_embeds=_embeds(g, 1, 6, 16), negative_prompt_attention_mask=_ones(1, 6), height=32,
                 width=32, num_frames=5, num_inference_steps=steps, output_type="latent",
                 generator=torch.Generator().manual_seed(seed))
+
+
+def _hunyuan_image_call(steps, seed):
+    call = _hunyuan_video15_call(steps, seed)
+    for key in ("num_frames", "output_type"):
+        del call[key]
+    return call | dict(height=64, width=64, output_type="latent")
 
 
 # -- modular ---------------------------------------------------------------------------------------------------
@@ -199,6 +224,8 @@ def _ltx_call(steps, seed):
 CASES = {
     "HunyuanVideo15Pipeline": (hunyuan_video15, _hunyuan_video15_call, ("transformer",)),
     "MotifVideoPipeline": (motif_video, _motif_call, ("transformer",)),
+    # glyph embeddings (prompt_embeds_2) are non-zero: the call runs on ocr_guider
+    "HunyuanImagePipeline": (hunyuan_image, _hunyuan_image_call, ("transformer",)),
     "StableDiffusionXLModularPipeline": (sdxl_modular, _sdxl_call, ("unet",)),
     "WanModularPipeline": (wan_modular, _wan_call, ("transformer",)),
     "Wan22ModularPipeline": (wan22_modular, _wan_call, ("transformer", "transformer_2")),
@@ -214,4 +241,6 @@ def run(pipe, name, steps=4, seed=0, **kwargs):
     call = CASES[name][1](steps, seed) | kwargs
     if name in ("HunyuanVideo15Pipeline", "MotifVideoPipeline"):
         return pipe(**call).frames
+    if name == "HunyuanImagePipeline":
+        return pipe(**call).images
     return pipe(**call, output="latents")
