@@ -17,6 +17,7 @@ from diffusers import (
     AutoencoderKLHunyuanVideo15,
     FlowMatchEulerDiscreteScheduler,
     HunyuanImagePipeline,
+    HunyuanImageRefinerPipeline,
     HunyuanImageTransformer2DModel,
     HunyuanVideo15Pipeline,
     HunyuanVideo15Transformer3DModel,
@@ -81,6 +82,27 @@ def hunyuan_image():
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def hunyuan_image_refiner():
+    torch.manual_seed(0)
+    transformer = HunyuanImageTransformer2DModel(
+        in_channels=8, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1, num_single_layers=1,
+        num_refiner_layers=1, patch_size=(1, 1, 1), guidance_embeds=True, text_embed_dim=16, rope_axes_dim=(2, 2, 4),
+    ).eval()
+    pipe = HunyuanImageRefinerPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=None, text_encoder=None, tokenizer=None,
+        transformer=transformer, guider=ClassifierFreeGuidance(guidance_scale=W),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _hunyuan_image_refiner_call(steps, seed):
+    g = torch.Generator().manual_seed(100)
+    return dict(image=_embeds(g, 1, 4, 1, 4, 4), prompt_embeds=_embeds(g, 1, 6, 16), prompt_embeds_mask=_ones(1, 6),
+                negative_prompt_embeds=_embeds(g, 1, 6, 16), negative_prompt_embeds_mask=_ones(1, 6), height=64,
+                width=64, num_inference_steps=steps, output_type="latent", generator=torch.Generator().manual_seed(seed))
 
 
 # -- classic: Motif video (reads num_conditions before each step's set_state) ------------------------------------
@@ -226,6 +248,7 @@ CASES = {
     "MotifVideoPipeline": (motif_video, _motif_call, ("transformer",)),
     # glyph embeddings (prompt_embeds_2) are non-zero: the call runs on ocr_guider
     "HunyuanImagePipeline": (hunyuan_image, _hunyuan_image_call, ("transformer",)),
+    "HunyuanImageRefinerPipeline": (hunyuan_image_refiner, _hunyuan_image_refiner_call, ("transformer",)),
     "StableDiffusionXLModularPipeline": (sdxl_modular, _sdxl_call, ("unet",)),
     "WanModularPipeline": (wan_modular, _wan_call, ("transformer",)),
     "Wan22ModularPipeline": (wan22_modular, _wan_call, ("transformer", "transformer_2")),
@@ -241,6 +264,6 @@ def run(pipe, name, steps=4, seed=0, **kwargs):
     call = CASES[name][1](steps, seed) | kwargs
     if name in ("HunyuanVideo15Pipeline", "MotifVideoPipeline"):
         return pipe(**call).frames
-    if name == "HunyuanImagePipeline":
+    if name in ("HunyuanImagePipeline", "HunyuanImageRefinerPipeline"):
         return pipe(**call).images
     return pipe(**call, output="latents")
