@@ -8,10 +8,13 @@ from __future__ import annotations
 import importlib
 
 import torch
+from PIL import Image
 from tiny_control import tiny_z_image_pipeline
 from tiny_image import tiny_qwen_pipeline
 from tiny_pipelines import _sd_unet, make_scheduler, tiny_sd3_pipeline
 from tiny_video import _wan_transformer, _wan_vae, flow_scheduler, tiny_ltx_pipeline
+
+from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
 from diffusers import (
     AutoencoderKLHunyuanVideo15,
@@ -19,6 +22,7 @@ from diffusers import (
     HunyuanImagePipeline,
     HunyuanImageRefinerPipeline,
     HunyuanImageTransformer2DModel,
+    HunyuanVideo15ImageToVideoPipeline,
     HunyuanVideo15Pipeline,
     HunyuanVideo15Transformer3DModel,
     MotifVideoPipeline,
@@ -56,6 +60,34 @@ def hunyuan_video15():
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def hunyuan_video15_i2v():
+    torch.manual_seed(0)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        num_refiner_layers=1, text_embed_dim=16, text_embed_2_dim=8, image_embed_dim=8, rope_axes_dim=(2, 2, 4),
+        task_type="i2v", target_size=16,
+    ).eval()
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8, 8), layers_per_block=1,
+                                      spatial_compression_ratio=2, temporal_compression_ratio=1)
+    image_encoder = SiglipVisionModel(SiglipVisionConfig(
+        hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8,
+    )).eval()
+    pipe = HunyuanVideo15ImageToVideoPipeline(
+        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), guider=ClassifierFreeGuidance(guidance_scale=W),
+        image_encoder=image_encoder, feature_extractor=SiglipImageProcessor(size={"height": 16, "width": 16}),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _hunyuan_video15_i2v_call(steps, seed):
+    call = _hunyuan_video15_call(steps, seed)
+    del call["height"], call["width"]  # from the image
+    pixels = torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(101))
+    return call | dict(image=Image.fromarray((pixels * 255).to(torch.uint8).numpy()))
 
 
 def _hunyuan_video15_call(steps, seed):
@@ -245,6 +277,7 @@ def _ltx_call(steps, seed):
 # name -> (builder, call arguments(steps, seed), the denoiser attribute(s))
 CASES = {
     "HunyuanVideo15Pipeline": (hunyuan_video15, _hunyuan_video15_call, ("transformer",)),
+    "HunyuanVideo15ImageToVideoPipeline": (hunyuan_video15_i2v, _hunyuan_video15_i2v_call, ("transformer",)),
     "MotifVideoPipeline": (motif_video, _motif_call, ("transformer",)),
     # glyph embeddings (prompt_embeds_2) are non-zero: the call runs on ocr_guider
     "HunyuanImagePipeline": (hunyuan_image, _hunyuan_image_call, ("transformer",)),
@@ -262,7 +295,7 @@ CASES = {
 def run(pipe, name, steps=4, seed=0, **kwargs):
     """The latents of one call of case `name`."""
     call = CASES[name][1](steps, seed) | kwargs
-    if name in ("HunyuanVideo15Pipeline", "MotifVideoPipeline"):
+    if name in ("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline", "MotifVideoPipeline"):
         return pipe(**call).frames
     if name in ("HunyuanImagePipeline", "HunyuanImageRefinerPipeline"):
         return pipe(**call).images
