@@ -25,10 +25,12 @@ from diffusers import (
     HunyuanVideo15ImageToVideoPipeline,
     HunyuanVideo15Pipeline,
     HunyuanVideo15Transformer3DModel,
+    MotifVideoImage2VideoPipeline,
     MotifVideoPipeline,
     MotifVideoTransformer3DModel,
 )
 from diffusers.guiders import ClassifierFreeGuidance
+from diffusers.modular_pipelines import ModularPipeline
 from diffusers.utils import logging as diffusers_logging
 
 W = 4.0  # the stock guiders' scale
@@ -148,6 +150,17 @@ def motif_video():
                               tokenizer=None, transformer=transformer, guider=ClassifierFreeGuidance(guidance_scale=W))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def motif_video_i2v():
+    components = motif_video().components
+    pipe = MotifVideoImage2VideoPipeline(**(components | {"feature_extractor": None}))  # no image encoder: no SigLIP
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _motif_i2v_call(steps, seed):
+    return _motif_call(steps, seed) | dict(prompt=None, image=_hunyuan_video15_i2v_call(steps, seed)["image"])
 
 
 def _motif_call(steps, seed):
@@ -279,6 +292,7 @@ CASES = {
     "HunyuanVideo15Pipeline": (hunyuan_video15, _hunyuan_video15_call, ("transformer",)),
     "HunyuanVideo15ImageToVideoPipeline": (hunyuan_video15_i2v, _hunyuan_video15_i2v_call, ("transformer",)),
     "MotifVideoPipeline": (motif_video, _motif_call, ("transformer",)),
+    "MotifVideoImage2VideoPipeline": (motif_video_i2v, _motif_i2v_call, ("transformer",)),
     # glyph embeddings (prompt_embeds_2) are non-zero: the call runs on ocr_guider
     "HunyuanImagePipeline": (hunyuan_image, _hunyuan_image_call, ("transformer",)),
     "HunyuanImageRefinerPipeline": (hunyuan_image_refiner, _hunyuan_image_refiner_call, ("transformer",)),
@@ -295,8 +309,6 @@ CASES = {
 def run(pipe, name, steps=4, seed=0, **kwargs):
     """The latents of one call of case `name`."""
     call = CASES[name][1](steps, seed) | kwargs
-    if name in ("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline", "MotifVideoPipeline"):
-        return pipe(**call).frames
-    if name in ("HunyuanImagePipeline", "HunyuanImageRefinerPipeline"):
-        return pipe(**call).images
-    return pipe(**call, output="latents")
+    if isinstance(pipe, ModularPipeline):
+        return pipe(**call, output="latents")
+    return pipe(**call, return_dict=False)[0]
