@@ -121,7 +121,7 @@ class ApgGuider(BaseGuidance):
 
     def set_state(self, step, num_inference_steps, timestep):
         super().set_state(step, num_inference_steps, timestep)
-        self._served().started(timestep)
+        self._served().timestep = timestep
 
     @property
     def is_conditional(self) -> bool:
@@ -149,9 +149,6 @@ class _GuiderRun:
         self.timestep = None  # of the step about to run, from set_state; None before the first
         self.captured = None  # (pred_cond, pred_uncond or None, what the guider returned) of this step
 
-    def started(self, timestep):
-        self.timestep = timestep
-
     def _uses_uncond(self, sigma) -> bool:
         """Whether the rule reads pred_uncond at noise level sigma: inside its interval and w != 1."""
         guidance = self.guidance
@@ -174,7 +171,8 @@ class _GuiderRun:
     def _next_timestep(self):
         """The timestep of the scheduler.step about to run (Motif asks before that step's set_state)."""
         scheduler = self.pipe.scheduler
-        if getattr(scheduler, "step_index", None) is not None:  # DDIM-type schedulers have none  # set by an earlier step() (or scale_model_input): the same index
+        # Set by an earlier step() (or scale_model_input): the index step() will use; DDIM-type schedulers have none.
+        if getattr(scheduler, "step_index", None) is not None:
             return scheduler.timesteps[scheduler.step_index]
         return self.timestep  # the first step: its set_state has run (the timestep from before the loop otherwise)
 
@@ -256,8 +254,7 @@ def check(pipe) -> None:
 def run_guided(pipe, call, guidance: Guidance, space: str, args, kwargs):
     """Run `call(*args, **kwargs)`, a stock `__call__` of `pipe`, guided by `guidance` through its guider slot(s)."""
     run = _GuiderRun(pipe, guidance, space)
-    with _no_experimental_warning():
-        guider = ApgGuider(guidance)
+    guider = ApgGuider(guidance)
     guider._run = run
     state = vars(pipe)  # components live there; DiffusionPipeline.__setattr__ would rewrite the config
     saved = {name: g for name, g in _slots(pipe).items() if isinstance(g, BaseGuidance)}

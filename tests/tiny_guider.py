@@ -200,11 +200,17 @@ def sdxl_modular():
                     guider=ClassifierFreeGuidance(guidance_scale=W))
 
 
-def _sdxl_call(steps, seed):
-    g = torch.Generator().manual_seed(100)
-    return dict(prompt_embeds=_embeds(g, 1, 8, 64), negative_prompt_embeds=_embeds(g, 1, 8, 64),
-                pooled_prompt_embeds=_embeds(g, 1, 32), negative_pooled_prompt_embeds=_embeds(g, 1, 32),
-                height=32, width=32, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
+def _pooled_call(text_width, pooled_width, size):
+    """Call arguments of an SD-style pipeline: text and pooled embeddings, both signs."""
+
+    def call(steps, seed):
+        g = torch.Generator().manual_seed(100)
+        return dict(prompt_embeds=_embeds(g, 1, 8, text_width), negative_prompt_embeds=_embeds(g, 1, 8, text_width),
+                    pooled_prompt_embeds=_embeds(g, 1, pooled_width),
+                    negative_pooled_prompt_embeds=_embeds(g, 1, pooled_width), height=size, width=size,
+                    num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
+
+    return call
 
 
 def wan_modular():
@@ -243,13 +249,6 @@ def _from_classic(blocks, classic, *names):
 def sd3_modular():
     return _from_classic("stable_diffusion_3.modular_blocks_stable_diffusion_3.StableDiffusion3T2ICoreDenoiseStep",
                          tiny_sd3_pipeline, "transformer", "scheduler")
-
-
-def _sd3_call(steps, seed):
-    g = torch.Generator().manual_seed(100)
-    return dict(prompt_embeds=_embeds(g, 1, 8, 32), negative_prompt_embeds=_embeds(g, 1, 8, 32),
-                pooled_prompt_embeds=_embeds(g, 1, 64), negative_pooled_prompt_embeds=_embeds(g, 1, 64),
-                height=16, width=16, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
 
 
 def qwen_modular():
@@ -296,10 +295,10 @@ CASES = {
     # glyph embeddings (prompt_embeds_2) are non-zero: the call runs on ocr_guider
     "HunyuanImagePipeline": (hunyuan_image, _hunyuan_image_call, ("transformer",)),
     "HunyuanImageRefinerPipeline": (hunyuan_image_refiner, _hunyuan_image_refiner_call, ("transformer",)),
-    "StableDiffusionXLModularPipeline": (sdxl_modular, _sdxl_call, ("unet",)),
+    "StableDiffusionXLModularPipeline": (sdxl_modular, _pooled_call(64, 32, 32), ("unet",)),
     "WanModularPipeline": (wan_modular, _wan_call, ("transformer",)),
     "Wan22ModularPipeline": (wan22_modular, _wan_call, ("transformer", "transformer_2")),
-    "StableDiffusion3ModularPipeline": (sd3_modular, _sd3_call, ("transformer",)),
+    "StableDiffusion3ModularPipeline": (sd3_modular, _pooled_call(32, 64, 16), ("transformer",)),
     "QwenImageModularPipeline": (qwen_modular, _qwen_call, ("transformer",)),
     "ZImageModularPipeline": (z_image_modular, _z_image_call, ("transformer",)),
     "LTXModularPipeline": (ltx_modular, _ltx_call, ("transformer",)),
