@@ -27,7 +27,7 @@ from .errors import InputError, InputTypeError
 __all__ = ["Setting", "SYMBOLS", "interval_text"]
 
 # How labels write a parameter; one not listed is written by its name.
-SYMBOLS = {"guidance_scale": "w", "eta": "η", "norm_threshold": "r", "momentum": "β", "zero_init_steps": "k"}
+SYMBOLS = {"guidance_scale": "w", "eta": "η", "norm_threshold": "r", "momentum": "β", "zero_init_steps": "zero-init"}
 
 
 def _text(value) -> str:
