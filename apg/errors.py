@@ -6,7 +6,7 @@ mistake from a bug.
     │   └── CommandError(InputError)          a command-line option a front end refuses (names the option)
     ├── InputTypeError(ApgError, TypeError)   a value of the wrong type
     ├── UnsupportedError(ApgError, ValueError)  a pipeline, scheduler or call argument apg cannot guide
-    ├── ResourceError(ApgError, OSError)      a file, folder, model or data set that cannot be read, fetched or written
+    ├── ResourceError(ApgError, OSError)      a file, folder or data set that cannot be read, fetched or written
     ├── ModelLoadError(ApgError, RuntimeError)  a model that cannot be loaded here (apg.runtime.load_pipeline)
     └── FeatureWeightsError(ApgError, RuntimeError)  feature-extractor weights neither given nor downloadable
 

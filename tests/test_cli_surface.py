@@ -180,7 +180,8 @@ def test_score_and_report_refuse_an_unwritable_output_before_work(tmp_path, caps
 
 
 @pytest.mark.parametrize("called, argv, usage", [
-    ("apg eval", ["eval", "--help"], "usage: apg eval "), ("apg eval", ["eval", "sweep", "--help"], "usage: apg eval sweep "),
+    ("apg eval", ["eval", "--help"], "usage: apg eval "),
+    ("apg eval", ["eval", "sweep", "--help"], "usage: apg eval sweep "),
     ("apg-eval", ["--help"], "usage: apg-eval "),
 ])
 def test_apg_eval_names_itself_as_called(called, argv, usage, capsys):

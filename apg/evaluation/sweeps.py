@@ -15,7 +15,8 @@ from .files import atomic_open, list_images, process_state, read_json, save_png,
 from .generation import generate, read_image_metadata
 from .scoring import check_metrics, score
 
-__all__ = ["sweep", "plan", "plot_sweep", "sample_grid", "collect_scores", "write_report", "setting_label", "SCORE_FILE"]
+__all__ = ["sweep", "plan", "plot_sweep", "sample_grid", "collect_scores", "write_report", "setting_label",
+           "SCORE_FILE"]
 
 SCORE_FILE = "score.json"
 # Report columns after the method, the scale and the parameters of every registered method.
@@ -27,14 +28,21 @@ PANELS = (("saturation", "saturation (mean HSV S)"), ("clipping", "clipping (fra
           ("fid", "FID"))
 
 
+def _setting_fields(guidance) -> dict:
+    """The row's setting from a run.json guidance record (apg.Setting.from_dict); empty for images not generated."""
+    if guidance is None:  # a scored folder of other images (a reference)
+        return {"method": None, "guidance_scale": None, "interval": None, "setting": ""}
+    setting = Setting.from_dict(guidance)
+    return {"method": setting.method, "guidance_scale": setting.scale, **setting.params,
+            "interval": None if setting.interval is None else ",".join(f"{v:g}" for v in setting.interval),
+            "setting": setting.label(scale=False)}
+
+
 def _row(result: dict, path) -> dict:
-    """One report row from a score() result and the guidance its run.json records (apg.Setting.from_dict)."""
+    """One report row from a score() result and the run.json it carries."""
     run = result.get("run") or {}
-    setting = Setting.from_dict(run.get("guidance"))
-    row = {"run": str(path), "method": setting.method, "guidance_scale": setting.scale, **setting.params,
-           "interval": None if setting.interval is None else ",".join(f"{v:g}" for v in setting.interval),
-           "num_images": result["images"]["count"], "num_inference_steps": run.get("num_inference_steps"),
-           "model": run.get("model"), "setting": setting.label(scale=False)}
+    row = {"run": str(path), **_setting_fields(run.get("guidance")), "num_images": result["images"]["count"],
+           "num_inference_steps": run.get("num_inference_steps"), "model": run.get("model")}
     row.update(result["metrics"])
     return row
 
@@ -215,6 +223,8 @@ def collect_scores(paths) -> list[dict]:
             rows.append(_row(result, file.parent))
         except (json.JSONDecodeError, KeyError) as error:
             raise InputError(f"{file} is not a score file written by apg-eval ({error})") from error
+        except InputError as error:  # a guidance record of a rule not registered now
+            raise InputError(f"{file}: {error}") from None
     return sorted(rows, key=lambda r: (str(r["model"]), str(r["method"]), r["guidance_scale"] or 0.0, r["run"]))
 
 
