@@ -6,14 +6,11 @@ x0 maps back to the model's parameterization as out_uncond + (x0_guided - x0_unc
 
 from __future__ import annotations
 
-import functools
-import inspect
-
 import torch
 
 from .schedulers import noise_level, step_coefficients
 
-__all__ = ["guided_output", "shadow_step"]
+__all__ = ["guided_output"]
 
 
 def guided_output(guidance, space, scheduler, family, timestep, sample, pred_cond, pred_uncond, step):
@@ -31,19 +28,3 @@ def guided_output(guidance, space, scheduler, family, timestep, sample, pred_con
     denoised = guidance(denoised_cond, denoised_uncond, sigma=sigma, step=step)
     return torch.add(pred_uncond.to(dtype), denoised - denoised_uncond, alpha=1.0 / b).to(pred_cond.dtype)
 
-
-def shadow_step(step, guide_output):
-    """`step` (a scheduler's bound step) with its model_output replaced by guide_output(model_output, timestep, sample).
-
-    inspect.signature sees the original through __wrapped__: pipelines read it to pass eta and generator.
-    """
-    signature = inspect.signature(step)  # by name: CogVideoXDPM's step takes (model_output, old_x0, timestep, ...)
-
-    @functools.wraps(step)
-    def guided(*args, **kwargs):
-        call = signature.bind(*args, **kwargs)
-        given = call.arguments
-        given["model_output"] = guide_output(given["model_output"], given["timestep"], given["sample"])
-        return step(*call.args, **call.kwargs)
-
-    return guided

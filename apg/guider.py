@@ -29,7 +29,8 @@ from diffusers.guiders import BaseGuidance, ClassifierFreeGuidance
 from diffusers.guiders.guider_utils import GuiderOutput
 from diffusers.modular_pipelines import ModularPipeline
 
-from ._x0 import guided_output, shadow_step
+from ._run import _CALLBACK_ARGS, _active_runs, _callback_outside_runs, shadow_step
+from ._x0 import guided_output
 from .guidance import CFG, Guidance, in_interval
 from .schedulers import check_scheduler, noise_level
 
@@ -149,6 +150,10 @@ class _GuiderRun:
         self.timestep = None  # of the step about to run, from set_state; None before the first
         self.captured = None  # (pred_cond, pred_uncond or None, what the guider returned) of this step
 
+    def active(self) -> bool:
+        runs = _active_runs()
+        return bool(runs) and runs[-1] is self
+
     def _uses_uncond(self, sigma) -> bool:
         """Whether the rule reads pred_uncond at noise level sigma: inside its interval and w != 1."""
         guidance = self.guidance
@@ -256,15 +261,20 @@ def run_guided(pipe, call, guidance: Guidance, space: str, args, kwargs):
     run = _GuiderRun(pipe, guidance, space)
     guider = ApgGuider(guidance)
     guider._run = run
+    for name in _CALLBACK_ARGS:  # a pipeline run there is no part of this run
+        if callable(kwargs.get(name)):
+            kwargs = {**kwargs, name: _callback_outside_runs(kwargs[name])}
     state = vars(pipe)  # components live there; DiffusionPipeline.__setattr__ would rewrite the config
     saved = {name: g for name, g in _slots(pipe).items() if isinstance(g, BaseGuidance)}
     scheduler = pipe.scheduler
-    shadowed = scheduler.__dict__.get("step")  # an outer guided run on a shared scheduler
+    shadowed = scheduler.__dict__.get("step")  # a user's wrapper, or an outer guided run's on a shared scheduler
     state.update(dict.fromkeys(saved, guider))
-    scheduler.step = shadow_step(type(scheduler).step.__get__(scheduler), run.guide_output)
+    scheduler.step = shadow_step(run, scheduler)
+    _active_runs().append(run)
     try:
         return call(*args, **kwargs)
     finally:
+        _active_runs().remove(run)
         state.update(saved)
         if shadowed is None:
             del scheduler.step

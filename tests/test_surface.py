@@ -11,7 +11,7 @@ import re
 
 import pytest
 import torch
-from tiny_pipelines import call, rel_diff, tiny_sd_pipeline
+from tiny_pipelines import FAMILIES, call, rel_diff, tiny_sd_pipeline
 
 import apg
 
@@ -191,6 +191,99 @@ def test_pickling_inside_a_bare_with_keeps_its_saved_state(stock, ref):
     assert runs_as(inner, ref, "B")
     inner.__exit__(None, None, None)  # the copy's own saved state: A
     assert runs_as(inner, ref, "A")
+
+
+# -- 3. a user's wrapper on the scheduler's step -------------------------------------------------------------------
+def logging_wrapper(step, seen, keep_signature):
+    """A preview/logging tool's wrapper: records each model_output it is stepped with."""
+
+    def logged(*args, **kwargs):
+        seen.append((args[0] if args else kwargs["model_output"]).clone())
+        return step(*args, **kwargs)
+
+    return functools.wraps(step)(logged) if keep_signature else logged
+
+
+@pytest.mark.parametrize("keep_signature", [True, False], ids=["wraps", "bare"])
+def test_a_users_step_wrapper_runs_inside_a_guided_call(keep_signature):
+    """Euler ancestral: with functools.wraps the pipeline passes the generator to step(), without it it does not."""
+    pipe = tiny_sd_pipeline("euler_a")
+
+    def run(guidance=None):
+        seen = []
+        pipe.scheduler.step = wrapper = logging_wrapper(pipe.scheduler.step, seen, keep_signature)
+        with apg.guide(pipe, guidance) if guidance else contextlib.nullcontext():
+            out = call(pipe, "sd", **({} if guidance else {"guidance_scale": W}))
+        assert pipe.scheduler.step is wrapper  # still in place after the call
+        del pipe.scheduler.step
+        return out, seen
+
+    stock, stock_seen = run()
+    parity, parity_seen = run(apg.APG(W, **PARITY))
+    assert rel_diff(parity, stock) <= 1e-4 and len(parity_seen) == len(stock_seen) == 2
+    for guided_output, stock_output in zip(parity_seen, stock_seen):  # the wrapper gets the guided output
+        assert rel_diff(guided_output, stock_output) <= 1e-3  # eps through x0 and back at sigma ~ 15: float32
+    guided, guided_seen = run(A)
+    assert rel_diff(guided_seen[-1], stock_seen[-1]) > 1e-2
+    with apg.guide(pipe, A):
+        unwrapped = call(pipe, "sd")
+    # functools.wraps keeps step's signature, so the pipeline passes the generator as without a wrapper; a bare
+    # wrapper hides it, from the stock and the guided call alike.
+    assert torch.equal(guided, unwrapped) == torch.equal(stock, call(pipe, "sd", guidance_scale=W)) == keep_signature
+
+
+# -- 4. Diffusers' CFG cutoff callbacks ------------------------------------------------------------------------------
+@pytest.mark.parametrize("family, form", [("sd", "callback"), ("sd", "multi"), ("sdxl", "callback")])
+def test_cfg_cutoff_callbacks_leave_the_steps_after_the_cutoff_unguided(family, form):
+    from diffusers.callbacks import MultiPipelineCallbacks, SDCFGCutoffCallback, SDXLCFGCutoffCallback
+
+    pipe = FAMILIES[family][0]()
+    cls = {"sd": SDCFGCutoffCallback, "sdxl": SDXLCFGCutoffCallback}[family]
+    cutoff = cls(cutoff_step_ratio=None, cutoff_step_index=0)  # CFG at step 0 only
+    callback = MultiPipelineCallbacks([cutoff]) if form == "multi" else cutoff
+    steps = 4
+
+    def run(**kwargs):
+        return call(pipe, family, steps=steps, callback_on_step_end=callback, **kwargs)
+
+    stock = run(guidance_scale=W)
+    assert rel_diff(stock, call(pipe, family, steps=steps, guidance_scale=W)) > 1e-3  # the cutoff acts
+    with apg.guide(pipe, apg.APG(W, **PARITY)):
+        assert rel_diff(run(), stock) <= 1e-4
+
+    class Recording(apg.APG):
+        steps = []
+
+        def __call__(self, pred_cond, pred_uncond, *, sigma=None, step=None):
+            self.steps.append(step)
+            return super().__call__(pred_cond, pred_uncond, sigma=sigma, step=step)
+
+    with apg.guide(pipe, Recording(W, momentum=-0.5)):  # momentum sits out after the cutoff: no call at all
+        run()
+    assert Recording.steps == [0]
+
+
+# -- 5. a stock (or guided) sibling sharing the denoiser and the scheduler, run inside a guided call's callback ------
+@pytest.mark.parametrize("sibling_guidance", [None, B], ids=["stock", "guided"])
+def test_a_sibling_run_inside_the_callback_leaves_both_runs_intact(stock, ref, sibling_guidance):
+    from diffusers import StableDiffusionPipeline
+
+    sibling = StableDiffusionPipeline.from_pipe(stock)
+    assert sibling.unet is stock.unet and sibling.scheduler is stock.scheduler  # DDIM: no state across calls
+    scale = {} if sibling_guidance else {"guidance_scale": W}
+    apg.guide(sibling, sibling_guidance)
+    alone = call(sibling, "sd", seed=3, **scale)
+    inner = []
+
+    def run_sibling(pipe, i, t, tensors):
+        if i == 0:
+            inner.append(call(sibling, "sd", seed=3, **scale))
+        return tensors
+
+    with apg.guide(stock, A):
+        outer = call(stock, "sd", callback_on_step_end=run_sibling)
+    apg.guide(sibling, None)
+    assert torch.equal(outer, ref["A"]) and torch.equal(inner[0], alone)
 
 
 # -- 6. a mixin subclass keeps its own __call__ -------------------------------------------------------------------
