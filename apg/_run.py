@@ -20,6 +20,7 @@ correction at the Euler prediction) sigma_{i+1}, and its own step index.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -250,23 +251,31 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
         denoisers.append(second)
     run.renorm = spec.renorm_to_cond and bool(_call_value(call, bound, spec.renorm_arg, True))
     run.trunc_ratio = _call_value(call, bound, spec.cfg_trunc_arg, None)
-    for name in _CALLBACK_ARGS:  # a pipeline run there is no part of this run
-        if callable(kwargs.get(name)):
-            kwargs[name] = _callback_outside_runs(kwargs[name])
-    scheduler = pipe.scheduler
-    shadowed = scheduler.__dict__.get("step")  # a user's wrapper, or an outer guided run's on a shared scheduler
     handles = [denoiser.register_forward_hook(run.capture) for denoiser in denoisers]
+    try:
+        with guided_call(run, pipe.scheduler):
+            return call(*args, **callbacks_outside_runs(kwargs))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def callbacks_outside_runs(kwargs: dict) -> dict:
+    """Call arguments with Diffusers' step callbacks run outside the guided runs: a pipeline run there is no part."""
+    return {k: _callback_outside_runs(v) if k in _CALLBACK_ARGS and callable(v) else v for k, v in kwargs.items()}
+
+
+@contextlib.contextmanager
+def guided_call(run, scheduler):
+    """For one call: `scheduler.step` shadowed for `run` (shadow_step), and `run` the thread's innermost guided run."""
+    shadowed = scheduler.__dict__.get("step")  # a user's wrapper, or an outer guided run's on a shared scheduler
     scheduler.step = shadow_step(run, scheduler)
     _active_runs().append(run)
     try:
-        return call(*args, **kwargs)
+        yield
     finally:
         _active_runs().remove(run)
-        for handle in handles:
-            handle.remove()
         if shadowed is None:
             del scheduler.step
         else:
             scheduler.step = shadowed
-
-

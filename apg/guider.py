@@ -29,7 +29,7 @@ from diffusers.guiders import BaseGuidance, ClassifierFreeGuidance
 from diffusers.guiders.guider_utils import GuiderOutput
 from diffusers.modular_pipelines import ModularPipeline
 
-from ._run import _CALLBACK_ARGS, _active_runs, _callback_outside_runs, shadow_step
+from ._run import _active_runs, callbacks_outside_runs, guided_call
 from ._x0 import guided_output
 from .guidance import CFG, Guidance, in_interval
 from .schedulers import check_scheduler, noise_level
@@ -261,22 +261,11 @@ def run_guided(pipe, call, guidance: Guidance, space: str, args, kwargs):
     run = _GuiderRun(pipe, guidance, space)
     guider = ApgGuider(guidance)
     guider._run = run
-    for name in _CALLBACK_ARGS:  # a pipeline run there is no part of this run
-        if callable(kwargs.get(name)):
-            kwargs = {**kwargs, name: _callback_outside_runs(kwargs[name])}
-    state = vars(pipe)  # components live there; DiffusionPipeline.__setattr__ would rewrite the config
     saved = {name: g for name, g in _slots(pipe).items() if isinstance(g, BaseGuidance)}
-    scheduler = pipe.scheduler
-    shadowed = scheduler.__dict__.get("step")  # a user's wrapper, or an outer guided run's on a shared scheduler
+    state = vars(pipe)  # components live there; DiffusionPipeline.__setattr__ would rewrite the config
     state.update(dict.fromkeys(saved, guider))
-    scheduler.step = shadow_step(run, scheduler)
-    _active_runs().append(run)
     try:
-        return call(*args, **kwargs)
+        with guided_call(run, pipe.scheduler):
+            return call(*args, **callbacks_outside_runs(kwargs))
     finally:
-        _active_runs().remove(run)
         state.update(saved)
-        if shadowed is None:
-            del scheduler.step
-        else:
-            scheduler.step = shadowed
