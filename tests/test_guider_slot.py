@@ -20,12 +20,16 @@ STEPS = 4
 _PIPES = {}
 
 
-@pytest.fixture(params=sorted(CASES))
-def case(request):
-    name = request.param
+def _pipe(name):
+    """One tiny pipeline per case for the module (builders are deterministic)."""
     if name not in _PIPES:
         _PIPES[name] = CASES[name][0]()
-    return name, _PIPES[name]
+    return _PIPES[name]
+
+
+@pytest.fixture(params=sorted(CASES))
+def case(request):
+    return request.param, _pipe(request.param)
 
 
 def _cfg_as_apg(w=W):
@@ -155,7 +159,7 @@ def test_restore_gives_back_the_same_guiders_and_stock_results(case):
 def test_two_guider_slots_hold_one_rule(name, monkeypatch):
     """Wan 2.2's guider/guider_2 and HunyuanImage's guider/ocr_guider hold one ApgGuider during a call: one rule,
     one step count, one momentum state across the switch; both of the pipeline's own guiders are back afterwards."""
-    pipe = _PIPES.setdefault(name, CASES[name][0]())
+    pipe = _pipe(name)
     before = _slots(pipe)
     assert len(before) == 2
     seen = []
@@ -182,7 +186,7 @@ def test_two_guider_slots_hold_one_rule(name, monkeypatch):
 
 def test_apg_guider_in_the_slot_without_apg_guide_says_what_to_do():
     name = "StableDiffusionXLModularPipeline"
-    pipe = _PIPES.setdefault(name, CASES[name][0]())
+    pipe = _pipe(name)
     stock = pipe.guider
     rule = apg.APG(W, interval=apg.INTERVALS["sdxl"])
     guider = guider_slot.ApgGuider(guidance=rule)
@@ -208,7 +212,7 @@ def test_apg_guider_rejects_what_is_not_a_rule(bad):
 
 def test_refused_and_empty_guider_pipelines_name_the_reason():
     name = "HunyuanVideo15Pipeline"
-    pipe = _PIPES.setdefault(name, CASES[name][0]())
+    pipe = _pipe(name)
     stock = pipe.guider
     vars(pipe)["guider"] = None
     try:
@@ -237,3 +241,48 @@ def test_a_modular_folder_loads_as_a_guided_modular_pipeline(tmp_path):
     stock = pipe(**call, generator=torch.Generator().manual_seed(0))
     with apg.guide(pipe, _cfg_as_apg(w)):
         assert rel_diff(pipe(**call, generator=torch.Generator().manual_seed(0)), stock) <= 1e-4
+
+
+def test_raw_rule_equals_diffusers_zero_star_guider():
+    """CFG-Zero* is defined on the raw (velocity) output: apg's equals Diffusers' own guider there."""
+    from diffusers.guiders import ClassifierFreeZeroStarGuidance
+
+    name = "StableDiffusion3ModularPipeline"
+    pipe = _pipe(name)
+    stock = pipe.guider
+    try:
+        pipe.update_components(guider=ClassifierFreeZeroStarGuidance(guidance_scale=W, zero_init_steps=1))
+        reference = run(pipe, name, STEPS)
+    finally:
+        pipe.update_components(guider=stock)
+    with apg.guide(pipe, apg.CFGZeroStar(W, zero_init_steps=1)):
+        assert rel_diff(run(pipe, name, STEPS), reference) <= 1e-4
+
+
+def test_scale_one_runs_no_unconditional_pass():
+    name = "WanModularPipeline"
+    pipe = _pipe(name)
+    counts, handles = _count_evaluations(pipe, CASES[name][2])
+    with apg.guide(pipe, apg.APG(1.0)):
+        guided = run(pipe, name, STEPS)
+    for handle in handles:
+        handle.remove()
+    assert sum(counts) == STEPS
+    stock = pipe.guider
+    try:
+        pipe.update_components(guider=ClassifierFreeGuidance(guidance_scale=1.0))  # the cond prediction alone
+        assert rel_diff(guided, run(pipe, name, STEPS)) <= 1e-5
+    finally:
+        pipe.update_components(guider=stock)
+
+
+def test_an_unknown_change_to_the_guiders_result_is_refused(monkeypatch):
+    """Qwen-Image rescales the guider's result before stepping; without its quirk, apg refuses rather than guess."""
+    name = "QwenImageModularPipeline"
+    pipe = _pipe(name)
+    monkeypatch.setattr(guider_slot, "QUIRKS", {})
+    with pytest.raises(RuntimeError, match=r"QwenImageModularPipeline changes the guider's result before "
+                                           r"scheduler.step"):
+        with apg.guide(pipe, apg.APG(W)):
+            run(pipe, name, 2)
+    assert isinstance(pipe.guider, ClassifierFreeGuidance)  # given back after the error
