@@ -19,6 +19,7 @@ from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionM
 from diffusers import (
     AutoencoderKLHunyuanVideo15,
     FlowMatchEulerDiscreteScheduler,
+    Flux2Transformer2DModel,
     HunyuanImagePipeline,
     HunyuanImageRefinerPipeline,
     HunyuanImageTransformer2DModel,
@@ -275,6 +276,23 @@ def _z_image_call(steps, seed):
                 num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
 
 
+def flux2_klein_base_modular():
+    torch.manual_seed(0)
+    transformer = Flux2Transformer2DModel(
+        in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=16, timestep_guidance_channels=16, axes_dims_rope=(2, 2, 2, 2), guidance_embeds=False,
+    ).eval()
+    return _modular(_blocks("flux2.modular_blocks_flux2_klein_base.Flux2KleinBaseCoreDenoiseStep"),
+                    transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                    guider=ClassifierFreeGuidance(guidance_scale=W))
+
+
+def _flux2_call(steps, seed):
+    g = torch.Generator().manual_seed(100)
+    return dict(prompt_embeds=_embeds(g, 1, 8, 16), negative_prompt_embeds=_embeds(g, 1, 8, 16), height=32, width=32,
+                num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
+
+
 def ltx_modular():
     return _from_classic("ltx.modular_blocks_ltx.LTXCoreDenoiseStep", tiny_ltx_pipeline, "transformer", "scheduler")
 
@@ -301,6 +319,8 @@ CASES = {
     "StableDiffusion3ModularPipeline": (sd3_modular, _pooled_call(32, 64, 16), ("transformer",)),
     "QwenImageModularPipeline": (qwen_modular, _qwen_call, ("transformer",)),
     "ZImageModularPipeline": (z_image_modular, _z_image_call, ("transformer",)),
+    # Flux2-Klein base blocks make a Flux2KleinModularPipeline; it slices its output before the guider
+    "Flux2KleinModularPipeline": (flux2_klein_base_modular, _flux2_call, ("transformer",)),
     "LTXModularPipeline": (ltx_modular, _ltx_call, ("transformer",)),
 }
 
