@@ -87,7 +87,7 @@ def _cfg_turned_off(pipe) -> bool:
 
 
 def shadow_step(run, scheduler):
-    """Wrap `scheduler.step` as it is for `run`: the bound method, or a user's wrapper on the instance, kept in the chain.
+    """Wrap `scheduler.step` as it is for `run`: the bound method, or a user's instance-level wrapper, in the chain.
 
     `run.guide_output(model_output, timestep, sample)` replaces the model output while `run.active()`.
     `inspect.signature` sees what it wraps through __wrapped__, as the pipeline would without apg; the

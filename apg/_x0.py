@@ -14,7 +14,10 @@ __all__ = ["guided_output"]
 
 
 def guided_output(guidance, space, scheduler, family, timestep, sample, pred_cond, pred_uncond, step):
-    """Guided model output for scheduler.step; pred_cond, pred_uncond: [n, C, ...] as stepped, sample: [>= n, C, ...]."""
+    """Guided model output for scheduler.step.
+
+    pred_cond, pred_uncond: [n, C, ...] as the pipeline steps them; sample: [>= n, C, ...], the latents.
+    """
     if space == "raw":
         return guidance(pred_cond, pred_uncond, sigma=noise_level(scheduler, family, timestep), step=step)
     a, b, sigma = step_coefficients(scheduler, family, timestep)  # one read of the scheduler's state

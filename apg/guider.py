@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
@@ -49,10 +50,12 @@ class Quirk:
 
 
 def _first_tokens(prediction, model_output):
-    return prediction[:, : model_output.shape[1]]  # [B, N, C] packed tokens: the image's, not the context's
+    """The first N tokens of [B, M >= N, C] packed tokens, N = model_output's: the image's, not the context's."""
+    return prediction[:, : model_output.shape[1]]
 
 
 def _renorm_to_cond(guided, pred_cond):
+    """guided * ||pred_cond|| / ||guided|| per token (last dim), as the Qwen-Image loops rescale their CFG."""
     return guided * (torch.norm(pred_cond, dim=-1, keepdim=True) / torch.norm(guided, dim=-1, keepdim=True))
 
 
@@ -234,8 +237,12 @@ class _GuiderRun:
 
 
 def _slots(pipe) -> dict:
-    components = getattr(pipe, "components", None)
-    return {name: components[name] for name in SLOTS if isinstance(components, dict) and name in components}
+    """Guider slot name -> what it holds (None when empty), for the slots `pipe` declares."""
+    # Not DiffusionPipeline.components: it raises for a pipeline whose config and signature disagree.
+    declared = pipe._component_specs if isinstance(pipe, ModularPipeline) else getattr(pipe, "config", None)
+    if not isinstance(declared, Mapping):
+        return {}
+    return {name: getattr(pipe, name, None) for name in SLOTS if name in declared}
 
 
 def holds_guider(pipe) -> bool:

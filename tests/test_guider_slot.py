@@ -196,7 +196,7 @@ def test_apg_guider_in_the_slot_without_apg_guide_says_what_to_do():
     try:
         pipe.update_components(guider=guider)
         assert pipe.guider is guider
-        with pytest.raises(RuntimeError, match=r"guides only inside a call set up by apg.guide.*apg.guide\(pipe, rule\)"):
+        with pytest.raises(RuntimeError, match=r"only inside a call set up by apg.guide.*apg.guide\(pipe, rule\)"):
             run(pipe, name, 2)
         spec = pipe.get_component_spec("guider")  # the ComponentSpec update_components recorded
         assert spec.create().guidance == rule

@@ -137,7 +137,8 @@ def _hunyuan_image_refiner_call(steps, seed):
     g = torch.Generator().manual_seed(100)
     return dict(image=_embeds(g, 1, 4, 1, 4, 4), prompt_embeds=_embeds(g, 1, 6, 16), prompt_embeds_mask=_ones(1, 6),
                 negative_prompt_embeds=_embeds(g, 1, 6, 16), negative_prompt_embeds_mask=_ones(1, 6), height=64,
-                width=64, num_inference_steps=steps, output_type="latent", generator=torch.Generator().manual_seed(seed))
+                width=64, num_inference_steps=steps, output_type="latent",
+                generator=torch.Generator().manual_seed(seed))
 
 
 # -- classic: Motif video (reads num_conditions before each step's set_state) ------------------------------------
@@ -244,7 +245,8 @@ def _blocks(path):
 def _from_classic(blocks, classic, *names):
     """A modular pipeline of `blocks` with the named components of a tiny classic pipeline and CFG(W) as guider."""
     components = classic().components
-    return _modular(_blocks(blocks), **{n: components[n] for n in names}, guider=ClassifierFreeGuidance(guidance_scale=W))
+    return _modular(_blocks(blocks), **{n: components[n] for n in names},
+                    guider=ClassifierFreeGuidance(guidance_scale=W))
 
 
 def sd3_modular():
@@ -260,9 +262,9 @@ def qwen_modular():
 def _qwen_call(steps, seed):
     g = torch.Generator().manual_seed(100)
     mask = (torch.arange(8) < 6).long()[None]
-    return dict(prompt_embeds=_embeds(g, 1, 8, 16), prompt_embeds_mask=mask, negative_prompt_embeds=_embeds(g, 1, 8, 16),
-                negative_prompt_embeds_mask=mask, height=32, width=32, num_inference_steps=steps,
-                generator=torch.Generator().manual_seed(seed))
+    return dict(prompt_embeds=_embeds(g, 1, 8, 16), prompt_embeds_mask=mask,
+                negative_prompt_embeds=_embeds(g, 1, 8, 16), negative_prompt_embeds_mask=mask, height=32, width=32,
+                num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
 
 
 def z_image_modular():
