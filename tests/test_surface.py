@@ -138,6 +138,11 @@ def test_nested_withs_and_the_handle(stock, ref):
     assert runs_as(stock, ref, "stock")
 
 
+def test_a_space_without_a_guidance_is_refused(stock):
+    with pytest.raises(ValueError, match="space='raw' was passed without a guidance"):
+        apg.guide(stock, None, space="raw")
+
+
 def test_bare_with_on_a_guided_pipeline_keeps_its_guidance(stock, ref):
     apg.guide(stock, A)
     with stock:
