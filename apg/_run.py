@@ -32,6 +32,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 from ._x0 import guided_output
+from .errors import InputError, UnsupportedError
 from .guidance import Guidance, _real
 from .registry import PipelineSpec
 from .schedulers import check_scheduler
@@ -229,14 +230,14 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
     """Run `call(*args, **kwargs)`, a stock `__call__` of `pipe`, with its CFG result replaced by `guidance`."""
     bound = inspect.signature(call).bind_partial(*args, **kwargs).arguments
     if spec.scale_arg in bound:
-        raise ValueError(
+        raise InputError(
             f"{spec.scale_arg}={bound[spec.scale_arg]!r} was passed to a {type(pipe).__name__} guided by "
             f"{guidance!r}; the guidance's own scale governs. Set the scale on the guidance object, or call "
             "apg.guide(pipe, None) for stock behaviour"
         )
     for arg, reason in spec.refused_args.items():
         if arg in bound and bound[arg] != inspect.signature(call).parameters[arg].default:
-            raise ValueError(f"{arg}={bound[arg]!r} is not supported by apg with {type(pipe).__name__}: {reason}")
+            raise UnsupportedError(f"{arg}={bound[arg]!r} is not supported by apg with {type(pipe).__name__}: {reason}")
     kwargs = {**kwargs, spec.scale_arg: _pipeline_scale(guidance)}
     arg = spec.negative_prompt_arg
     if arg and bound.get(arg) is None and bound.get("negative_prompt_embeds") is None:

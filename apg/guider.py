@@ -32,6 +32,7 @@ from diffusers.modular_pipelines import ModularPipeline
 
 from ._run import _active_runs, callbacks_outside_runs, guided_call
 from ._x0 import guided_output
+from .errors import InputTypeError, UnsupportedError
 from .guidance import CFG, Guidance, in_interval
 from .schedulers import check_scheduler, noise_level
 
@@ -109,7 +110,7 @@ class ApgGuider(BaseGuidance):
         if isinstance(guidance, dict):
             guidance = Guidance.from_dict(guidance)
         if guidance is not None and not isinstance(guidance, Guidance):
-            raise TypeError(f"guidance must be an apg.Guidance or its to_dict(), got {guidance!r}")
+            raise InputTypeError(f"guidance must be an apg.Guidance or its to_dict(), got {guidance!r}")
         self.guidance = guidance
         self.register_to_config(guidance=None if guidance is None else guidance.to_dict())  # JSON-able
         self._run = None  # the guided call this guider serves
@@ -251,12 +252,12 @@ def holds_guider(pipe) -> bool:
 
 
 def check(pipe) -> None:
-    """ValueError naming why `pipe` cannot be guided through its guider slot; None if it can."""
+    """apg.errors.UnsupportedError naming why `pipe` cannot be guided through its guider slot; None if it can."""
     name = type(pipe).__name__
     if name in REFUSED:
-        raise ValueError(f"{name} is not supported by apg: {REFUSED[name]}")
+        raise UnsupportedError(f"{name} is not supported by apg: {REFUSED[name]}")
     if not any(isinstance(g, BaseGuidance) for g in _slots(pipe).values()):
-        raise ValueError(
+        raise UnsupportedError(
             f"{name} holds no guider in {list(_slots(pipe)) or list(SLOTS)} (a distilled model runs without "
             "guidance); there is no guidance for apg to replace"
         )

@@ -12,6 +12,7 @@ from tiny_pipelines import rel_diff
 
 import apg
 from apg import guider as guider_slot
+from apg.errors import UnsupportedError
 from diffusers.guiders import ClassifierFreeGuidance
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -216,7 +217,7 @@ def test_refused_and_empty_guider_pipelines_name_the_reason():
     stock = pipe.guider
     vars(pipe)["guider"] = None
     try:
-        with pytest.raises(ValueError, match=r"HunyuanVideo15Pipeline holds no guider"):
+        with pytest.raises(UnsupportedError, match=r"HunyuanVideo15Pipeline holds no guider"):
             apg.guide(pipe, apg.APG(W))
     finally:
         vars(pipe)["guider"] = stock
