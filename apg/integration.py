@@ -16,6 +16,7 @@ import inspect
 
 import torch
 
+from . import guider as guider_slot
 from ._run import run_guided
 from .errors import InputError, InputTypeError, UnsupportedError
 from .guidance import Guidance
@@ -45,11 +46,14 @@ def _resolve_space(guidance: Guidance, space: str | None) -> str:
     return space
 
 
-def _check(pipe, guidance, space) -> tuple[PipelineSpec, str]:
+def _check(pipe, guidance, space) -> tuple[PipelineSpec | None, str]:
     """The pipeline's spec and the resolved space; errors naming the bad argument."""
     if not isinstance(guidance, Guidance):
         raise InputTypeError(f"guidance must be an apg.Guidance (one of apg.METHODS) or None, got {guidance!r}")
     space = _resolve_space(guidance, space)
+    if guider_slot.holds_guider(pipe):
+        guider_slot.check(pipe)
+        return None, space  # no spec: guided through the guider slot
     spec = spec_for(pipe)
     denoiser = getattr(pipe, spec.denoiser, None)
     if not isinstance(denoiser, torch.nn.Module):
@@ -99,6 +103,8 @@ class GuidancePipelineMixin:
                 raise InputError(f"guidance_space={guidance_space!r} was passed without a guidance")
             return super().__call__(*args, **kwargs)
         spec, space = _check(self, guidance, space)
+        if spec is None:
+            return guider_slot.run_guided(self, super().__call__, guidance, space, args, kwargs)
         return run_guided(self, spec, super().__call__, guidance, space, args, kwargs)
 
     def __enter__(self):
