@@ -6,7 +6,6 @@ apg.INTERVALS); the app adds bounds only for its own inputs (steps, seeds, size)
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import numbers
@@ -21,7 +20,7 @@ import torch
 import apg
 from apg._options import SEED_MAX  # the CLI's bound: seeds are 32-bit everywhere
 from apg.errors import ApgError
-from apg.runtime import BUILTIN, ModelLoadError, load_pipeline, resolve_device, resolve_dtype
+from apg.runtime import BUILTIN, ModelLoadError, call_parameters, generate, load_pipeline, resolve_device, resolve_dtype
 from apg.setting import SYMBOLS  # noqa: F401 (the widgets' symbols: the labels' own)
 from apg.schedulers import SUPPORTED_SCHEDULERS
 
@@ -247,7 +246,10 @@ class ModelCache:
                 pass
         except ApgError as exc:
             raise ModelLoadError(f"model {model_id!r} ({name}) is not supported by apg.guide: {exc}") from None
-        params = inspect.signature(pipe.__call__).parameters
+        try:
+            params = call_parameters(pipe)
+        except ApgError as exc:  # a modular pipeline outside the text-to-image scope
+            raise ModelLoadError(f"model {model_id!r}: {exc}") from None
         needs = [what for arg, what in UNSUPPORTED_INPUTS.items() if arg in params]
         if needs:
             raise ModelLoadError(f"model {model_id!r} ({name}) needs {' and '.join(needs)}. {SCOPE}.")
@@ -275,7 +277,7 @@ def _scheduler(pipe, name):
 def _call_kwargs(model: LoadedModel, request: Request, notes: list) -> dict:
     """Pipeline arguments shared by both methods: same conditioning, same per-sample seeds."""
     pipe, n = model.pipe, len(request.seeds)
-    params = inspect.signature(pipe.__call__).parameters
+    params = call_parameters(pipe)
     if model.class_conditional:
         try:
             kwargs = {"class_labels": pipe.get_label_ids([request.prompt]) * n}  # one lookup, not one per seed
@@ -335,7 +337,7 @@ def run(request: Request, cache: ModelCache, progress=None) -> Result:
                 setting = getattr(request, side)
                 pipe.set_progress_bar_config(**{**own_bar, "desc": f"{side}: {setting.cls.label}"})
                 with apg.guide(pipe, setting.build()):
-                    images[side] = pipe(generator=_generators(request.seeds), **kwargs).images
+                    images[side] = generate(pipe, generator=_generators(request.seeds), **kwargs).images
         finally:
             pipe.scheduler = own_scheduler
             pipe.set_progress_bar_config(**own_bar)
