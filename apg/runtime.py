@@ -19,7 +19,7 @@ import torch
 from .errors import InputError, ModelLoadError, UnsupportedError
 
 __all__ = ["BUILTIN", "DTYPES", "ModelLoadError", "resolve_device", "resolve_dtype", "load_pipeline",
-           "call_parameters", "generate"]
+           "call_parameters", "generate", "modular_folder"]
 
 BUILTIN = "builtin"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -132,12 +132,19 @@ def _dtype_keyword() -> str:
     return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
+def modular_folder(model: str) -> bool:
+    """Whether `model` is a local folder that loads as a ModularPipeline: a modular_model_index.json and no
+    model_index.json."""
+    local = Path(model).expanduser()
+    return (local / "modular_model_index.json").is_file() and not (local / "model_index.json").is_file()
+
+
 def _from_pretrained(model: str, dtype: torch.dtype):
     from diffusers import DiffusionPipeline, ModularPipeline
 
     local = Path(model).expanduser()
-    modular = local.exists() and not (local / "model_index.json").is_file()
-    if modular and not (local / "modular_model_index.json").is_file():
+    modular = modular_folder(model)
+    if local.exists() and not modular and not (local / "model_index.json").is_file():
         raise ModelLoadError(f"model {model!r} is a path without a model_index.json or modular_model_index.json: "
                              "not a Diffusers pipeline folder")
     try:

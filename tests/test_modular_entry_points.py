@@ -60,6 +60,10 @@ def test_the_app_generates_with_a_modular_folder(folder):
     left = np.asarray(result.images["left"][0], dtype=np.int16)  # left: CFG at W
     assert np.abs(left - _stock_cfg(folder, 0)).max() <= 1
     assert np.abs(np.asarray(result.images["right"][0], dtype=np.int16) - left).mean() > 1  # right: APG
+    namespace = {}  # copy-as-code: the code a user would paste loads the folder as a ModularPipeline too
+    exec(compile(logic.reproduction_code(request, result.class_conditional), "<copy-as-code>", "exec"), namespace)
+    for side in logic.SIDES:
+        assert np.array_equal(np.asarray(namespace["images"][side][0]), np.asarray(result.images[side][0]))
 
 
 def test_a_modular_pipeline_that_is_not_text_to_image_is_refused_in_one_line(tmp_path, capsys):

@@ -20,7 +20,10 @@ import torch
 import apg
 from apg._options import SEED_MAX  # the CLI's bound: seeds are 32-bit everywhere
 from apg.errors import ApgError
-from apg.runtime import BUILTIN, ModelLoadError, call_parameters, generate, load_pipeline, resolve_device, resolve_dtype
+from apg.runtime import (
+    BUILTIN, MODULAR_OUTPUT, ModelLoadError, call_parameters, generate, load_pipeline, modular_folder, resolve_device,
+    resolve_dtype,
+)
 from apg.setting import SYMBOLS  # noqa: F401 (the widgets' symbols: the labels' own)
 from apg.schedulers import SUPPORTED_SCHEDULERS
 
@@ -357,7 +360,9 @@ def percent(fraction: float) -> str:
 def reproduction_code(request: Request, class_conditional: bool) -> str:
     """Python that reproduces a comparison outside the app; it leaves the images in `images`."""
     scheduler = None if request.scheduler == DEFAULT_SCHEDULER else request.scheduler
-    classes = ([] if request.model == BUILTIN else ["DiffusionPipeline"]) + ([scheduler] if scheduler else [])
+    modular = request.model != BUILTIN and modular_folder(request.model)
+    loader = [] if request.model == BUILTIN else ["ModularPipeline" if modular else "DiffusionPipeline"]
+    classes = loader + ([scheduler] if scheduler else [])
     lines = ["import torch"] + ([f"from diffusers import {', '.join(classes)}"] if classes else [])
     lines += ["", "import apg", ""]
     if request.model == BUILTIN:
@@ -366,7 +371,12 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
         device = resolve_device(None)
         dtype = resolve_dtype(None, device)
         # dtype=, the keyword of the installed Diffusers (torch_dtype= is deprecated since 0.36).
-        lines.append(f"pipe = DiffusionPipeline.from_pretrained({request.model!r}, dtype={dtype}).to({device.type!r})")
+        if modular:
+            lines += [f"pipe = ModularPipeline.from_pretrained({request.model!r})",
+                      f"pipe.load_components(dtype={dtype})", f"pipe.to({device.type!r})"]
+        else:
+            lines.append(f"pipe = DiffusionPipeline.from_pretrained({request.model!r}, dtype={dtype})"
+                         f".to({device.type!r})")
     if scheduler:
         lines.append(f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config)")
     if class_conditional:
@@ -389,7 +399,8 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
         "    generator = [torch.Generator('cpu').manual_seed(seed) for seed in seeds]  # same noise for both",
         "    with apg.guide(pipe, guidance):",
         f"        images[side] = pipe({condition}{size}, num_inference_steps={request.steps},",
-        "                            generator=generator, output_type='pil').images",
+        "                            generator=generator, output_type='pil'" +
+        (f", output={MODULAR_OUTPUT!r})" if modular else ").images"),  # a ModularPipeline returns what it is asked
     ]
     return "\n".join(lines) + "\n"
 
