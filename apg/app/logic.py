@@ -20,8 +20,8 @@ import torch
 
 import apg
 from apg._options import SEED_MAX  # the CLI's bound: seeds are 32-bit everywhere
-from apg.runtime import BUILTIN, ModelLoadError, load_pipeline, resolve_device, resolve_dtype
-from apg.schedulers import SUPPORTED_SCHEDULERS
+from apg.runtime import BUILTIN, ModelLoadError, _quiet, load_pipeline, resolve_device, resolve_dtype
+from apg.schedulers import SUPPORTED_SCHEDULERS, _prediction_type, check_scheduler
 
 log = logging.getLogger("apg.app")
 
@@ -221,6 +221,39 @@ class LoadedModel:
     pipe: object
     lock: threading.Lock
     class_conditional: bool
+    schedulers: tuple[str, ...] = (DEFAULT_SCHEDULER,)  # what the scheduler menu offers: fitting_schedulers
+
+
+def _frame(scheduler) -> str:
+    """What the model's output means: 'flow' (velocity), 'edm' (EDM preconditioning) or 'vp' (the rest)."""
+    family = check_scheduler(scheduler)
+    if _prediction_type(scheduler) in ("flow", "flow_prediction"):
+        return "flow"
+    return "edm" if family == "edm" else "vp"
+
+
+def fitting_schedulers(scheduler) -> tuple[str, ...]:
+    """DEFAULT_SCHEDULER, then each supported scheduler that can run the model whose own scheduler this is.
+
+    A candidate fits when Diffusers lists it as compatible, its `from_config` of the model's scheduler config is
+    one apg supports (apg.schedulers' table, with the prediction type that config gives it), and it reads the
+    model output in the same frame: a flow-matching model gets no DDIM, an epsilon model no FlowMatch.
+    """
+    import diffusers
+
+    compatible = {cls.__name__ for cls in scheduler.compatibles} | {type(scheduler).__name__}
+    frame, fits = _frame(scheduler), [DEFAULT_SCHEDULER]
+    for name in SUPPORTED_SCHEDULERS:
+        if name not in compatible:
+            continue
+        try:
+            with _quiet():  # from_config logs every config key the candidate ignores
+                candidate = getattr(diffusers, name).from_config(scheduler.config)
+            if _frame(candidate) == frame:
+                fits.append(name)
+        except (ValueError, TypeError, NotImplementedError):  # the candidate's constructor or check_scheduler refuses
+            continue
+    return tuple(fits)
 
 
 def _load(model_id):
@@ -269,22 +302,22 @@ class ModelCache:
         class_conditional = "class_labels" in params and hasattr(pipe, "get_label_ids")
         if not class_conditional and "prompt" not in params:
             raise ModelLoadError(f"model {model_id!r} ({name}) takes neither a prompt nor class labels. {SCOPE}.")
-        return LoadedModel(pipe, threading.Lock(), class_conditional)
+        return LoadedModel(pipe, threading.Lock(), class_conditional, fitting_schedulers(pipe.scheduler))
 
 
 # -- generation -----------------------------------------------------------------------------------
-def _scheduler(pipe, name):
+def _scheduler(model: LoadedModel, name):
     """A fresh scheduler of the chosen kind for this request, configured like the model's own."""
+    pipe = model.pipe
     if name == DEFAULT_SCHEDULER:
         return pipe.scheduler
-    compatible = {cls.__name__ for cls in pipe.scheduler.compatibles} | {type(pipe.scheduler).__name__}
-    if name not in compatible:
-        usable = [key for key in SCHEDULERS if key == DEFAULT_SCHEDULER or key in compatible]
+    if name not in model.schedulers:
         raise InputError(f"scheduler {name!r} does not fit this model ({type(pipe.scheduler).__name__}); "
-                         f"choose one of {', '.join(usable)}")
+                         f"choose one of {', '.join(model.schedulers)}")
     import diffusers
 
-    return getattr(diffusers, name).from_config(pipe.scheduler.config)
+    with _quiet():
+        return getattr(diffusers, name).from_config(pipe.scheduler.config)
 
 
 def _call_kwargs(model: LoadedModel, request: Request, notes: list) -> dict:
@@ -345,7 +378,7 @@ def run(request: Request, cache: ModelCache, progress=None) -> Result:
         pipe = model.pipe
         own_scheduler, own_bar = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
         try:
-            pipe.scheduler = _scheduler(pipe, request.scheduler)
+            pipe.scheduler = _scheduler(model, request.scheduler)
             for side in SIDES:
                 method = getattr(request, side)
                 pipe.set_progress_bar_config(**{**own_bar, "desc": f"{side}: {method.cls.label}"})
@@ -380,11 +413,35 @@ def percent(fraction: float) -> str:
     return "0 %" if value == 0 else f"{value:.2g} %" if value < 1 else f"{value:.1f} %"
 
 
+def python_literal(value) -> str:
+    """Python source for a number or a tuple of numbers; non-finite floats as math.inf / math.nan."""
+    if isinstance(value, (tuple, list)):
+        return f"({', '.join(map(python_literal, value))}{',' if len(value) == 1 else ''})"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "math.nan" if math.isnan(value) else "math.inf" if value > 0 else "-math.inf"
+    return repr(value)
+
+
+def guidance_code(guidance: apg.Guidance) -> str:
+    """'apg.APG(guidance_scale=7.5, ..., interval=(0.5, math.inf))': Python that builds `guidance`.
+
+    The class by its public name in apg, or through apg.METHODS for a method registered from outside.
+    """
+    cls = type(guidance)
+    key = next(key for key, value in apg.METHODS.items() if value is cls)
+    constructor = f"apg.{cls.__name__}" if getattr(apg, cls.__name__, None) is cls else f"apg.METHODS[{key!r}]"
+    config = {name: value for name, value in guidance.to_dict().items() if name != "type"}
+    return f"{constructor}({', '.join(f'{name}={python_literal(value)}' for name, value in config.items())})"
+
+
 def reproduction_code(request: Request, class_conditional: bool) -> str:
     """Python that reproduces a comparison outside the app; it leaves the images in `images`."""
     scheduler = None if request.scheduler == DEFAULT_SCHEDULER else request.scheduler
     classes = ([] if request.model == BUILTIN else ["DiffusionPipeline"]) + ([scheduler] if scheduler else [])
-    lines = ["import torch"] + ([f"from diffusers import {', '.join(classes)}"] if classes else [])
+    methods = {side: guidance_code(getattr(request, side).guidance(request.guidance_scale)) for side in SIDES}
+    lines = ["import math", ""] if any("math." in code for code in methods.values()) else []
+    lines.append("import torch")
+    lines += [f"from diffusers import {', '.join(classes)}"] if classes else []
     lines += ["", "import apg", ""]
     if request.model == BUILTIN:
         lines.append("pipe = apg.load_builtin()")
@@ -404,9 +461,9 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
     size = "".join(f", {name}={getattr(request, name)}" for name in ("height", "width") if getattr(request, name))
     lines += ["", f"seeds = {list(request.seeds)}", "methods = {"]
     for side in SIDES:
-        method = getattr(request, side)
-        source = f"  # apg.INTERVALS[{method.interval_name!r}]" if method.interval_name else ""
-        lines.append(f"    {side!r}: apg.{method.guidance(request.guidance_scale)!r},{source}")
+        name = getattr(request, side).interval_name
+        source = f"  # apg.INTERVALS[{name!r}]" if name else ""
+        lines.append(f"    {side!r}: {methods[side]},{source}")
     lines += [
         "}",
         "images = {}",
