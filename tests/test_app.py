@@ -354,6 +354,57 @@ def test_scheduler_choice_is_used_and_the_models_own_is_restored():
     assert model.pipe.scheduler is own
 
 
+VP = ["DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
+FLOW_MATCH = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]
+
+
+@pytest.mark.parametrize("own, prediction, offered, refused", [
+    ("euler", "epsilon", VP, FLOW_MATCH + ["EDMEulerScheduler"]),
+    ("ddim", "v_prediction", VP, FLOW_MATCH + ["EDMEulerScheduler"]),
+    ("ddim", "sample", ["DDIMScheduler", "EulerDiscreteScheduler"],  # their step() has no x0 for 'sample' in the table
+     FLOW_MATCH + ["PNDMScheduler", "EulerAncestralDiscreteScheduler"]),
+    ("flow_euler", None, ["FlowMatchEulerDiscreteScheduler"], VP),
+    ("dpmpp_2m_flow", None, ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"],
+     ["DDIMScheduler", "EulerDiscreteScheduler"]),
+])
+def test_only_schedulers_that_fit_the_model_are_offered(own, prediction, offered, refused):
+    import tiny_pipelines
+
+    scheduler = tiny_pipelines.make_scheduler(own, prediction)
+    fits = logic.fitting_schedulers(scheduler)
+    assert fits[0] == logic.DEFAULT_SCHEDULER and type(scheduler).__name__ in fits
+    assert set(offered) <= set(fits) and not set(refused) & set(fits), fits
+
+
+def test_every_offered_scheduler_runs_and_its_code_reproduces_it():
+    offered = ui.CACHE.get("builtin").schedulers
+    menu = next(c["props"] for c in ui.build_demo().get_config_file()["components"]
+                if c["props"].get("elem_id") == "scheduler")
+    assert [value for _, value in menu["choices"]] == list(offered)
+    for name in offered[1:]:
+        # APG on both sides: the same noise gives the same image (DPM-Solver SDE seeds its own noise: see
+        # logic.seeded_config). PNDM fails below 4 steps, stock too.
+        slider, *_, code = compare(scheduler=name, left_method="apg", steps=4, num_seeds=2)
+        assert f"pipe.scheduler = {name}.from_config(pipe.scheduler.config" in code
+        assert np.array_equal(pixels(slider[0]), pixels(slider[1])), name
+        images = _exec_images(code)
+        assert np.array_equal(pixels(images["right"][0]), pixels(slider[1])), name
+
+
+def test_scheduler_menu_follows_the_model(monkeypatch, tmp_path):
+    import tiny_pipelines
+
+    monkeypatch.setattr(ui, "CACHE", logic.ModelCache(loader=lambda model_id: (
+        tiny_pipelines.tiny_sd3_pipeline() if model_id == "tiny-flow" else logic._load(model_id))))
+    flow = ui.scheduler_menu("tiny-flow", "DDIMScheduler")  # a choice the new model cannot run falls back
+    assert flow["value"] == logic.DEFAULT_SCHEDULER
+    assert [value for _, value in flow["choices"]] == [logic.DEFAULT_SCHEDULER, "FlowMatchEulerDiscreteScheduler"]
+    kept = ui.scheduler_menu("builtin", "DDIMScheduler")
+    assert kept["value"] == "DDIMScheduler" and "FlowMatchEulerDiscreteScheduler" not in str(kept["choices"])
+    with pytest.raises(gr.Error, match="Model not loaded"):
+        ui.scheduler_menu(str(tmp_path / "missing"), logic.DEFAULT_SCHEDULER)
+
+
 def test_per_request_state_same_images_when_repeated_after_other_work():
     first, *_ = compare(right_method="mcfg", right_momentum=-0.75, **FAST)
     compare(seed=9, **FAST)  # other runs in between must leave no momentum behind

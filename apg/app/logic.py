@@ -306,9 +306,21 @@ class ModelCache:
 
 
 # -- generation -----------------------------------------------------------------------------------
-def _scheduler(model: LoadedModel, name):
+def seeded_config(name: str, seeds) -> dict:
+    """Config that makes a scheduler's own noise follow the request's seeds, one per sample.
+
+    DPM-Solver SDE draws its Brownian noise from `noise_sampler_seed` (a random one when unset), not from the
+    pipeline's generator: without this, the two sides of a comparison would get different noise.
+    """
+    import diffusers
+
+    takes_seed = "noise_sampler_seed" in inspect.signature(getattr(diffusers, name).__init__).parameters
+    return {"noise_sampler_seed": list(seeds)} if takes_seed else {}
+
+
+def _scheduler(model: LoadedModel, request: Request):
     """A fresh scheduler of the chosen kind for this request, configured like the model's own."""
-    pipe = model.pipe
+    pipe, name = model.pipe, request.scheduler
     if name == DEFAULT_SCHEDULER:
         return pipe.scheduler
     if name not in model.schedulers:
@@ -317,7 +329,7 @@ def _scheduler(model: LoadedModel, name):
     import diffusers
 
     with _quiet():
-        return getattr(diffusers, name).from_config(pipe.scheduler.config)
+        return getattr(diffusers, name).from_config(pipe.scheduler.config, **seeded_config(name, request.seeds))
 
 
 def _call_kwargs(model: LoadedModel, request: Request, notes: list) -> dict:
@@ -378,7 +390,7 @@ def run(request: Request, cache: ModelCache, progress=None) -> Result:
         pipe = model.pipe
         own_scheduler, own_bar = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
         try:
-            pipe.scheduler = _scheduler(model, request.scheduler)
+            pipe.scheduler = _scheduler(model, request)
             for side in SIDES:
                 method = getattr(request, side)
                 pipe.set_progress_bar_config(**{**own_bar, "desc": f"{side}: {method.cls.label}"})
@@ -442,7 +454,7 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
     lines = ["import math", ""] if any("math." in code for code in methods.values()) else []
     lines.append("import torch")
     lines += [f"from diffusers import {', '.join(classes)}"] if classes else []
-    lines += ["", "import apg", ""]
+    lines += ["", "import apg", "", f"seeds = {list(request.seeds)}"]
     if request.model == BUILTIN:
         lines.append("pipe = apg.load_builtin()")
     else:
@@ -451,7 +463,8 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
         # dtype=, the keyword of the installed Diffusers (torch_dtype= is deprecated since 0.36).
         lines.append(f"pipe = DiffusionPipeline.from_pretrained({request.model!r}, dtype={dtype}).to({device.type!r})")
     if scheduler:
-        lines.append(f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config)")
+        seeded = ", noise_sampler_seed=seeds" if seeded_config(scheduler, request.seeds) else ""
+        lines.append(f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config{seeded})")
     if class_conditional:
         condition = f"class_labels=pipe.get_label_ids([{request.prompt!r}]) * len(seeds)"
     else:
@@ -459,7 +472,7 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
         if request.negative_prompt:
             condition += f", negative_prompt=[{request.negative_prompt!r}] * len(seeds)"
     size = "".join(f", {name}={getattr(request, name)}" for name in ("height", "width") if getattr(request, name))
-    lines += ["", f"seeds = {list(request.seeds)}", "methods = {"]
+    lines += ["", "methods = {"]
     for side in SIDES:
         name = getattr(request, side).interval_name
         source = f"  # apg.INTERVALS[{name!r}]" if name else ""
