@@ -58,8 +58,9 @@ CSS = f"""
 #gallery .thumbnail-lg > img {{ aspect-ratio: 1; height: auto; }}
 #gallery .caption-label {{ position: static; max-width: none; white-space: normal; overflow: visible;
   text-overflow: clip; border: none; border-radius: 0; opacity: 1; }}
+/* Gradio adds a copy of each rule under its container's classes, which outranks a body-class rule: hence !important. */
 #stale-note {{ display: none; }}
-body.apg-stale #stale-note {{ display: block; }}
+body.apg-stale #stale-note {{ display: block !important; }}
 body.apg-stale :is({", ".join(f"#{name}" for name in RESULT_IDS)}) {{ opacity: 0.4; }}
 """
 THEME = gr.themes.Soft(spacing_size="sm", text_size="sm")
@@ -308,15 +309,15 @@ def build_demo(concurrency_limit: int = 4) -> gr.Blocks:
                                       label=LABELS["prompt"], info="a class name for class-conditional models",
                                       scale=2, min_width=130)
             w["negative_prompt"] = gr.Textbox(d["negative_prompt"], label=LABELS["negative_prompt"],
-                                              info="text-to-image models", scale=2, min_width=130)
-            w["seed"] = _number(logic.SEED, d["seed"], LABELS["seed"], **narrow)
+                                              info="text-to-image models", scale=2, min_width=145)
+            w["seed"] = _number(logic.SEED, d["seed"], LABELS["seed"], elem_id="seed", **narrow)
             w["num_seeds"] = _number(logic.NUM_SEEDS, d["num_seeds"], LABELS["num_seeds"], elem_id="num-seeds",
                                      **narrow)
             w["steps"] = _number(logic.STEPS, d["steps"], LABELS["steps"], elem_id="steps", **narrow)
             # Custom values pass the menu so that API callers can name any scheduler; the request is checked.
             w["scheduler"] = gr.Dropdown(scheduler_choices(CACHE.get(d["model"])), value=d["scheduler"],
                                          label=LABELS["scheduler"], info="the model's own, then those that fit it",
-                                         allow_custom_value=True, elem_id="scheduler", scale=2, min_width=170)
+                                         allow_custom_value=True, elem_id="scheduler", scale=2, min_width=175)
             w["guidance_scale"] = _number(apg.SCALE, d["guidance_scale"], LABELS["guidance_scale"],
                                           elem_id="guidance-scale", scale=1, min_width=155)
             for name in ("height", "width"):
