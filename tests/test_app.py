@@ -177,10 +177,10 @@ def test_defaults_are_the_library_class_defaults():
     request = logic.parse_request(seed=5, num_seeds=3)
     assert request.model == "builtin" and request.prompt == "cat" and request.seeds == (5, 6, 7)
     assert request.guidance_scale == apg.SCALE.default
-    assert request.left.guidance(3.0) == apg.CFG(3.0)
-    assert request.right.guidance(3.0) == apg.APG(3.0)  # eta 0, r 0, beta -0.5: no silent preset
+    assert request.left.replace(scale=3.0).build() == apg.CFG(3.0)
+    assert request.right.replace(scale=3.0).build() == apg.APG(3.0)  # eta 0, r 0, beta -0.5: no silent preset
     for key, cls in apg.METHODS.items():  # a knob left out takes the chosen class's own default
-        assert logic.parse_request(right_method=key, right_momentum=None).right.guidance(2.0) == cls(2.0)
+        assert logic.parse_request(right_method=key, right_momentum=None, guidance_scale=2.0).right.build() == cls(2.0)
 
 
 def test_every_registered_method_and_a_new_one_are_offered():
@@ -292,7 +292,7 @@ INTERVAL_CASES = {
     "preset": (dict(right_interval=PRESET_INTERVAL), tuple(apg.INTERVALS[PRESET_INTERVAL]),
                [f"interval={tuple(apg.INTERVALS[PRESET_INTERVAL])!r}", f"  # apg.INTERVALS[{PRESET_INTERVAL!r}]"]),
     "custom, no upper end": (dict(right_interval="custom", right_sigma_low=0.5), (0.5, math.inf),
-                             ["import math\n", "interval=(0.5, math.inf)"]),
+                             ["interval=(0.5, float('inf'))"]),
 }
 
 
@@ -316,28 +316,26 @@ def test_each_method_and_interval_runs_and_the_executed_code_gives_the_same_pixe
 
 
 def _every_setting():
-    """Each method at each knob's bounds and default (infinite ones included), with and without intervals."""
-    for cls in apg.METHODS.values():
+    """Each method at each knob's bounds and default, with and without intervals (one open-ended)."""
+    for key, cls in apg.METHODS.items():
         for interval in (None, (0.0, math.inf), (0.28, 5.42)):
             for scale in (0.0, apg.SCALE.default):
-                yield cls(scale, interval=interval)
+                yield apg.Setting(key, scale=scale, interval=interval)
             for param in cls.parameters:
                 for value in {param.low, param.high, param.default}:
-                    if not math.isfinite(value):
-                        value = param.kind(10**9)
-                    yield cls(apg.SCALE.default, **{param.name: value}, interval=interval)
+                    value = value if math.isfinite(value) else param.kind(10**9)  # the library's knobs are finite
+                    yield apg.Setting(key, {param.name: value}, interval=interval)
 
 
-def test_guidance_code_is_python_that_builds_the_same_guidance():
+def test_the_code_of_every_setting_is_python_that_builds_the_same_guidance():
     class Halfway(apg.CFG):  # registered from outside: not in apg's namespace
         label = "Halfway"
 
     apg.register_method("halfway-test", Halfway)
     try:
-        for guidance in [*_every_setting(), Halfway(2.0, interval=(1.0, math.inf))]:
-            code = logic.guidance_code(guidance)
-            assert eval(code, {"apg": apg, "math": math}) == guidance, code  # noqa: S307: our own generated code
-        assert logic.guidance_code(Halfway(2.0)) == "apg.METHODS['halfway-test'](guidance_scale=2.0)"
+        for setting in [*_every_setting(), apg.Setting("halfway-test", scale=2.0, interval=(1.0, math.inf))]:
+            code = setting.code()  # what the copy-as-code box writes for a side
+            assert eval(code, {"apg": apg}) == setting.build(), code  # noqa: S307: our own generated code
     finally:
         del apg.METHODS["halfway-test"]
 
