@@ -24,6 +24,7 @@ import threading
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
+from . import _skip
 from .guidance import Guidance, _real
 from .registry import PipelineSpec
 from .schedulers import check_scheduler, noise_level, step_coefficients
@@ -56,18 +57,23 @@ class _GuidedRun:
         self.renorm = False  # rescale to the cond prediction's norm (spec.renorm_to_cond), set per call
         self.trunc_ratio = None  # steps past this fraction run no uncond pass (spec.cfg_trunc_arg), set per call
         self.step = 0  # scheduler.step calls so far: the guidance's `step`
+        self.skipper = _skip.Skipper(self) if _skip.skipping_enabled() else None
+
+    def active(self) -> bool:
+        """Whether a denoiser call now belongs to this run (the innermost guided run of this thread)."""
+        runs = _active_runs()
+        return bool(runs) and runs[-1] is self
 
     def capture(self, module, args, output):
-        runs = _active_runs()
-        if runs and runs[-1] is self:
+        if self.active():
             output = output[0] if isinstance(output, tuple) else output.sample
             self.outputs.append(output if self.spec.from_output is None else self.spec.from_output(self.pipe, output))
             self.module = module
 
-    def step_scale(self, timestep):
+    def step_scale(self, module, timestep):
         """The scale of this step: the second expert's (Wan 2.2), CogVideoX's dynamic one, or the guidance's."""
         scale = self.scale
-        if self.scale_2 is not None and self.module is getattr(self.pipe, self.spec.denoiser_2):
+        if self.scale_2 is not None and module is getattr(self.pipe, self.spec.denoiser_2):
             scale = self.scale_2
         if self.dynamic:  # CogVideoXPipeline.__call__'s formula, n = its num_inference_steps
             n, t = len(self.pipe.scheduler.timesteps), timestep.item() if torch.is_tensor(timestep) else timestep
@@ -124,14 +130,16 @@ class _GuidedRun:
                 f"{type(self.pipe).__name__}: scheduler.step got model_output {tuple(model_output.shape)} "
                 f"for sample {tuple(sample.shape)}; apg guides outputs shaped like the latents"
             )
+        plan = self.skipper.take() if self.skipper is not None else None
         pred_cond, pred_uncond = self._split(model_output)
         step, self.step = self.step, self.step + 1
         if pred_uncond is None:
             return model_output  # a truncated step, unguided as stock
+        skipped = plan is not None and not plan.uncond  # pred_uncond is a stand-in: guide from pred_cond alone
         if self.spec.to_stepped is not None:  # [n, ...] shaped like model_output from here on
             pred_cond = self.spec.to_stepped(self.pipe, pred_cond, model_output)
             pred_uncond = self.spec.to_stepped(self.pipe, pred_uncond, model_output)
-        self.step_scale(timestep)
+        self.step_scale(self.module, timestep)
         n, channels = pred_cond.shape[0], model_output.shape[1]
         # [n, C, ...] each, the model's parameterization; learned-sigma channels beyond C are dropped.
         pred_cond = pred_cond[:, :channels].to(model_output.dtype)
@@ -144,7 +152,7 @@ class _GuidedRun:
         scheduler = self.pipe.scheduler
         if self.space == "raw":
             sigma = noise_level(scheduler, self.family, timestep)
-            guided = self.guidance(pred_cond, pred_uncond, sigma=sigma, step=step)
+            guided = self._rule(pred_cond, pred_uncond, sigma, step, plan)
         else:
             a, b, sigma = step_coefficients(scheduler, self.family, timestep)  # one read of the scheduler's state
             if b == 0:
@@ -153,9 +161,11 @@ class _GuidedRun:
             dtype = torch.promote_types(model_output.dtype, torch.float32)
             scaled_sample = sample[:n].to(dtype) * a  # x0 = a * sample + b * output, [n, C, ...]
             denoised_cond = torch.add(scaled_sample, pred_cond.to(dtype), alpha=b)
-            denoised_uncond = torch.add(scaled_sample, pred_uncond.to(dtype), alpha=b)
-            denoised = self.guidance(denoised_cond, denoised_uncond, sigma=sigma, step=step)
-            guided = torch.add(pred_uncond.to(dtype), denoised - denoised_uncond, alpha=1.0 / b)
+            # out = anchor + (x0_guided - x0_anchor) / b, anchored at the uncond prediction, or the cond one
+            anchor = pred_cond if skipped else pred_uncond
+            denoised_anchor = denoised_cond if skipped else torch.add(scaled_sample, anchor.to(dtype), alpha=b)
+            denoised = self._rule(denoised_cond, denoised_anchor, sigma, step, plan)
+            guided = torch.add(anchor.to(dtype), denoised - denoised_anchor, alpha=1.0 / b)
             guided = guided.to(model_output.dtype)
         rescale = getattr(self.pipe, self.spec.rescale_attr) if self.spec.rescale_attr else 0.0
         if rescale > 0:
@@ -163,6 +173,13 @@ class _GuidedRun:
         if self.renorm:  # the pipeline's own rescale to the cond prediction's norm, over the last dim as it does
             guided = guided * (torch.norm(pred_cond, dim=-1, keepdim=True) / torch.norm(guided, dim=-1, keepdim=True))
         return torch.cat([guided, guided]) if self.spec.steps_both_halves else guided
+
+    def _rule(self, pred_cond, pred_uncond, sigma, step, plan):
+        """The guidance at this step; from pred_cond alone where the plan skipped the uncond pass."""
+        if plan is None or plan.uncond:
+            return self.guidance(pred_cond, pred_uncond, sigma=sigma, step=step)
+        self.skipper.check(plan, sigma, step)
+        return self.guidance.cond_only(pred_cond, sigma=sigma, step=step)
 
 
 def _pipeline_scale(guidance: Guidance) -> float:
@@ -208,6 +225,7 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
     scheduler = pipe.scheduler
     shadowed = scheduler.__dict__.get("step")  # an outer guided run on a shared scheduler
     handles = [denoiser.register_forward_hook(run.capture) for denoiser in denoisers]
+    restores = [run.skipper.shadow(denoiser) for denoiser in denoisers] if run.skipper is not None else []
     scheduler.step = run.guided_step(type(scheduler).step.__get__(scheduler))
     _active_runs().append(run)
     try:
@@ -216,6 +234,8 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
         _active_runs().remove(run)
         for handle in handles:
             handle.remove()
+        for restore in reversed(restores):
+            restore()
         if shadowed is None:
             del scheduler.step
         else:
