@@ -171,7 +171,8 @@ class _GuidedRun:
         if rescale > 0:
             guided = rescale_noise_cfg(guided, pred_cond, guidance_rescale=rescale)
         if self.renorm:  # the pipeline's own rescale to the cond prediction's norm, over the last dim as it does
-            guided = guided * (torch.norm(pred_cond, dim=-1, keepdim=True) / torch.norm(guided, dim=-1, keepdim=True))
+            norm = torch.norm(guided, dim=-1, keepdim=True)  # 0 at CFG-Zero*'s zeroed steps: stays 0, not 0/0
+            guided = guided * (torch.norm(pred_cond, dim=-1, keepdim=True) / norm.clamp(min=torch.finfo(norm.dtype).tiny))
         return torch.cat([guided, guided]) if self.spec.steps_both_halves else guided
 
     def _rule(self, pred_cond, pred_uncond, sigma, step, plan):

@@ -181,7 +181,8 @@ def _ltx_i2v_stepped(pipe, output, model_output):
 
 def _out_channels(denoiser, first):
     """Zeros [B, out_channels, ...] for a channel-first denoiser whose output channels are not its input's."""
-    return first.new_zeros((first.shape[0], denoiser.config.out_channels, *first.shape[2:]))
+    channels = getattr(denoiser, "out_channels", None) or denoiser.config.out_channels  # DiT-style: resolved
+    return first.new_zeros((first.shape[0], channels, *first.shape[2:]))
 
 
 # Image-to-video Wan feeds [latents, condition] channels (36) for 16 output ones.
@@ -250,7 +251,7 @@ STOCK_PIPELINES: dict[str, dict] = {
     "KolorsPipeline": dict(denoiser="unet", batch="uncond_first"),
     "AuraFlowPipeline": dict(denoiser="transformer", batch="uncond_first"),
     "HunyuanDiTPipeline": dict(denoiser="transformer", batch="uncond_first", rescale_attr="guidance_rescale",
-                               batch_dims={"image_rotary_emb": None}),  # a (cos, sin) pair of [tokens, dim]
+                               batch_dims={"image_rotary_emb": None}, zero_output=_out_channels),  # a (cos, sin) pair of [tokens, dim]
     "CogView4Pipeline": dict(denoiser="transformer", batch="separate"),
     # Channels-last video latents [B, T, H, W, C]; the default negative prompt makes the uncond pass always run.
     "Kandinsky5T2VPipeline": dict(denoiser="transformer", batch="separate"),

@@ -105,13 +105,12 @@ def _count_rows(pipe):
     return rows
 
 
-def _run(pipe, run, guidance, skip):
-    """(result, rows per evaluation, (step, sigma) per guided step) of one call."""
-    rows = _count_rows(pipe)
-    SEEN["decided"].clear(), SEEN["guided"].clear()
+def _run(pipe, run, guidance, skip, rows):
+    """(result, rows per evaluation, (step, sigma) per guided step) of one call; `rows` from _count_rows."""
+    rows.clear(), SEEN["decided"].clear(), SEEN["guided"].clear()
     with apg.set_skipping(skip):
         out = run(pipe, guidance=guidance)
-    return out, rows, list(SEEN["guided"])
+    return out, list(rows), list(SEEN["guided"])
 
 
 def _interval(sigmas):
@@ -127,15 +126,16 @@ def test_skips_and_matches_both_passes(case):
     separate = spec_for(pipe).batch == "separate"
     tolerance = 1e-5 if separate else 1e-4
     run = lambda pipe, guidance: call(pipe, steps=4, guidance=guidance)  # noqa: E731
+    counted = _count_rows(pipe)
     with apg.guide(pipe, apg.CFG(W)):  # the mixin's `guidance=` per call needs the guided class
-        _, full_rows, seen = _run(pipe, run, SpyAPG(W, momentum=BETA), skip=False)
+        _, full_rows, seen = _run(pipe, run, SpyAPG(W, momentum=BETA), False, counted)
         sigmas = [sigma for _, sigma in seen]
         interval = _interval(sigmas)
         inside = [interval[0] < s <= interval[1] for s in sigmas]
         assert any(inside) and not all(inside)
         guidance = SpyAPG(W, momentum=BETA, interval=interval)
-        both, both_rows, _ = _run(pipe, run, guidance, skip=False)
-        skipped, rows, _ = _run(pipe, run, guidance, skip=True)
+        both, both_rows, _ = _run(pipe, run, guidance, False, counted)
+        skipped, rows, _ = _run(pipe, run, guidance, True, counted)
         assert both_rows == full_rows
         per_step = len(full_rows) // len(sigmas)  # 2 separate calls, or 1 batched one
         expected = []
@@ -147,8 +147,8 @@ def test_skips_and_matches_both_passes(case):
         assert rel_diff(both, call(pipe, steps=4, guidance=apg.APG(W, momentum=BETA))) > 1e-3  # the interval mattered
 
         zero_star = SpyZeroStar(W, zero_init_steps=1)
-        both, both_rows, _ = _run(pipe, run, zero_star, skip=False)
-        skipped, rows, _ = _run(pipe, run, zero_star, skip=True)
+        both, both_rows, _ = _run(pipe, run, zero_star, False, counted)
+        skipped, rows, _ = _run(pipe, run, zero_star, True, counted)
         assert rows == both_rows[per_step:]  # no model at the zeroed step
         assert rel_diff(skipped, both) <= tolerance
 
@@ -159,11 +159,12 @@ def test_scale_one_runs_no_uncond_pass(case):
     pipe = build()
     separate = spec_for(pipe).batch == "separate"
     run = lambda pipe, guidance: call(pipe, steps=3, guidance=guidance)  # noqa: E731
+    counted = _count_rows(pipe)
     with apg.guide(pipe, apg.CFG(W)):
         n = 2 if case == "DiTPipeline" else 1  # DiT's two class labels
         for guidance in (apg.APG(1.0, momentum=BETA), apg.CFG(torch.ones(n, dtype=torch.float64))):
-            both, both_rows, _ = _run(pipe, run, guidance, skip=False)
-            skipped, rows, _ = _run(pipe, run, guidance, skip=True)
+            both, both_rows, _ = _run(pipe, run, guidance, False, counted)
+            skipped, rows, _ = _run(pipe, run, guidance, True, counted)
             assert rows == ([n] * 3 if separate else [n] * 3) and both_rows == ([n] * 6 if separate else [2 * n] * 3)
             assert rel_diff(skipped, both) <= 1e-5
 
