@@ -13,6 +13,7 @@ with Guidance.cond_only. `set_skipping(False)` turns this off, globally or for a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import NamedTuple
 
@@ -149,9 +150,10 @@ class Skipper:
         """Shadow `module.forward` for this run; returns the function that restores it."""
         shadowed = module.__dict__.get("forward")
         inner = module.forward
-        signature = inspect.signature(inner)
+        signature = inspect.signature(getattr(module, "_orig_mod", module).forward)  # torch.compile's: the model's
         spec = self.run.spec
 
+        @functools.wraps(inner)  # so a guided run nested in this one (from_pipe) reads the model's signature
         def forward(*args, **kwargs):
             if not self.run.active():
                 return inner(*args, **kwargs)
