@@ -1,7 +1,7 @@
 """What skipping saves (apg/_skip.py): model evaluations and wall time of APG with a sigma interval against APG
 without one, on a one-pass pipeline (SD-shaped UNet) and a separate-pass one (Wan), small random models, CPU.
 
-    python benchmarks/bench_skipping.py [--repeats 10] [--steps 12] [--threads 1] [--cases sd,wan]
+    python benchmarks/bench_skipping.py [--repeats 10] [--steps 12] [--size 96] [--threads 1] [--cases sd,wan]
 
 The interval is the middle half of the schedule's sigmas (half the steps outside), so the schedule predicts
 (2 * inside + outside) / (2 * steps) = 0.75 of the evaluated batch rows. Per case, interleaved call by call: APG,
@@ -103,7 +103,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--size", type=int, default=96,
+                        help="image side in pixels (SD: 48x48 latents, where a half batch costs half; Wan: 12x12)")
     parser.add_argument("--frames", type=int, default=9, help="Wan: video frames")
     parser.add_argument("--scheduler", default="dpmpp_2m", help="SD case: scheduler of tests/tiny_pipelines.py")
     parser.add_argument("--threads", type=int, default=1)
