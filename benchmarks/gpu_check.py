@@ -195,7 +195,7 @@ def skip_rows(device, quick):
     from tiny_pipelines import tiny_sd_pipeline
     from tiny_video import tiny_wan_pipeline, wan_call
 
-    steps, side = (2, 64) if quick else (20, 512)
+    steps, side = (2, 64) if quick else (20, 256)
     sd = tiny_sd_pipeline("dpmpp_2m", unet_channels=(32, 64) if quick else (128, 256)).to(device)
     sd_call = dict(prompt="a photo of a cat", negative_prompt="a blue car", height=side, width=side,
                    num_inference_steps=steps, output_type="latent")
