@@ -155,7 +155,7 @@ class Skipper:
 
         @functools.wraps(inner)  # so a guided run nested in this one (from_pipe) reads the model's signature
         def forward(*args, **kwargs):
-            if not self.run.active():
+            if not self.run.active() or self.run.unguided_step():  # the pipeline's own cond-only steps as they are
                 return inner(*args, **kwargs)
             call = signature.bind(*args, **kwargs)
             if self.plan is None:
@@ -165,7 +165,8 @@ class Skipper:
             if spec.batch == "separate":  # cond call, then uncond call
                 if index == 1 and not plan.uncond:
                     return self.cond_output
-                out = inner(*args, **kwargs) if plan.cond or index > 1 else self._zeros(module, signature, call.arguments)
+                run_model = plan.cond or index > 1
+                out = inner(*args, **kwargs) if run_model else self._zeros(module, signature, call.arguments)
                 if index == 0:
                     self.cond_output = out
                 return out

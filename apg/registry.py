@@ -7,6 +7,8 @@ from typing import Callable
 
 import torch
 
+from .errors import UnsupportedError
+
 __all__ = ["PipelineSpec", "register_pipeline", "spec_for", "BATCHES", "registered", "ENTRIES"]
 
 BATCHES = ("uncond_first", "cond_first", "separate")
@@ -160,12 +162,12 @@ def registered() -> dict[type, PipelineSpec]:
 
 
 def spec_for(pipe) -> PipelineSpec:
-    """The spec of `pipe`'s class (or its nearest registered base); ValueError naming the supported ones."""
+    """The spec of `pipe`'s class (or its nearest registered base); UnsupportedError naming the supported ones."""
     for cls in type(pipe).__mro__:
         if cls in _REGISTRY:
             return _REGISTRY[cls]
     supported = sorted(cls.__name__ for cls in _REGISTRY)
-    raise ValueError(
+    raise UnsupportedError(
         f"pipeline {type(pipe).__name__} is not supported by apg; supported pipelines: {supported} "
         "(apg.register_pipeline declares another one that follows the standard CFG pattern)"
     )
@@ -251,7 +253,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     "KolorsPipeline": dict(denoiser="unet", batch="uncond_first"),
     "AuraFlowPipeline": dict(denoiser="transformer", batch="uncond_first"),
     "HunyuanDiTPipeline": dict(denoiser="transformer", batch="uncond_first", rescale_attr="guidance_rescale",
-                               batch_dims={"image_rotary_emb": None}, zero_output=_out_channels),  # a (cos, sin) pair of [tokens, dim]
+                               # image_rotary_emb: a (cos, sin) pair of [tokens, dim]; learned-sigma output channels
+                               batch_dims={"image_rotary_emb": None}, zero_output=_out_channels),
     "CogView4Pipeline": dict(denoiser="transformer", batch="separate"),
     # Channels-last video latents [B, T, H, W, C]; the default negative prompt makes the uncond pass always run.
     "Kandinsky5T2VPipeline": dict(denoiser="transformer", batch="separate"),
