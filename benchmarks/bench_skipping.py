@@ -13,7 +13,6 @@ wall times (and of CPU times, steadier on a shared machine); target: the time ra
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import sys
@@ -24,28 +23,9 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "tests")]
 from bench_pipeline import sd_case, wan_case  # noqa: E402
+from tiny_pipelines import count_rows  # noqa: E402
 
 import apg  # noqa: E402
-from apg.registry import spec_for  # noqa: E402
-
-
-def count_rows(pipe) -> list:
-    """Batch rows of every denoiser evaluation are appended to the returned list."""
-    rows, spec = [], spec_for(pipe)
-    for name in {spec.denoiser, spec.denoiser_2} - {None}:
-        module = getattr(pipe, name, None)
-        if module is None:
-            continue
-        inner = module.forward
-
-        @functools.wraps(inner)
-        def counting(*args, _inner=inner, **kwargs):
-            first = args[0] if args else next(iter(kwargs.values()))
-            rows.append(first.shape[0])
-            return _inner(*args, **kwargs)
-
-        module.forward = counting
-    return rows
 
 
 def middle_half(pipe, call, scale) -> tuple[tuple[float, float], list[bool]]:

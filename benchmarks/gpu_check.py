@@ -191,8 +191,8 @@ def pipeline_rows(device, quick):
 
 
 def skip_rows(device, quick):
-    from bench_skipping import count_rows, variants
-    from tiny_pipelines import tiny_sd_pipeline
+    from bench_skipping import variants
+    from tiny_pipelines import count_rows, tiny_sd_pipeline
     from tiny_video import tiny_wan_pipeline, wan_call
 
     steps, side = (2, 64) if quick else (20, 256)

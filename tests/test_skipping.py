@@ -7,15 +7,13 @@ runs at all. Per supported scheduler: the sigma the skip decision is made at, be
 sigma the rule is later called with at that evaluation.
 """
 
-import functools
-
 import pytest
 import tiny_control
 import tiny_image
 import tiny_pipelines
 import tiny_video
 import torch
-from tiny_pipelines import rel_diff
+from tiny_pipelines import count_rows, rel_diff
 
 import apg
 from apg.registry import STOCK_PIPELINES, spec_for
@@ -86,27 +84,8 @@ def _spying(cls):
 SpyAPG, SpyZeroStar = _spying(apg.APG), _spying(apg.CFGZeroStar)
 
 
-def _count_rows(pipe):
-    """Rows per denoiser evaluation, appended to the returned list (the forward apg's skipping calls)."""
-    rows, spec = [], spec_for(pipe)
-    for name in {spec.denoiser, spec.denoiser_2} - {None}:
-        module = getattr(pipe, name, None)
-        if module is None:
-            continue
-        inner = module.forward
-
-        @functools.wraps(inner)
-        def counting(*args, _inner=inner, **kwargs):
-            first = args[0] if args else next(iter(kwargs.values()))
-            rows.append(len(first) if isinstance(first, list) else first.shape[0])
-            return _inner(*args, **kwargs)
-
-        module.forward = counting
-    return rows
-
-
 def _run(pipe, run, guidance, skip, rows):
-    """(result, rows per evaluation, (step, sigma) per guided step) of one call; `rows` from _count_rows."""
+    """(result, rows per evaluation, (step, sigma) per guided step) of one call; `rows` from count_rows."""
     rows.clear(), SEEN["decided"].clear(), SEEN["guided"].clear()
     with apg.set_skipping(skip):
         out = run(pipe, guidance=guidance)
@@ -126,7 +105,7 @@ def test_skips_and_matches_both_passes(case):
     separate = spec_for(pipe).batch == "separate"
     tolerance = 1e-5 if separate else 1e-4
     run = lambda pipe, guidance: call(pipe, steps=4, guidance=guidance)  # noqa: E731
-    counted = _count_rows(pipe)
+    counted = count_rows(pipe)
     with apg.guide(pipe, apg.CFG(W)):  # the mixin's `guidance=` per call needs the guided class
         _, full_rows, seen = _run(pipe, run, SpyAPG(W, momentum=BETA), False, counted)
         sigmas = [sigma for _, sigma in seen]
@@ -159,13 +138,13 @@ def test_scale_one_runs_no_uncond_pass(case):
     pipe = build()
     separate = spec_for(pipe).batch == "separate"
     run = lambda pipe, guidance: call(pipe, steps=3, guidance=guidance)  # noqa: E731
-    counted = _count_rows(pipe)
+    counted = count_rows(pipe)
     with apg.guide(pipe, apg.CFG(W)):
         n = 2 if case == "DiTPipeline" else 1  # DiT's two class labels
         for guidance in (apg.APG(1.0, momentum=BETA), apg.CFG(torch.ones(n, dtype=torch.float64))):
             both, both_rows, _ = _run(pipe, run, guidance, False, counted)
             skipped, rows, _ = _run(pipe, run, guidance, True, counted)
-            assert rows == ([n] * 3 if separate else [n] * 3) and both_rows == ([n] * 6 if separate else [2 * n] * 3)
+            assert rows == [n] * 3 and both_rows == ([n] * 6 if separate else [2 * n] * 3)
             assert rel_diff(skipped, both) <= 1e-5
 
 
