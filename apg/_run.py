@@ -6,7 +6,8 @@ coefficients, applies the guidance with its step context (sigma, step), maps the
 parameterization
 (`out_uncond + (x0_guided - x0_uncond) / b`, exact) and calls the step it shadows (a user's own instance-level
 wrapper, if there is one, then the real step). Both are removed when the call ends, whether it returns or
-raises. The pipeline's own CFG line still runs; its result is replaced. A step the pipeline runs without CFG
+raises. The pipeline's own CFG line still runs; its result is replaced. Where the rule needs no uncond prediction
+(or no model at all) at a step, apg/_skip.py runs less of the denoiser before that step's model call. A step the pipeline runs without CFG
 (Diffusers' CFG cutoff callbacks) passes through unguided, as stock.
 
 Only the innermost guided run on this thread is fed and steps: what the step-end callbacks and the shadowed

@@ -207,3 +207,31 @@ def test_decided_sigma_is_the_guided_sigma(case):
     assert len(guided) >= 3 and decided == guided
     sigmas = [sigma for _, sigma in guided]
     assert all(s > 0 for s in sigmas) and len(set(sigmas)) > 1
+
+
+def test_which_passes_a_rule_needs():
+    """Guidance.needs_cond / needs_uncond against the rule's own output: where a pass is not needed, changing its
+    prediction does not change the output."""
+    cond, uncond, other = (torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    cases = [
+        (apg.APG(W, momentum=BETA, interval=(0.5, 2.0)), 3.0, 0, False),  # outside
+        (apg.APG(W, momentum=BETA, interval=(0.5, 2.0)), 1.0, 0, True),  # inside
+        (apg.APG(1.0, momentum=BETA), 1.0, 0, False),
+        (apg.CFG(torch.tensor([1.0, 1.0], dtype=torch.float64)), 1.0, 0, False),
+        (apg.CFG(torch.tensor([1.0, 2.0], dtype=torch.float64)), 1.0, 0, True),
+        (apg.CFGZeroStar(W, zero_init_steps=1), 1.0, 1, True),
+    ]
+    for guidance, sigma, step, needed in cases:
+        assert guidance.needs_uncond(sigma, step) is needed and guidance.needs_cond(sigma, step)
+        if not needed:
+            context = dict(sigma=sigma, step=step)
+            assert torch.equal(guidance(cond, uncond, **context), guidance(cond, other, **context))
+            assert torch.equal(guidance.cond_only(cond, **context), guidance(cond, uncond, **context))
+    zeroed = apg.CFGZeroStar(W, zero_init_steps=2)
+    assert not zeroed.needs_cond(1.0, 1) and not zeroed.needs_uncond(1.0, 1) and zeroed.needs_cond(1.0, 2)
+    assert not zeroed.cond_only(cond, step=1).any()
+    # At w = 1 APG's momentum still moves: a run whose scale changes later keeps the pass, a momentum-free rule not
+    assert apg.APG(1.0, momentum=BETA).needs_uncond(1.0, 0, scale_fixed=False)
+    assert not apg.APG(1.0, momentum=0.0).needs_uncond(1.0, 0, scale_fixed=False)
+    with pytest.raises(TypeError, match="enabled must be True or False"):
+        apg.set_skipping("no")
