@@ -6,9 +6,9 @@ coefficients, applies the guidance with its step context (sigma, step), maps the
 parameterization
 (`out_uncond + (x0_guided - x0_uncond) / b`, exact) and calls the step it shadows (a user's own instance-level
 wrapper, if there is one, then the real step). Both are removed when the call ends, whether it returns or
-raises. The pipeline's own CFG line still runs; its result is replaced. Where the rule needs no uncond prediction
-(or no model at all) at a step, apg/_skip.py runs less of the denoiser before that step's model call. A step the pipeline runs without CFG
-(Diffusers' CFG cutoff callbacks) passes through unguided, as stock.
+raises. The pipeline's own CFG line still runs; its result is replaced. A step the pipeline runs without CFG
+(Diffusers' CFG cutoff callbacks) passes through unguided, as stock. Where the rule needs no uncond prediction
+(or no model at all) at a step, apg/_skip.py runs less of the denoiser (and of a ControlNet) at that step.
 
 Only the innermost guided run on this thread is fed and steps: what the step-end callbacks and the shadowed
 step run (a stock pipeline sharing the denoiser and scheduler, say) runs with no guided run active.
@@ -288,7 +288,12 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
     scheduler = pipe.scheduler
     shadowed = scheduler.__dict__.get("step")  # a user's wrapper, or an outer guided run's on a shared scheduler
     handles = [denoiser.register_forward_hook(run.capture) for denoiser in denoisers]
-    restores = [run.skipper.shadow(denoiser) for denoiser in denoisers] if run.skipper is not None else []
+    restores = []
+    if run.skipper is not None:
+        conditioners = [getattr(pipe, name, None) for name in spec.conditioners]
+        restores = [run.skipper.shadow(denoiser) for denoiser in denoisers]
+        restores += [run.skipper.shadow(module, conditioner=True) for module in conditioners
+                     if isinstance(module, torch.nn.Module)]
     scheduler.step = run.guided_step(scheduler)
     _active_runs().append(run)
     try:

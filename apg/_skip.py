@@ -4,7 +4,8 @@ Before the first denoiser call of each step, the rule is asked (Guidance.needs_c
 sigma and step of the evaluation about to happen, read from the scheduler's state (apg.schedulers.upcoming).
 Where it needs no uncond prediction (outside its interval, at w = 1), a separate-pass pipeline's uncond call
 returns the cond call's output without running the model, and a one-pass pipeline's denoiser runs on the cond
-half of its batch (every per-sample input cut alike: registry batch_dims) and hands back [cond, cond]; where it
+half of its batch (every per-sample input cut alike: registry batch_dims; a ControlNet too: registry
+conditioners) and hands back [cond, cond]; where it
 needs no model at all (CFG-Zero*'s zeroed steps) the denoiser returns zeros shaped as it would (registry
 zero_output). Either way the pipeline's own CFG line gives the cond prediction, and apg/_run.py guides from it
 with Guidance.cond_only. `set_skipping(False)` turns this off, globally or for a `with` block.
@@ -82,6 +83,18 @@ def _doubled(x):
     return x + x if isinstance(x, list) else torch.cat([x, x])
 
 
+def _doubled_tree(output):
+    """Every tensor of a conditioner's output (tuples, lists, Diffusers output objects) doubled along dim 0."""
+    if isinstance(output, torch.Tensor):
+        return torch.cat([output, output])
+    if type(output) in (list, tuple):
+        return type(output)(_doubled_tree(x) for x in output)
+    if dataclasses.is_dataclass(output):
+        return dataclasses.replace(output, **{f.name: _doubled_tree(getattr(output, f.name))
+                                              for f in dataclasses.fields(output)})
+    return output
+
+
 def _with_prediction(output, prediction):
     """`output` (a tuple or a Diffusers output object) with its first field replaced."""
     if isinstance(output, tuple):
@@ -146,12 +159,53 @@ class Skipper:
 
         return Transformer2DModelOutput(sample=zeros)
 
-    def shadow(self, module):
-        """Shadow `module.forward` for this run; returns the function that restores it."""
+    def _cond_half(self, inner, call, batch):
+        """`inner` called on the cond half of every per-sample argument of `call` (a one-pass batch of `batch`)."""
+        spec, half = self.run.spec, batch // 2
+        start = half if spec.batch == "uncond_first" else 0
+        for name, value in call.arguments.items():
+            call.arguments[name] = _cut(value, spec.batch_dims.get(name, 0), start, half, batch)
+        return inner(*call.args, **call.kwargs)
+
+    def _denoise(self, module, inner, signature, call):
+        """The denoiser's call under this step's plan, with an output of the shape the pipeline expects."""
+        plan, index = self.plan, self.calls
+        self.calls += 1
+        if self.run.spec.batch == "separate":  # cond call, then uncond call
+            if index == 1 and not plan.uncond:
+                return self.cond_output
+            run_model = plan.cond or index > 1
+            out = inner(*call.args, **call.kwargs) if run_model else self._zeros(module, signature, call.arguments)
+            if index == 0:
+                self.cond_output = out
+            return out
+        batch = _batch(next(iter(call.arguments.values())))
+        self.full_batch = self.full_batch or batch  # the run's first call has both halves
+        if (plan.cond and plan.uncond) or batch != self.full_batch:
+            return inner(*call.args, **call.kwargs)
+        if not plan.cond:
+            return self._zeros(module, signature, call.arguments)
+        out = self._cond_half(inner, call, batch)
+        prediction = out if isinstance(out, (torch.Tensor, list)) else out[0]
+        return _with_prediction(out, _doubled(prediction)) if prediction is not out else _doubled(out)
+
+    def _condition(self, module, inner, signature, call):
+        """A conditioner's call (ControlNet): on the cond half where the step needs no uncond pass, output doubled.
+
+        Only once the denoiser's first call has shown the batch with both halves (guess mode feeds a ControlNet
+        the cond half alone: that passes as it is).
+        """
+        batch = _batch(next(iter(call.arguments.values())))
+        if self.plan.uncond or batch != self.full_batch:
+            return inner(*call.args, **call.kwargs)
+        return _doubled_tree(self._cond_half(inner, call, batch))
+
+    def shadow(self, module, conditioner: bool = False):
+        """Shadow `module.forward` (the denoiser's, or a conditioner's) for this run; returns what restores it."""
         shadowed = module.__dict__.get("forward")
         inner = module.forward
         signature = inspect.signature(getattr(module, "_orig_mod", module).forward)  # torch.compile's: the model's
-        spec = self.run.spec
+        body = self._condition if conditioner else self._denoise
 
         @functools.wraps(inner)  # so a guided run nested in this one (from_pipe) reads the model's signature
         def forward(*args, **kwargs):
@@ -160,29 +214,7 @@ class Skipper:
             call = signature.bind(*args, **kwargs)
             if self.plan is None:
                 self.plan = self._decide(module, call.arguments)
-            plan, index = self.plan, self.calls
-            self.calls += 1
-            if spec.batch == "separate":  # cond call, then uncond call
-                if index == 1 and not plan.uncond:
-                    return self.cond_output
-                run_model = plan.cond or index > 1
-                out = inner(*args, **kwargs) if run_model else self._zeros(module, signature, call.arguments)
-                if index == 0:
-                    self.cond_output = out
-                return out
-            batch = _batch(next(iter(call.arguments.values())))
-            self.full_batch = self.full_batch or batch  # the run's first call has both halves
-            if (plan.cond and plan.uncond) or batch != self.full_batch:
-                return inner(*args, **kwargs)
-            if not plan.cond:
-                return self._zeros(module, signature, call.arguments)
-            half = batch // 2
-            start = half if spec.batch == "uncond_first" else 0
-            for name, value in call.arguments.items():
-                call.arguments[name] = _cut(value, spec.batch_dims.get(name, 0), start, half, batch)
-            out = inner(*call.args, **call.kwargs)
-            prediction = out if isinstance(out, (torch.Tensor, list)) else out[0]
-            return _with_prediction(out, _doubled(prediction)) if prediction is not out else _doubled(out)
+            return body(module, inner, signature, call)
 
         module.forward = forward
 

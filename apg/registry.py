@@ -37,6 +37,7 @@ class PipelineSpec:
     from_output: Callable | None = None
     batch_dims: dict = field(default_factory=dict)
     zero_output: Callable | None = None
+    conditioners: tuple = ()
 
 
 _REGISTRY: dict[type, PipelineSpec] = {}
@@ -63,6 +64,7 @@ def register_pipeline(
     from_output: Callable | None = None,
     batch_dims: dict | None = None,
     zero_output: Callable | None = None,
+    conditioners: tuple = (),
 ):
     """Declare a pipeline class that follows the standard CFG pattern, so `apg.guide` supports it.
 
@@ -105,6 +107,8 @@ def register_pipeline(
     zero_output: `f(denoiser, first_argument)` -> the output a denoiser call returns at a step whose result
     needs no model (CFG-Zero*'s zeroed steps), where zeros shaped like the first argument are not what the
     denoiser returns (more output channels: learned sigma; fewer: inpainting's and image-to-video's inputs).
+    conditioners: attributes of modules the pipeline runs on the same `[uncond, cond]` batch before the denoiser,
+    feeding it (`("controlnet",)`): where a step needs no uncond pass they run on the cond half too.
 
     Read the class's `__call__` first. It fits when, per `scheduler.step`, the denoiser runs once on the
     concatenated halves (or twice, cond then uncond), the pipeline combines them with the plain CFG line
@@ -150,7 +154,7 @@ def register_pipeline(
         dynamic_scale_arg=dynamic_scale_arg, to_stepped=to_stepped, refused_args=dict(refused_args or {}),
         negated_output=negated_output, renorm_to_cond=renorm_to_cond, renorm_arg=renorm_arg,
         cfg_trunc_arg=cfg_trunc_arg, from_output=from_output, batch_dims=dict(batch_dims or {}),
-        zero_output=zero_output,
+        zero_output=zero_output, conditioners=tuple(conditioners),
     )
     _REGISTRY[pipeline_cls] = spec
     return pipeline_cls
@@ -241,8 +245,8 @@ STOCK_PIPELINES: dict[str, dict] = {
                             renorm_arg="cfg_normalization", cfg_trunc_arg="cfg_trunc_ratio"),
     # ControlNet: the residuals come from pipe.controlnet, a second module; only the unet's output is captured.
     # guess_mode feeds the controlnet the cond half only (zero residuals for uncond): still one unet pass.
-    "StableDiffusionControlNetPipeline": dict(denoiser="unet", batch="uncond_first"),
-    "StableDiffusionXLControlNetPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "StableDiffusionControlNetPipeline": dict(denoiser="unet", batch="uncond_first", conditioners=("controlnet",)),
+    "StableDiffusionXLControlNetPipeline": dict(denoiser="unet", batch="uncond_first", conditioners=("controlnet",)),
     # Inpaint: a 9-channel unet input (latents, mask, masked image) gives a 4-channel output, stepped on the
     # 4-channel latents; a 4-channel unet blends the known region back after each step.
     "StableDiffusionInpaintPipeline": dict(denoiser="unet", batch="uncond_first", zero_output=_out_channels),

@@ -42,7 +42,7 @@ QUIRK_TEXT = {
     "from_output": lambda value: f"outputs batched by `{value.__name__}`",
 }
 SPEC_COLUMNS = ("denoiser", "batch", "scale_arg")  # fields with a column of their own
-SKIP_FIELDS = ("batch_dims", "zero_output")  # what skipping needs to know, not how CFG runs: docs/skipping.md
+SKIP_FIELDS = ("batch_dims", "zero_output", "conditioners")  # what skipping needs to know, not how CFG runs: docs/skipping.md
 
 
 def _pipeline_files() -> dict[str, str]:

@@ -7,6 +7,8 @@ runs at all. Per supported scheduler: the sigma the skip decision is made at, be
 sigma the rule is later called with at that evaluation.
 """
 
+import functools
+
 import pytest
 import tiny_control
 import tiny_image
@@ -235,3 +237,33 @@ def test_which_passes_a_rule_needs():
     assert not apg.APG(1.0, momentum=0.0).needs_uncond(1.0, 0, scale_fixed=False)
     with pytest.raises(TypeError, match="enabled must be True or False"):
         apg.set_skipping("no")
+
+
+@pytest.mark.parametrize("guess_mode", [False, True])
+def test_controlnet_runs_on_the_cond_half_too(guess_mode):
+    """From the second step on (once the unet has shown the batch), the ControlNet is cut with the unet; in guess
+    mode it gets the cond half from the pipeline already and passes as it is."""
+    build, call = CASES["StableDiffusionControlNetPipeline"]
+    pipe = build()
+    rows = []
+    inner = pipe.controlnet.forward
+
+    @functools.wraps(inner)
+    def counting(*args, **kwargs):
+        rows.append((args[0] if args else kwargs["sample"]).shape[0])
+        return inner(*args, **kwargs)
+
+    pipe.controlnet.forward = counting
+    unet_rows = count_rows(pipe)
+    with apg.guide(pipe, apg.CFG(W)):
+        run = lambda pipe, guidance: call(pipe, steps=4, guidance=guidance, guess_mode=guess_mode)  # noqa: E731
+        _, _, seen = _run(pipe, run, SpyAPG(W, momentum=BETA), False, unet_rows)
+        guidance = SpyAPG(W, momentum=BETA, interval=_interval([sigma for _, sigma in seen]))
+        rows.clear()
+        both, _, _ = _run(pipe, run, guidance, False, unet_rows)
+        assert rows == [1 if guess_mode else 2] * 4
+        rows.clear()
+        skipped, evaluated, _ = _run(pipe, run, guidance, True, unet_rows)
+    assert evaluated == [1, 2, 2, 1]  # steps 0 and 3 outside the interval
+    assert rows == ([1] * 4 if guess_mode else [2, 2, 2, 1])  # step 0: the unet has not shown the batch yet
+    assert rel_diff(skipped, both) <= 1e-4
