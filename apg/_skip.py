@@ -1,13 +1,12 @@
 """Skip the model evaluations a guidance rule does not use: decide before the model runs, then run less of it.
 
-Before the first denoiser call of each step, the rule is asked (Guidance.needs_cond / needs_uncond) at the
-sigma and step of the evaluation about to happen, read from the scheduler's state (apg.schedulers.upcoming).
-Where it needs no uncond prediction (outside its interval, at w = 1), a separate-pass pipeline's uncond call
-returns the cond call's output without running the model, and a one-pass pipeline's denoiser runs on the cond
-half of its batch (every per-sample input cut alike: registry batch_dims; a ControlNet too: registry
-conditioners) and hands back [cond, cond]; where it
-needs no model at all (CFG-Zero*'s zeroed steps) the denoiser returns zeros shaped as it would (registry
-zero_output). Either way the pipeline's own CFG line gives the cond prediction, and apg/_run.py guides from it
+Before the first model call of each step, the rule is asked (Guidance.needs_cond / needs_uncond) at the sigma
+and step of the evaluation about to happen, read from the scheduler's state (apg.schedulers.upcoming). Where it
+needs no uncond prediction (outside its interval, at w = 1), a separate-pass pipeline's uncond call returns the
+cond call's output without running the model, and a one-pass pipeline's denoiser runs on the cond half of its
+batch (every per-sample input cut alike: registry batch_dims; a ControlNet too: registry conditioners) and
+hands back [cond, cond]; where it needs no model at all (CFG-Zero*'s zeroed steps) the denoiser returns zeros
+shaped as it would (registry zero_output). Either way the pipeline's own CFG line gives the cond prediction, and apg/_run.py guides from it
 with Guidance.cond_only. `set_skipping(False)` turns this off, globally or for a `with` block.
 """
 
