@@ -10,7 +10,6 @@ at high scales CFG burns pixels to white, which lowers S, so S alone reads best 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 from dataclasses import dataclass, field
 
@@ -113,8 +112,10 @@ def _open_image(path: str, option: str, mode: str):
 
 
 def call_inputs(pipe, args) -> Inputs:
-    """Rows (prompts or class labels) and the call arguments the pipeline's __call__ signature asks for."""
-    parameters = inspect.signature(pipe.__call__).parameters
+    """Rows (prompts or class labels) and the call arguments the pipeline takes (apg.runtime.call_parameters)."""
+    from .runtime import call_parameters
+
+    parameters = call_parameters(pipe)
     name = type(pipe).__name__
     if "class_labels" in parameters:
         if args.prompt is not None:
@@ -194,7 +195,7 @@ def run(args) -> int:
     from . import guide
     from .evaluation.files import save_png
     from .evaluation.metrics import per_image_clipping, per_image_saturation
-    from .runtime import load_pipeline
+    from .runtime import generate, load_pipeline
 
     settings = check_args(args)
     pipe = load_pipeline(args.model, args.device, args.dtype)
@@ -215,8 +216,8 @@ def run(args) -> int:
         # One generator per image, on the CPU: the same noise on every device and for every column.
         generators = [torch.Generator().manual_seed(s) for _, _, s in rows]
         with guide(pipe, column_setting.build()):
-            output = pipe(**{inputs.key: [value for value, _, _ in rows]}, **per_row, **inputs.kwargs,
-                          num_inference_steps=args.steps, generator=generators, output_type="pil")
+            output = generate(pipe, **{inputs.key: [value for value, _, _ in rows]}, **per_row, **inputs.kwargs,
+                              num_inference_steps=args.steps, generator=generators, output_type="pil")
         shown, clips = _images(output)
         video = video or any(len(clip) > 1 for clip in clips)
         columns.append(Column(column_setting, shown, [float(per_image_saturation(c).mean()) for c in clips],

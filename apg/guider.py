@@ -36,7 +36,8 @@ from .errors import InputTypeError, UnsupportedError
 from .guidance import CFG, Guidance, in_interval
 from .schedulers import check_scheduler, noise_level
 
-__all__ = ["ApgGuider", "SLOTS", "QUIRKS", "REFUSED", "holds_guider", "check", "run_guided"]
+__all__ = ["ApgGuider", "SLOTS", "QUIRKS", "REFUSED", "PIPELINES", "REFUSED_BY_CHECKS",
+           "holds_guider", "check", "run_guided"]
 
 SLOTS = ("guider", "guider_2", "ocr_guider")  # component names Diffusers gives guiders
 
@@ -75,6 +76,64 @@ QUIRKS: dict[str, Quirk] = {
 REFUSED: dict[str, str] = {
     "LTX2ModularPipeline": "its guiders combine video and audio x0 predictions, stepped by two schedulers",
     "LTX25ModularPipeline": "its guiders combine video and audio x0 predictions, stepped by two schedulers",
+}
+
+
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A pipeline apg guides through its guider slot(s), as docs/guider.md lists it."""
+
+    slots: tuple[str, ...]  # its guider components; one ApgGuider fills every non-empty one
+    tested: bool  # by tests/test_guider_slot.py (a case in tests/tiny_guider.py)
+    note: str = ""  # what apg does beyond the shared contract (a quirk's own words come from QUIRKS)
+
+
+# Pipeline class -> how apg guides it. apg.guide accepts any pipeline holding a guider that is not refused; this
+# table is what the docs promise (scripts/readme_tables.py writes it into docs/guider.md).
+PIPELINES: dict[str, Listed] = {
+    "HunyuanVideo15Pipeline": Listed(("guider",), True, "encodes the negative prompt only if `num_conditions > 1` "
+                                     "before the loop: apg reports 2 there unless w = 1"),
+    "HunyuanVideo15ImageToVideoPipeline": Listed(("guider",), True),
+    "HunyuanImagePipeline": Listed(("guider", "ocr_guider"), True, "one ApgGuider in both slots (tested on the "
+                                   "`ocr_guider` path); refused when both are empty (distilled)"),
+    "HunyuanImageRefinerPipeline": Listed(("guider",), True),
+    "MotifVideoPipeline": Listed(("guider",), True, "reads `num_conditions` before each step's `set_state`: apg's "
+                                 "answer does not change at `set_state`"),
+    "MotifVideoImage2VideoPipeline": Listed(("guider",), True, "as text-to-video"),
+    "StableDiffusionXLModularPipeline": Listed(("guider",), True, "a saved folder also runs in `apg compare "
+                                               "--model` and the app (text-to-image)"),
+    "StableDiffusion3ModularPipeline": Listed(("guider",), True),
+    "WanModularPipeline": Listed(("guider",), True),
+    "Wan22ModularPipeline": Listed(("guider", "guider_2"), True, "one rule, scale and momentum state across both "
+                                   "experts"),
+    "QwenImageModularPipeline": Listed(("guider",), True),
+    "ZImageModularPipeline": Listed(("guider",), True, "negates the output before the guider: x0 is read from the "
+                                    "negated output, as the scheduler steps it"),
+    "LTXModularPipeline": Listed(("guider",), True, "text-to-video blocks"),
+    "Flux2KleinModularPipeline": Listed(("guider",), True, "slices its output to the latents' tokens before the "
+                                        "guider: nothing to redo"),
+    "Flux2ModularPipeline": Listed(("guider",), False, "as Flux2-Klein"),
+    "Flux2KleinBaseModularPipeline": Listed(("guider",), False, "as Flux2-Klein"),
+    "QwenImageEditModularPipeline": Listed(("guider",), False),
+    "QwenImageEditPlusModularPipeline": Listed(("guider",), False),
+    "QwenImageLayeredModularPipeline": Listed(("guider",), False),
+    "QwenImage21ModularPipeline": Listed(("guider",), False),
+    "HunyuanVideo15ModularPipeline": Listed(("guider",), False),
+    "ErnieImageModularPipeline": Listed(("guider",), False),
+    "AnimaModularPipeline": Listed(("guider",), False),
+    "Krea2ModularPipeline": Listed(("guider",), False),
+}
+
+# Pipelines refused by apg.guide's general checks rather than by name (for the docs, beside REFUSED).
+REFUSED_BY_CHECKS: dict[str, str] = {
+    "LTX image-to-video (modular)": "steps an unpacked slice of the guider's result (frames 1:): the per-step check "
+                                    "stops the call with a RuntimeError at its first step",
+    "Helios, MiniMax H3 (modular)": "their schedulers (`HeliosScheduler`, `MiniMaxH3Scheduler`) are not among apg's "
+                                    "supported schedulers",
+    "`FluxModularPipeline`, `FluxKontextModularPipeline`, Cosmos, Echo":
+        "no guider component (Flux's guidance is distilled into the model): \"holds no guider\"",
 }
 
 

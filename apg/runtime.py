@@ -3,18 +3,23 @@
     device = resolve_device(None)            # cuda if available, else cpu
     dtype = resolve_dtype(None, device)      # float32 on CPU; bfloat16 on CUDA where supported, else float16
     pipe = load_pipeline("builtin")          # or a hub id, or a local Diffusers pipeline folder
+    takes = call_parameters(pipe)            # the call arguments it takes ("prompt", "class_labels", ...)
+    images = generate(pipe, prompt=["a fox"], num_inference_steps=8, output_type="pil").images
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from .errors import InputError, ModelLoadError
+from .errors import InputError, ModelLoadError, UnsupportedError
 
-__all__ = ["BUILTIN", "DTYPES", "ModelLoadError", "resolve_device", "resolve_dtype", "load_pipeline"]
+__all__ = ["BUILTIN", "DTYPES", "ModelLoadError", "resolve_device", "resolve_dtype", "load_pipeline",
+           "call_parameters", "generate", "modular_folder"]
 
 BUILTIN = "builtin"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -127,12 +132,19 @@ def _dtype_keyword() -> str:
     return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
+def modular_folder(model: str) -> bool:
+    """Whether `model` is a local folder that loads as a ModularPipeline: a modular_model_index.json and no
+    model_index.json."""
+    local = Path(model).expanduser()
+    return (local / "modular_model_index.json").is_file() and not (local / "model_index.json").is_file()
+
+
 def _from_pretrained(model: str, dtype: torch.dtype):
     from diffusers import DiffusionPipeline, ModularPipeline
 
     local = Path(model).expanduser()
-    modular = local.exists() and not (local / "model_index.json").is_file()
-    if modular and not (local / "modular_model_index.json").is_file():
+    modular = modular_folder(model)
+    if local.exists() and not modular and not (local / "model_index.json").is_file():
         raise ModelLoadError(f"model {model!r} is a path without a model_index.json or modular_model_index.json: "
                              "not a Diffusers pipeline folder")
     try:
@@ -151,6 +163,46 @@ def _from_pretrained(model: str, dtype: torch.dtype):
         ) from None
     except (ValueError, ImportError, AttributeError, KeyError) as error:  # a config naming unknown classes
         raise ModelLoadError(f"cannot load model {model!r}: {type(error).__name__}: {_first_line(error)}") from None
+
+
+# A ModularPipeline takes its blocks' declared inputs as keywords and returns the one output it is asked for; the
+# entry points run it in their text-to-image scope: a prompt in, this output out.
+MODULAR_OUTPUT = "images"
+
+
+def call_parameters(pipe) -> frozenset[str]:
+    """The call arguments `pipe` takes: its __call__ signature; for a ModularPipeline, the inputs of the blocks a
+    prompt-only call runs (image, mask and control inputs select other workflows, outside this scope).
+
+    A ModularPipeline that does not turn a prompt into images is an apg.errors.UnsupportedError.
+    """
+    if not _is_modular(pipe):
+        return frozenset(inspect.signature(pipe.__call__).parameters)
+    try:
+        blocks = pipe.blocks.get_execution_blocks(prompt="text")
+    except NotImplementedError:  # a single block: the whole workflow
+        blocks = pipe.blocks
+    inputs, outputs = frozenset(blocks.input_names), set(blocks.intermediate_output_names)
+    if "prompt" not in inputs or MODULAR_OUTPUT not in outputs:
+        raise UnsupportedError(
+            f"{type(pipe).__name__} is a modular pipeline that does not make images from a prompt (its prompt-only "
+            f"workflow takes {'a prompt' if 'prompt' in inputs else 'no prompt'} and returns "
+            f"{', '.join(sorted(outputs & {'images', 'videos', 'latents'})) or 'no images'}): apg compare and the "
+            "app run modular text-to-image pipelines; guide this one with apg.guide in Python")
+    return inputs
+
+
+def generate(pipe, **kwargs):
+    """`pipe` called with `kwargs`: its output, with `.images` (or `.frames` for video)."""
+    if _is_modular(pipe):
+        return SimpleNamespace(images=pipe(**kwargs, output=MODULAR_OUTPUT))
+    return pipe(**kwargs)
+
+
+def _is_modular(pipe) -> bool:
+    from diffusers import ModularPipeline
+
+    return isinstance(pipe, ModularPipeline)
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,11 +1,12 @@
-"""Write the README's tables of supported pipelines and schedulers from apg's own tables.
+"""Write the tables of supported pipelines, schedulers and guider pipelines from apg's own tables.
 
-    python scripts/readme_tables.py          # rewrite the tables between the marker comments in README.md
-    python scripts/readme_tables.py --check  # exit 1, naming the stale tables, if README.md differs
+    python scripts/readme_tables.py          # rewrite the tables between the marker comments (FILES)
+    python scripts/readme_tables.py --check  # exit 1, naming the stale tables, if a file differs
 
 Pipelines come from apg.registry.STOCK_PIPELINES (each entry's registered PipelineSpec), schedulers from
-apg.schedulers.SUPPORTED_SCHEDULERS, the file column from the classes defined in pipelines/. Each table sits
-between `<!-- NAME:start -->` and `<!-- NAME:end -->`; everything else in README.md is left as it is.
+apg.schedulers.SUPPORTED_SCHEDULERS, the file column from the classes defined in pipelines/; the guider pipelines
+(docs/guider.md) from apg/guider.py's tables. Each table sits between `<!-- NAME:start -->` and `<!-- NAME:end -->`;
+everything else in a file is left as it is.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = os.path.join(REPO, "README.md")
 
 BATCH_TEXT = {
     "uncond_first": "one pass on `[uncond, cond]`",
@@ -93,30 +93,48 @@ def schedulers_table() -> str:
     return "\n".join(rows)
 
 
-TABLES = {"pipelines": pipelines_table, "schedulers": schedulers_table}
+def guider_table() -> str:
+    """The guider pipelines and modular families, from apg/guider.py's PIPELINES, QUIRKS, REFUSED and
+    REFUSED_BY_CHECKS."""
+    from apg.guider import PIPELINES, QUIRKS, REFUSED, REFUSED_BY_CHECKS
+
+    rows = ["| pipeline | guider slot(s) | what apg does | tested |", "|---|---|---|---|"]
+    for name, listed in sorted(PIPELINES.items(), key=lambda item: not item[1].tested):  # tested first
+        does = ["guides in x0"] + ([listed.note] if listed.note else [])
+        if name in QUIRKS:
+            does.append(f"quirk: {QUIRKS[name].what}; apg does the same to the guided prediction")
+        slots = ", ".join(f"`{slot}`" for slot in listed.slots)
+        rows.append(f"| `{name}` | {slots} | {'; '.join(does)} | {'yes' if listed.tested else 'no'} |")
+    rows += [f"| `{name}` | | refused by name, before any work: {reason} | |" for name, reason in REFUSED.items()]
+    rows += [f"| {name} | | refused: {reason} | |" for name, reason in REFUSED_BY_CHECKS.items()]
+    return "\n".join(rows)
+
+
+TABLES = {"pipelines": pipelines_table, "schedulers": schedulers_table, "guider": guider_table}
+FILES = {"README.md": ("pipelines", "schedulers"), "docs/guider.md": ("guider",)}  # file -> the tables it holds
 
 
 def _pattern(name: str):
     return re.compile(re.escape(f"<!-- {name}:start -->") + r".*?" + re.escape(f"<!-- {name}:end -->"), re.S)
 
 
-def render(text: str) -> str:
-    """`text` (the README) with every marked table regenerated; ValueError if a marker pair is missing."""
-    for name, table in TABLES.items():
+def render(text: str, names=FILES["README.md"], file: str = "README.md") -> str:
+    """`text` (`file`) with its marked tables `names` regenerated; ValueError if a marker pair is missing."""
+    for name in names:
         pattern = _pattern(name)
         if len(pattern.findall(text)) != 1:
-            raise ValueError(f"README.md needs exactly one <!-- {name}:start --> ... <!-- {name}:end --> pair")
-        text = pattern.sub(lambda _: f"<!-- {name}:start -->\n{table()}\n<!-- {name}:end -->", text)
+            raise ValueError(f"{file} needs exactly one <!-- {name}:start --> ... <!-- {name}:end --> pair")
+        text = pattern.sub(lambda _: f"<!-- {name}:start -->\n{TABLES[name]()}\n<!-- {name}:end -->", text)
     return text
 
 
-def stale_tables(current: str, wanted: str) -> list[str]:
-    return [name for name in TABLES if _pattern(name).search(current)[0] != _pattern(name).search(wanted)[0]]
+def stale_tables(current: str, wanted: str, names=FILES["README.md"]) -> list[str]:
+    return [name for name in names if _pattern(name).search(current)[0] != _pattern(name).search(wanted)[0]]
 
 
 def _write_atomically(path: str, text: str):
     mode = os.stat(path).st_mode & 0o777  # keep the file's permissions
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".README.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -129,26 +147,28 @@ def _write_atomically(path: str, text: str):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    parser.add_argument("--check", action="store_true", help="only check that the files are up to date")
     args = parser.parse_args(argv)
     sys.path.insert(0, REPO)  # this checkout's apg, not an installed one
-    with open(README, encoding="utf-8", newline="") as f:
-        current = f.read()
-    try:
-        wanted = render(current)
-    except ValueError as error:
-        print(f"readme_tables: {error}", file=sys.stderr)
-        return 2
-    if args.check:
+    stale = {}
+    for file, names in FILES.items():
+        path = os.path.join(REPO, file)
+        with open(path, encoding="utf-8", newline="") as f:
+            current = f.read()
+        try:
+            wanted = render(current, names, file)
+        except ValueError as error:
+            print(f"readme_tables: {error}", file=sys.stderr)
+            return 2
         if wanted != current:
-            stale = ", ".join(stale_tables(current, wanted))
-            print(f"readme_tables: README.md tables out of date ({stale}); run `python scripts/readme_tables.py`",
-                  file=sys.stderr)
-            return 1
-        return 0
-    if wanted != current:
-        _write_atomically(README, wanted)
-        print("readme_tables: README.md updated")
+            stale[file] = stale_tables(current, wanted, names)
+            if not args.check:
+                _write_atomically(path, wanted)
+                print(f"readme_tables: {file} updated")
+    if args.check and stale:
+        listed = "; ".join(f"{file} ({', '.join(names)})" for file, names in stale.items())
+        print(f"readme_tables: tables out of date in {listed}; run `python scripts/readme_tables.py`", file=sys.stderr)
+        return 1
     return 0
 
 

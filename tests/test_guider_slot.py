@@ -226,16 +226,12 @@ def test_refused_and_empty_guider_pipelines_name_the_reason():
 
 def test_a_modular_folder_loads_as_a_guided_modular_pipeline(tmp_path):
     """apg.runtime.load_pipeline (apg compare --model, the app) on a folder with a modular_model_index.json."""
-    from diffusers.modular_pipelines import ModularPipeline, StableDiffusionXLAutoBlocks
-    from tiny_pipelines import tiny_sdxl_pipeline
+    from diffusers.modular_pipelines import ModularPipeline
+    from tiny_guider import save_sdxl_modular
 
     from apg.runtime import load_pipeline
 
-    classic = tiny_sdxl_pipeline()
-    saved = StableDiffusionXLAutoBlocks().init_pipeline()
-    saved.update_components(**{k: v for k, v in classic.components.items() if k in saved.components and v is not None})
-    saved.save_pretrained(str(tmp_path))
-    pipe = load_pipeline(str(tmp_path), "cpu", "float32")
+    pipe = load_pipeline(str(save_sdxl_modular(tmp_path)), "cpu", "float32")
     assert isinstance(pipe, ModularPipeline) and isinstance(pipe.guider, ClassifierFreeGuidance)
     w = pipe.guider.guidance_scale
     call = dict(prompt="a photo of a cat", num_inference_steps=2, height=32, width=32, output="latents")

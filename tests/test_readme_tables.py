@@ -15,15 +15,31 @@ def _script():
     return module
 
 
-def test_readme_tables_are_generated():
+@pytest.mark.parametrize("file", ["README.md", "docs/guider.md"])
+def test_tables_are_generated(file):
     script = _script()
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8", newline="") as f:
+    names = script.FILES[file]
+    with open(os.path.join(REPO, file), encoding="utf-8", newline="") as f:
         current = f.read()
-    wanted = script.render(current)
+    wanted = script.render(current, names, file)
     assert wanted == current, (
-        f"README.md tables out of date ({', '.join(script.stale_tables(current, wanted))}): "
+        f"{file} tables out of date ({', '.join(script.stale_tables(current, wanted, names))}): "
         "run `python scripts/readme_tables.py`"
     )
+
+
+def test_the_guider_table_lists_what_apg_guider_knows_and_what_its_tests_run():
+    from tiny_guider import CASES
+
+    from apg.guider import PIPELINES, QUIRKS, REFUSED
+
+    assert {name for name, listed in PIPELINES.items() if listed.tested} == set(CASES)
+    assert set(QUIRKS) <= set(PIPELINES) and not set(REFUSED) & set(PIPELINES)
+    table = _script().guider_table()
+    assert all(f"| `{name}` |" in table for name in [*PIPELINES, *REFUSED])
+    assert "| `Wan22ModularPipeline` | `guider`, `guider_2` | guides in x0; one rule, scale and momentum state " \
+           "across both experts | yes |" in table
+    assert f"quirk: {QUIRKS['QwenImageEditModularPipeline'].what}; apg does the same" in table
 
 
 def test_every_registered_stock_pipeline_and_scheduler_has_a_row():

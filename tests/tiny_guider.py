@@ -202,6 +202,18 @@ def sdxl_modular():
                     guider=ClassifierFreeGuidance(guidance_scale=W))
 
 
+def save_sdxl_modular(folder):
+    """A tiny SDXL modular pipeline (all its workflows, a text encoder included) saved to `folder`."""
+    from diffusers.modular_pipelines import StableDiffusionXLAutoBlocks
+    from tiny_pipelines import tiny_sdxl_pipeline
+
+    classic = tiny_sdxl_pipeline()
+    saved = StableDiffusionXLAutoBlocks().init_pipeline()
+    saved.update_components(**{k: v for k, v in classic.components.items() if k in saved.components and v is not None})
+    saved.save_pretrained(str(folder))
+    return folder
+
+
 def _pooled_call(text_width, pooled_width, size):
     """Call arguments of an SD-style pipeline: text and pooled embeddings, both signs."""
 

@@ -21,7 +21,10 @@ import torch
 import apg
 from apg._options import SEED_MAX  # the CLI's bound: seeds are 32-bit everywhere
 from apg.errors import ApgError
-from apg.runtime import BUILTIN, ModelLoadError, _quiet, load_pipeline, resolve_device, resolve_dtype
+from apg.runtime import (
+    BUILTIN, MODULAR_OUTPUT, ModelLoadError, _quiet, call_parameters, generate, load_pipeline, modular_folder,
+    resolve_device, resolve_dtype,
+)
 from apg.setting import SYMBOLS  # noqa: F401 (the widgets' symbols: the labels' own)
 from apg.schedulers import SUPPORTED_SCHEDULERS, _prediction_type, check_scheduler
 
@@ -280,7 +283,10 @@ class ModelCache:
                 pass
         except ApgError as exc:
             raise ModelLoadError(f"model {model_id!r} ({name}) is not supported by apg.guide: {exc}") from None
-        params = inspect.signature(pipe.__call__).parameters
+        try:
+            params = call_parameters(pipe)
+        except ApgError as exc:  # a modular pipeline outside the text-to-image scope
+            raise ModelLoadError(f"model {model_id!r}: {exc}") from None
         needs = [what for arg, what in UNSUPPORTED_INPUTS.items() if arg in params]
         if needs:
             raise ModelLoadError(f"model {model_id!r} ({name}) needs {' and '.join(needs)}. {SCOPE}.")
@@ -320,7 +326,7 @@ def _scheduler(model: LoadedModel, request: Request):
 def _call_kwargs(model: LoadedModel, request: Request, notes: list) -> dict:
     """Pipeline arguments shared by both methods: same conditioning, same per-sample seeds."""
     pipe, n = model.pipe, len(request.seeds)
-    params = inspect.signature(pipe.__call__).parameters
+    params = call_parameters(pipe)
     if model.class_conditional:
         try:
             kwargs = {"class_labels": pipe.get_label_ids([request.prompt]) * n}  # one lookup, not one per seed
@@ -380,7 +386,7 @@ def run(request: Request, cache: ModelCache, progress=None) -> Result:
                 setting = getattr(request, side)
                 pipe.set_progress_bar_config(**{**own_bar, "desc": f"{side}: {setting.cls.label}"})
                 with apg.guide(pipe, setting.build()):
-                    images[side] = pipe(generator=_generators(request.seeds), **kwargs).images
+                    images[side] = generate(pipe, generator=_generators(request.seeds), **kwargs).images
         finally:
             pipe.scheduler = own_scheduler
             pipe.set_progress_bar_config(**own_bar)
@@ -400,7 +406,9 @@ def percent(fraction: float) -> str:
 def reproduction_code(request: Request, class_conditional: bool) -> str:
     """Python that reproduces a comparison outside the app; it leaves the images in `images`."""
     scheduler = None if request.scheduler == DEFAULT_SCHEDULER else request.scheduler
-    classes = ([] if request.model == BUILTIN else ["DiffusionPipeline"]) + ([scheduler] if scheduler else [])
+    modular = request.model != BUILTIN and modular_folder(request.model)
+    loader = [] if request.model == BUILTIN else ["ModularPipeline" if modular else "DiffusionPipeline"]
+    classes = loader + ([scheduler] if scheduler else [])
     lines = ["import torch"] + ([f"from diffusers import {', '.join(classes)}"] if classes else [])
     lines += ["", "import apg", "", f"seeds = {list(request.seeds)}"]
     if request.model == BUILTIN:
@@ -409,7 +417,12 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
         device = resolve_device(None)
         dtype = resolve_dtype(None, device)
         # dtype=, the keyword of the installed Diffusers (torch_dtype= is deprecated since 0.36).
-        lines.append(f"pipe = DiffusionPipeline.from_pretrained({request.model!r}, dtype={dtype}).to({device.type!r})")
+        if modular:
+            lines += [f"pipe = ModularPipeline.from_pretrained({request.model!r})",
+                      f"pipe.load_components(dtype={dtype})", f"pipe.to({device.type!r})"]
+        else:
+            lines.append(f"pipe = DiffusionPipeline.from_pretrained({request.model!r}, dtype={dtype})"
+                         f".to({device.type!r})")
     if scheduler:
         seeded = ", noise_sampler_seed=seeds" if seeded_config(scheduler, request.seeds) else ""
         lines.append(f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config{seeded})")
@@ -433,7 +446,8 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
         "    generator = [torch.Generator('cpu').manual_seed(seed) for seed in seeds]  # same noise for both",
         "    with apg.guide(pipe, guidance):",
         f"        images[side] = pipe({condition}{size}, num_inference_steps={request.steps},",
-        "                            generator=generator, output_type='pil').images",
+        "                            generator=generator, output_type='pil'" +
+        (f", output={MODULAR_OUTPUT!r})" if modular else ").images"),  # a ModularPipeline returns what it is asked
     ]
     return "\n".join(lines) + "\n"
 
