@@ -119,17 +119,23 @@ def in_interval(sigma: float, interval: tuple[float, float]) -> bool:
 
 @dataclass(frozen=True)
 class Param:
-    """One constructor knob of a guidance class; every UI derives its widget and limits from it."""
+    """One constructor knob of a guidance class; every UI derives its widget and limits from it.
+
+    kind float or int: one number. kind tuple: a non-empty tuple of floats (one per pyramid level, say), each
+    within [low, high]; a tuple Param whose default is None is optional (None: the class's own rule).
+    """
 
     name: str  # constructor keyword
-    default: float | int
-    low: float  # inclusive
+    default: float | int | tuple | None
+    low: float  # inclusive (each entry, for a tuple)
     high: float  # inclusive; math.inf: none
     help: str  # one line, for --help and tooltips
-    kind: type = float  # float or int
+    kind: type = float  # float, int or tuple
 
     def validate(self, value):
         """value as `kind` within [low, high]; TypeError or ValueError naming the parameter and the value."""
+        if self.kind is tuple:
+            return self._validate_tuple(value)
         if self.kind is int:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"{self.name} must be an integer, got {value!r} ({type(value).__name__})")
@@ -140,10 +146,46 @@ class Param:
             raise ValueError(f"{self.name} must be {self.bounds()}, got {value!r}")
         return value
 
+    def _validate_tuple(self, value):
+        if value is None and self.default is None:
+            return None
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not value:
+            raise TypeError(f"{self.name} must be a non-empty sequence of numbers, got {value!r}")
+        values = tuple(_real(self.name, v) for v in value)
+        if not all(self.low <= v <= self.high for v in values):
+            raise ValueError(f"{self.name} must be {self.bounds()}, got {value!r}")
+        return values
+
+    def parse(self, text: str):
+        """The value typed as text (CLI, form): a number, or numbers separated by spaces or commas for a tuple."""
+        if self.kind is not tuple:
+            try:
+                return self.kind(text)
+            except ValueError:
+                raise ValueError(f"{self.name} must be {'an integer' if self.kind is int else 'a number'}, "
+                                 f"got {text!r}") from None
+        items = text.strip().strip("()[]").replace(",", " ").split()
+        if not items and self.default is None:
+            return None
+        try:
+            values = [float(item) for item in items]
+        except ValueError:
+            raise ValueError(f"{self.name} must be numbers separated by spaces, got {text!r}") from None
+        return self.validate(values)
+
+    def format(self, value) -> str:
+        """The value as people read it: '7.5', '2' or '(1, 0.5)'; '-' for an unset optional tuple."""
+        if value is None:
+            return "-"
+        if isinstance(value, (tuple, list)):
+            return "(" + ", ".join(f"{v:g}" for v in value) + ")"
+        return f"{value:g}"
+
     def bounds(self) -> str:
-        """The allowed range in words: '>= 0' or 'in [0, 1]'."""
+        """The allowed range in words: '>= 0', 'in [0, 1]', or 'each in [0, 1]' for a tuple."""
         low, high = (int(b) if self.kind is int and math.isfinite(b) else b for b in (self.low, self.high))
-        return f">= {low}" if high == math.inf else f"in [{low}, {high}]"
+        text = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
+        return f"each {text}" if self.kind is tuple else text
 
 
 SCALE = Param("guidance_scale", 7.5, 0.0, math.inf,
@@ -328,7 +370,9 @@ class Guidance:
         out = {"type": type(self).__name__}
         for name in self._names():
             value = getattr(self, name)
-            out[name] = value.tolist() if isinstance(value, torch.Tensor) else value
+            if isinstance(value, (torch.Tensor, tuple)):  # a per-sample scale, a per-level tuple: JSON lists
+                value = value.tolist() if isinstance(value, torch.Tensor) else list(value)
+            out[name] = value
         if self.interval is not None:
             out["interval"] = list(self.interval)
         return out
