@@ -259,7 +259,7 @@ def format_table(row_labels, columns) -> str:
 
 def _describe(guidance, interval: bool = True) -> str:
     """The method's parameters (and interval), as the header's second line(s)."""
-    values = [f"{p.name}={_g(getattr(guidance, p.name))}" for p in type(guidance).parameters]
+    values = [f"{p.name}={p.format(getattr(guidance, p.name))}" for p in type(guidance).parameters]
     if interval and guidance.interval is not None:
         values.append(_interval(guidance.interval))
     return ", ".join(values)

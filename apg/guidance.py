@@ -173,8 +173,9 @@ class Param:
             raise ValueError(f"{self.name} must be numbers separated by spaces, got {text!r}") from None
         return self.validate(values)
 
-    def format(self, value) -> str:
-        """The value as people read it: '7.5', '2' or '(1, 0.5)'; '-' for an unset optional tuple."""
+    @staticmethod
+    def format(value) -> str:
+        """A knob's value as people read it: '7.5', '2' or '(1, 0.5)'; '-' for an unset optional tuple."""
         if value is None:
             return "-"
         if isinstance(value, (tuple, list)):

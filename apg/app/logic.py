@@ -138,6 +138,17 @@ def _number(name: str, value, param: apg.Param):
     return value
 
 
+def _knob(name: str, value, param: apg.Param):
+    """A method's knob: a number, or for a tuple knob the numbers typed in its text box."""
+    if param.kind is not tuple:
+        return _number(name, value, param)
+    try:
+        return param.validate(param.parse(value) if isinstance(value, str) else
+                              [value] if isinstance(value, numbers.Real) else value)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{name}: {error}") from None
+
+
 def _size(name, value):
     if value in (0, None):
         return 0
@@ -170,7 +181,8 @@ def _side(side, values) -> Side:
     params = {}
     for param in apg.METHODS[method].parameters:
         value = values.get(f"{side}_{param.name}")
-        params[param.name] = param.default if value is None else _number(f"{side}_{param.name}", value, param)
+        blank = value is None or (isinstance(value, str) and not value.strip())  # an emptied text box too
+        params[param.name] = param.default if blank else _knob(f"{side}_{param.name}", value, param)
     interval, name = _interval(side, values.get(f"{side}_interval", INTERVAL_OFF),
                                values.get(f"{side}_sigma_low"), values.get(f"{side}_sigma_high"))
     return Side(method, params, interval, name)
@@ -361,14 +373,15 @@ def run(request: Request, cache: ModelCache, progress=None) -> Result:
 
 
 # -- presentation ---------------------------------------------------------------------------------
-SYMBOLS = {"guidance_scale": "w", "eta": "η", "norm_threshold": "r", "momentum": "β", "zero_init_steps": "k"}
+SYMBOLS = {"guidance_scale": "w", "eta": "η", "norm_threshold": "r", "momentum": "β", "zero_init_steps": "k",
+           "alpha": "α"}
 
 
 def label(side: Side, guidance_scale: float) -> str:
     """'APG w=7.5 η=0 r=0 β=-0.5 σ∈(0.28, 5.42]': the method and the settings it uses."""
     config = side.guidance(guidance_scale).to_dict()
-    parts = [side.cls.label] + [f"{SYMBOLS.get(key, key)}={value:g}" for key, value in config.items()
-                                if key not in ("type", "interval") and isinstance(value, numbers.Real)]
+    parts = [side.cls.label] + [f"{SYMBOLS.get(key, key)}={apg.Param.format(value)}" for key, value in config.items()
+                                if key not in ("type", "interval") and value is not None]
     if side.interval is not None:
         parts.append(f"σ∈({side.interval[0]:g}, {side.interval[1]:g}]")
     return " ".join(parts)

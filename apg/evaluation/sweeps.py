@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from ..guidance import METHODS
+from ..guidance import METHODS, Param
 from .files import atomic_open, list_images, process_state, read_json, save_png, versions, write_json, write_text
 from .generation import generate, make_guidance, read_image_metadata
 from .scoring import score
@@ -20,7 +20,7 @@ COLUMNS = ("interval", "num_images", "num_inference_steps", "model", "saturation
            "clipping", "reference_clipping", "fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision",
            "recall", "f_score", "clip_score", "clip_score_std")
 # How the labels of plots and grids write a parameter.
-SYMBOLS = {"eta": "η", "norm_threshold": "r", "momentum": "β", "zero_init_steps": "zero-init"}
+SYMBOLS = {"eta": "η", "norm_threshold": "r", "momentum": "β", "zero_init_steps": "zero-init", "alpha": "α"}
 # (metric, axis label) of the per-scale panels of sweep.png.
 PANELS = (("saturation", "saturation (mean HSV S)"), ("clipping", "clipping (fraction at 0 or 255)"),
           ("fid", "FID"))
@@ -48,7 +48,7 @@ def _describe(row: dict) -> tuple[str, str]:
     """('APG', 'η=0 r=2.5 β=-0.75 σ∈(0.28, 5.42]'): the method's label and its settings, for a report row."""
     cls = METHODS.get(row["method"])
     names = [p.name for p in cls.parameters] if cls is not None else []
-    parts = [f"{SYMBOLS.get(n, n)}={row[n]:g}" for n in names if row.get(n) is not None]
+    parts = [f"{SYMBOLS.get(n, n)}={Param.format(row[n])}" for n in names if row.get(n) is not None]
     if row.get("interval"):
         low, high = row["interval"].split(",")
         parts.append(f"σ∈({low}, {high}]")
@@ -84,7 +84,7 @@ def plot_sweep(rows: list[dict], path, title: str = ""):
     fig = Figure(figsize=(4.6 * (len(panels) + has_fid), 4.3), layout="constrained")
     axes = fig.subplots(1, len(panels) + has_fid, squeeze=False)[0]
     settings = list(dict.fromkeys(setting_label(r) for r in rows))
-    markers = dict(zip(METHODS, "os^Dvp"))
+    markers = dict(zip(METHODS, "os^Dvp<>P*X"))
     for k, setting in enumerate(settings):
         points = sorted((r for r in rows if setting_label(r) == setting), key=lambda r: r["guidance_scale"])
         style = dict(marker=markers.get(points[0]["method"], "o"), color=f"C{k}", label=setting)
