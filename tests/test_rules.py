@@ -364,3 +364,58 @@ def test_guides_a_pipeline_in_x0_and_in_raw_space_as_diffusers(pipe, rule):
     assert rel_diff(raw, ddim_loop(pipe, FLOAT64[type(rule)](rule), "raw")) < 1e-4
     assert rel_diff(raw, in_x0) > 1e-3  # the space matters: the comparisons have teeth
     assert rel_diff(raw, ddim_loop(pipe, _diffusers_guider(rule), "raw")) < 1e-4
+
+
+# -- the front ends: a per-level knob through the CLI, the sweep and the app ------------------------------------------
+def test_cli_compare_takes_per_level_knobs_and_refuses_bad_ones(tmp_path, capsys):
+    from PIL import Image
+
+    from apg.cli import main
+
+    out = tmp_path / "fdg.png"
+    fast = ["--classes", "cat", "--steps", "2", "--no-progress", "--scales", "2", "--out", str(out)]
+    assert main(["compare", "--methods", "fdg", "mambo-g", "--guidance-scales", "1", "0.25", "--parallel-weights",
+                 "0.5", "1", "--alpha", "3", *fast]) == 0
+    record = json.loads(Image.open(out).text["apg-compare"])
+    assert [Guidance.from_dict(c) for c in record["columns"]] == [FDG(2.0, (1.0, 0.25), (0.5, 1.0)), MamboG(2.0, 3.0)]
+    capsys.readouterr()
+    assert main(["compare", "--methods", "fdg", "--parallel-weights", "0.5", *fast]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "FDG: parallel_weights must have one value per level (2" in err
+    with pytest.raises(SystemExit):
+        main(["compare", "--methods", "fdg", "--guidance-scales", "1", "x", *fast])
+    assert "expected a number, got 'x'" in capsys.readouterr().err
+
+
+def test_sweep_records_and_labels_per_level_knobs(tmp_path):
+    from apg.evaluation.cli import main
+    from apg.evaluation.sweeps import collect_scores, setting_label
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--classes", "cat", "--num-images", "2", "--steps", "2", "--methods", "fdg", "tcfg",
+                 "--guidance-scales", "1", "0.25", "--scales", "3", "--out", str(out), "--no-cache"]) == 0
+    run = json.loads((out / "fdg_w3" / "run.json").read_text())
+    assert Guidance.from_dict(run["guidance"]) == FDG(3.0, (1.0, 0.25))
+    labels = [setting_label(r) for r in collect_scores([out])]
+    assert labels == ["FDG guidance_scales=(1, 0.25)", "TCFG"]
+
+
+def test_app_reads_per_level_knobs_as_text():
+    from apg.app import logic
+
+    request = logic.parse_request(right_method="fdg", right_guidance_scales="1 0.25", right_parallel_weights="0.5, 1")
+    assert request.right.guidance(4.0) == FDG(4.0, (1.0, 0.25), (0.5, 1.0))
+    assert logic.label(request.right, 4.0) == "FDG w=4 guidance_scales=(1, 0.25) parallel_weights=(0.5, 1)"
+    code = logic.reproduction_code(request, class_conditional=True)
+    assert "apg.FDG(guidance_scale=7.5, guidance_scales=[1.0, 0.25], parallel_weights=[0.5, 1.0])" in code
+    assert logic.parse_request(right_method="fdg", right_guidance_scales=" ").right.guidance(4.0) == FDG(4.0)
+    for value, words in (("1 x", "right_guidance_scales: guidance_scales must be numbers separated by spaces, "
+                                 "got '1 x'"),
+                         ("1 -2", r"right_guidance_scales: guidance_scales must be each >= 0.0, got \[1.0, -2.0\]")):
+        with pytest.raises(logic.InputError, match=words):
+            logic.parse_request(right_method="fdg", right_guidance_scales=value)
+    pytest.importorskip("gradio")
+    from apg.app import ui
+
+    boxes = {c["props"].get("elem_id"): c for c in ui.build_demo().get_config_file()["components"]}
+    assert boxes["right-guidance_scales"]["type"] == "textbox" and boxes["right-alpha"]["type"] == "number"
