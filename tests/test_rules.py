@@ -209,6 +209,13 @@ def test_at_w_1_each_is_the_conditional_prediction():
         assert rel_diff(rule(cond, uncond), cond) < 1e-6, rule
 
 
+@pytest.mark.parametrize("shape", IMAGE_SHAPES + [(1, 2, 3, 16, 24)])
+def test_fdg_with_equal_levels_is_cfg(shape):
+    """The pyramid is linear and inverts exactly, padding and cropping included."""
+    cond, uncond = pair(shape)
+    assert rel_diff(FDG(7.0, (1.0, 1.0, 1.0))(cond, uncond), apg.CFG(7.0)(cond, uncond)) < 1e-6
+
+
 @pytest.mark.parametrize("rule", [FDG(4.0, (1.0, 0.5), (0.5, 1.0)), TCFG(4.0), MamboG(4.0, 3.0)])
 def test_per_sample_scales_and_16_bit_inputs(rule):
     cond, uncond = pair((3, 4, 16, 16))
