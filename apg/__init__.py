@@ -5,10 +5,12 @@
 
 from importlib import import_module
 
+from . import errors
 from ._fused import status as kernel_status
 from .guidance import (
     APG, CFG, INTERVALS, METHODS, PRESETS, SCALE, CFGZeroStar, Guidance, MomentumCFG, Param, register_method,
 )
+from .setting import Setting
 from .rules import FDG, TCFG, MamboG  # registers fdg, tcfg and mambo-g in METHODS
 
 __version__ = "0.1.0"
@@ -22,8 +24,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "APG", "CFG", "MomentumCFG", "CFGZeroStar", "FDG", "TCFG", "MamboG", "Guidance", "Param", "SCALE", "METHODS", "register_method",
-    "PRESETS", "INTERVALS", "kernel_status", *_LAZY,
+    "APG", "CFG", "MomentumCFG", "CFGZeroStar", "FDG", "TCFG", "MamboG", "Guidance", "Param", "SCALE", "METHODS",
+    "register_method", "PRESETS", "INTERVALS", "Setting", "errors", "kernel_status", *_LAZY,
 ]
 
 

@@ -16,6 +16,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError, UnsupportedError
 from .guidance import Guidance, Param, compute_dtype, register_method
 
 __all__ = ["FDG", "TCFG", "MamboG", "fdg", "tcfg", "mambo_g", "laplacian_pyramid", "from_pyramid"]
@@ -132,7 +133,7 @@ class FDG(Guidance):
     Levels run from high to low frequency (Diffusers' order); the default (1, 0.5) at w = 10 is Diffusers' default
     [10, 5], the paper's SDXL setting. parallel_weights (one per level, or one number for all) down-weights each
     level's update along the conditional level, as APG's eta; unset is 1 (no projection). Images [B, C, H, W]
-    and video [B, C, T, H, W] only: packed tokens [B, N, C] have no 2-D layout, and raise a ValueError.
+    and video [B, C, T, H, W] only: packed tokens [B, N, C] have no 2-D layout (UnsupportedError).
     """
 
     label = "FDG"
@@ -146,19 +147,19 @@ class FDG(Guidance):
             parallel_weights = (parallel_weights,) * levels  # one number for every level, as Diffusers takes it
         self.parallel_weights = _PARALLEL_WEIGHTS.validate(parallel_weights)
         if self.parallel_weights is not None and len(self.parallel_weights) != levels:
-            raise ValueError(f"parallel_weights must have one value per level ({levels}, as guidance_scales "
+            raise InputError(f"parallel_weights must have one value per level ({levels}, as guidance_scales "
                              f"{list(self.guidance_scales)}), got {list(self.parallel_weights)}")
 
     def _check(self, pred_cond, pred_uncond):
         super()._check(pred_cond, pred_uncond)
         shape = tuple(pred_cond.shape)
         if pred_cond.ndim not in (4, 5):
-            raise ValueError(f"FDG needs images [B, C, H, W] or video [B, C, T, H, W] to build its pyramid on, got "
+            raise UnsupportedError(f"FDG needs images [B, C, H, W] or video [B, C, T, H, W] to build its pyramid on, got "
                              f"shape {shape}; packed tokens [B, N, C] have no 2-D layout (use another rule)")
         levels = len(self.guidance_scales)
         padded, least = _padded(shape[-2:], levels), 3 * 2 ** (levels - 1)  # the coarsest level at least 3 x 3
         if min(padded) < least:
-            raise ValueError(f"FDG with {levels} levels needs height and width of at least {least} after padding, "
+            raise InputError(f"FDG with {levels} levels needs height and width of at least {least} after padding, "
                              f"got {shape[-2]} x {shape[-1]} (padded to {padded[0]} x {padded[1]}); use fewer levels")
 
     def _guide(self, pred_cond, pred_uncond, step):

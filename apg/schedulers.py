@@ -41,6 +41,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from .errors import UnsupportedError
+
 __all__ = ["SUPPORTED_SCHEDULERS", "check_scheduler", "denoised_coefficients", "noise_level", "step_coefficients"]
 
 _EPS_V = ("epsilon", "v_prediction")
@@ -92,17 +94,17 @@ def _prediction_type(scheduler) -> str:
 
 
 def check_scheduler(scheduler) -> str:
-    """Family name of a supported scheduler; ValueError naming what is unsupported otherwise."""
+    """Family name of a supported scheduler; UnsupportedError (a ValueError) naming what is unsupported otherwise."""
     # Exact class: a subclass may change step(), and then these coefficients would be wrong without a word.
     name = type(scheduler).__name__
     if type(scheduler) not in _SUPPORTED:
-        raise ValueError(
+        raise UnsupportedError(
             f"scheduler {name} is not supported by apg; supported schedulers: {sorted(SUPPORTED_SCHEDULERS)}"
         )
     family, predictions = _SUPPORTED[type(scheduler)]
     prediction = _prediction_type(scheduler)
     if prediction not in predictions:
-        raise ValueError(
+        raise UnsupportedError(
             f"prediction_type {prediction!r} of {name} is not supported; "
             f"supported with this scheduler: {list(predictions)}"
         )
@@ -111,7 +113,7 @@ def check_scheduler(scheduler) -> str:
         # is a consistent parameterization only on its own kind of sigmas.
         flow_sigmas = bool(scheduler.config.get("use_flow_sigmas", False))
         if flow_sigmas != (prediction == "flow_prediction"):
-            raise ValueError(
+            raise UnsupportedError(
                 f"prediction_type {prediction!r} of {name} with use_flow_sigmas={flow_sigmas} is not supported: "
                 f"flow_prediction needs use_flow_sigmas=True, v_prediction needs use_flow_sigmas=False"
             )
@@ -171,7 +173,7 @@ def _x0_coefficients(scheduler, family: str, alpha: float, sigma: float, timeste
         return sigma_data**2 / (sigma**2 + sigma_data**2), c_out if prediction == "epsilon" else -c_out
     if prediction == "epsilon":  # x0 = (x - sigma * eps) / alpha
         if alpha == 0:
-            raise ValueError(
+            raise UnsupportedError(
                 f"prediction_type 'epsilon' of {type(scheduler).__name__} has no x0 at timestep {timestep}: "
                 "alpha_t = 0 (zero terminal SNR needs v_prediction)"
             )

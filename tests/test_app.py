@@ -151,10 +151,10 @@ def test_defaults_are_the_library_class_defaults():
     request = logic.parse_request(seed=5, num_seeds=3)
     assert request.model == "builtin" and request.prompt == "cat" and request.seeds == (5, 6, 7)
     assert request.guidance_scale == apg.SCALE.default
-    assert request.left.guidance(3.0) == apg.CFG(3.0)
-    assert request.right.guidance(3.0) == apg.APG(3.0)  # eta 0, r 0, beta -0.5: no silent preset
+    assert request.left.replace(scale=3.0).build() == apg.CFG(3.0)
+    assert request.right.replace(scale=3.0).build() == apg.APG(3.0)  # eta 0, r 0, beta -0.5: no silent preset
     for key, cls in apg.METHODS.items():  # a knob left out takes the chosen class's own default
-        assert logic.parse_request(right_method=key, right_momentum=None).right.guidance(2.0) == cls(2.0)
+        assert logic.parse_request(right_method=key, right_momentum=None, guidance_scale=2.0).right.build() == cls(2.0)
 
 
 def test_every_registered_method_and_a_new_one_are_offered():

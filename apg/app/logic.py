@@ -13,14 +13,16 @@ import numbers
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 import apg
 from apg._options import SEED_MAX  # the CLI's bound: seeds are 32-bit everywhere
+from apg.errors import ApgError
 from apg.runtime import BUILTIN, ModelLoadError, load_pipeline, resolve_device, resolve_dtype
+from apg.setting import SYMBOLS  # noqa: F401 (the widgets' symbols: the labels' own)
 from apg.schedulers import SUPPORTED_SCHEDULERS
 
 log = logging.getLogger("apg.app")
@@ -48,7 +50,7 @@ SCOPE = ("The app runs text-to-image and class-conditional pipelines; image-to-i
          "and video pipelines work with apg.guide in Python")
 
 
-class InputError(ValueError):
+class InputError(apg.errors.InputError):
     """An input the app refuses; the message names the input and the value."""
 
 
@@ -78,24 +80,6 @@ def defaults() -> dict:
 
 # -- requests -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Side:
-    """One side of the comparison: a registered method, its knobs and its sigma interval."""
-
-    method: str  # key of apg.METHODS
-    params: dict = field(default_factory=dict)  # the method's own knobs, by constructor keyword
-    interval: tuple[float, float] | None = None
-    interval_name: str | None = None  # the apg.INTERVALS entry it came from, if any
-
-    @property
-    def cls(self) -> type[apg.Guidance]:
-        return apg.METHODS[self.method]
-
-    def guidance(self, guidance_scale: float) -> apg.Guidance:
-        """A fresh guidance object: each request owns its momentum state."""
-        return self.cls(guidance_scale, **self.params, interval=self.interval)
-
-
-@dataclass(frozen=True)
 class Request:
     """Validated inputs of one comparison."""
 
@@ -108,8 +92,8 @@ class Request:
     guidance_scale: float
     height: int
     width: int
-    left: Side
-    right: Side
+    left: apg.Setting  # each side's method, knobs and interval, at guidance_scale
+    right: apg.Setting
 
 
 def bounds_text(param: apg.Param) -> str:
@@ -159,11 +143,11 @@ def _size(name, value):
 
 
 def _interval(side, choice, low, high):
-    """(interval, name): None for "off", a sourced preset from apg.INTERVALS, or the two sigma fields."""
+    """None for "off", a sourced preset from apg.INTERVALS, or the two sigma fields."""
     if choice == INTERVAL_OFF:
-        return None, None
+        return None
     if choice in apg.INTERVALS:
-        return tuple(apg.INTERVALS[choice]), choice
+        return tuple(apg.INTERVALS[choice])
     if choice != INTERVAL_CUSTOM:
         raise InputError(f"{side}_interval must be one of {', '.join([INTERVAL_OFF, INTERVAL_CUSTOM, *apg.INTERVALS])}, "
                          f"got {choice!r}")
@@ -171,10 +155,10 @@ def _interval(side, choice, low, high):
     high = _number(f"{side}_sigma_high", math.inf if high is None else high, SIGMA)  # empty: no upper end
     if not low < high:
         raise InputError(f"{side}_sigma_low must be below {side}_sigma_high, got ({low:g}, {high:g}]")
-    return (low, high), None
+    return low, high
 
 
-def _side(side, values) -> Side:
+def _side(side, values, guidance_scale) -> apg.Setting:
     method = values[f"{side}_method"]
     if method not in apg.METHODS:
         raise InputError(f"{side}_method must be one of {', '.join(apg.METHODS)}, got {method!r}")
@@ -183,9 +167,9 @@ def _side(side, values) -> Side:
         value = values.get(f"{side}_{param.name}")
         blank = value is None or (isinstance(value, str) and not value.strip())  # an emptied text box too
         params[param.name] = param.default if blank else _knob(f"{side}_{param.name}", value, param)
-    interval, name = _interval(side, values.get(f"{side}_interval", INTERVAL_OFF),
-                               values.get(f"{side}_sigma_low"), values.get(f"{side}_sigma_high"))
-    return Side(method, params, interval, name)
+    interval = _interval(side, values.get(f"{side}_interval", INTERVAL_OFF),
+                         values.get(f"{side}_sigma_low"), values.get(f"{side}_sigma_high"))
+    return apg.Setting(method, params, scale=guidance_scale, interval=interval)
 
 
 def parse_request(**values) -> Request:
@@ -206,6 +190,7 @@ def parse_request(**values) -> Request:
             raise InputError(f"{name} must be text of at most {MAX_PROMPT_CHARS} characters, got {len(str(text))}")
     if values["scheduler"] not in SCHEDULERS:
         raise InputError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {values['scheduler']!r}")
+    guidance_scale = _number("guidance_scale", values["guidance_scale"], apg.SCALE)
     seed = _number("seed", values["seed"], SEED)
     num_seeds = _number("num_seeds", values["num_seeds"], NUM_SEEDS)
     if seed + num_seeds - 1 > SEED.high:
@@ -217,11 +202,11 @@ def parse_request(**values) -> Request:
         seeds=tuple(range(seed, seed + num_seeds)),
         steps=_number("steps", values["steps"], STEPS),
         scheduler=values["scheduler"],
-        guidance_scale=_number("guidance_scale", values["guidance_scale"], apg.SCALE),
+        guidance_scale=guidance_scale,
         height=_size("height", values["height"]),
         width=_size("width", values["width"]),
-        left=_side("left", values),
-        right=_side("right", values),
+        left=_side("left", values, guidance_scale),
+        right=_side("right", values, guidance_scale),
     )
 
 
@@ -272,7 +257,7 @@ class ModelCache:
         try:
             with apg.guide(pipe, apg.CFG(1.0)):  # apg.guide refuses pipelines it cannot guide
                 pass
-        except (ValueError, TypeError) as exc:
+        except ApgError as exc:
             raise ModelLoadError(f"model {model_id!r} ({name}) is not supported by apg.guide: {exc}") from None
         params = inspect.signature(pipe.__call__).parameters
         needs = [what for arg, what in UNSUPPORTED_INPUTS.items() if arg in params]
@@ -359,9 +344,9 @@ def run(request: Request, cache: ModelCache, progress=None) -> Result:
         try:
             pipe.scheduler = _scheduler(pipe, request.scheduler)
             for side in SIDES:
-                method = getattr(request, side)
-                pipe.set_progress_bar_config(**{**own_bar, "desc": f"{side}: {method.cls.label}"})
-                with apg.guide(pipe, method.guidance(request.guidance_scale)):
+                setting = getattr(request, side)
+                pipe.set_progress_bar_config(**{**own_bar, "desc": f"{side}: {setting.cls.label}"})
+                with apg.guide(pipe, setting.build()):
                     images[side] = pipe(generator=_generators(request.seeds), **kwargs).images
         finally:
             pipe.scheduler = own_scheduler
@@ -373,20 +358,6 @@ def run(request: Request, cache: ModelCache, progress=None) -> Result:
 
 
 # -- presentation ---------------------------------------------------------------------------------
-SYMBOLS = {"guidance_scale": "w", "eta": "η", "norm_threshold": "r", "momentum": "β", "zero_init_steps": "k",
-           "alpha": "α"}
-
-
-def label(side: Side, guidance_scale: float) -> str:
-    """'APG w=7.5 η=0 r=0 β=-0.5 σ∈(0.28, 5.42]': the method and the settings it uses."""
-    config = side.guidance(guidance_scale).to_dict()
-    parts = [side.cls.label] + [f"{SYMBOLS.get(key, key)}={apg.Param.format(value)}" for key, value in config.items()
-                                if key not in ("type", "interval") and value is not None]
-    if side.interval is not None:
-        parts.append(f"σ∈({side.interval[0]:g}, {side.interval[1]:g}]")
-    return " ".join(parts)
-
-
 def percent(fraction: float) -> str:
     """A clipped fraction for people: '0 %', '0.02 %', '12.3 %'."""
     value = 100 * fraction
@@ -417,9 +388,10 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
     size = "".join(f", {name}={getattr(request, name)}" for name in ("height", "width") if getattr(request, name))
     lines += ["", f"seeds = {list(request.seeds)}", "methods = {"]
     for side in SIDES:
-        method = getattr(request, side)
-        source = f"  # apg.INTERVALS[{method.interval_name!r}]" if method.interval_name else ""
-        lines.append(f"    {side!r}: apg.{method.guidance(request.guidance_scale)!r},{source}")
+        setting = getattr(request, side)
+        name = next((k for k, v in apg.INTERVALS.items() if tuple(v) == setting.interval), None)
+        source = f"  # apg.INTERVALS[{name!r}]" if name else ""
+        lines.append(f"    {side!r}: {setting.code()},{source}")
     lines += [
         "}",
         "images = {}",
@@ -442,7 +414,7 @@ def summary(request: Request, result: Result) -> str:
     n, lines = len(request.seeds), []
     for side, arrow in zip(SIDES, ("◀", "▶")):
         sat, clip = result.saturation[side], result.clipping[side]
-        name = escape_markdown(label(getattr(request, side), request.guidance_scale))
+        name = escape_markdown(getattr(request, side).label())
         line = (f"**{side.capitalize()} {arrow} {name}** — "
                 f"seed {request.seeds[0]}: saturation **{sat[0]:.3f}**, clipped **{percent(clip[0])}**")
         if n > 1:

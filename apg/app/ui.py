@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import socket
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,10 +18,11 @@ import gradio as gr
 import pandas as pd
 
 import apg
-from apg.runtime import ModelLoadError
+from apg import _options
+from apg.errors import ApgError, CommandError, ModelLoadError
 
 from . import logic
-from .logic import SIDES, InputError
+from .logic import SIDES
 
 log = logging.getLogger("apg.app")
 
@@ -86,9 +86,9 @@ def compare_values(values: dict, progress=None):
         result = logic.run(request, CACHE, progress)
     except ModelLoadError as exc:
         raise _message("Model not loaded", exc) from None
-    except (InputError, ValueError, TypeError) as exc:  # ours, and apg's/Diffusers' refusals of a combination
+    except ApgError as exc:  # the app's refusals of an input, and apg's of a combination
         raise _message("Invalid settings", exc) from None
-    except Exception as exc:  # out of memory, a broken pipeline, ...: a message in the UI, the trace in the log
+    except Exception as exc:  # a bug, out of memory, a broken pipeline: a message in the UI, the trace in the log
         log.exception("generation failed")
         raise gr.Error(html.escape(f"Generation failed: {type(exc).__name__}: {exc}", quote=False),
                        title="Generation failed", print_exception=False) from None
@@ -145,7 +145,9 @@ def _number(param: apg.Param, value, label: str, visible=True, **kwargs) -> gr.N
 
 def _shown(param: apg.Param, value):
     """A knob's value as its widget holds it: tuples as text ('' for an unset one), numbers as they are."""
-    return ("" if value is None else apg.Param.format(value)) if param.kind is tuple else value
+    if param.kind is not tuple:
+        return value
+    return "" if value is None else " ".join(f"{v:g}" for v in value)
 
 
 def _method_updates(method: str, side_params: dict, reset: bool):
@@ -290,12 +292,19 @@ def launch(demo: gr.Blocks, **kwargs):
     return demo.launch(css=CSS, theme=THEME, **kwargs)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="apg app", description="The Gradio app: two guidance methods side by side.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _port(text: str) -> int:
+    port = _options.at_least(1)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in [1, 65535], got {port}")
+    return port
+
+
+def parse_args(argv=None):
+    parser = _options.ArgumentParser(prog="apg app", description="The Gradio app: two guidance methods side by side.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--port", type=_port, default=7860, help="port to serve on")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    _options.add_traceback_option(parser)
     return parser.parse_args(argv)
 
 
@@ -308,9 +317,7 @@ def _port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def main(argv=None):
-    """Launch the app and serve until interrupted; a busy port is one line naming --port, exit code 2."""
-    args = parse_args(argv)
+def _serve(args):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     demo = build_demo()
     try:
@@ -318,6 +325,13 @@ def main(argv=None):
     except OSError:
         if not _port_in_use(args.host, args.port):
             raise
-        print(f"apg app: port {args.port} on {args.host} is in use; pass another one with --port "
-              f"(e.g. --port {args.port + 1}, or `make run PORT={args.port + 1}`)", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise CommandError(f"port {args.port} on {args.host} is in use; pass another one with --port "
+                           f"(e.g. --port {args.port + 1}, or `make run PORT={args.port + 1}`)") from None
+
+
+def main(argv=None):
+    """Launch the app and serve until interrupted; a bad or busy port is one line naming --port, exit code 2."""
+    args = parse_args(argv)
+    code = _options.run_guarded("apg app", lambda: _serve(args), args.traceback)
+    if code:
+        raise SystemExit(code)
