@@ -92,8 +92,8 @@ def _padded(size: tuple[int, int], levels: int) -> tuple[int, int]:
 def _guided_level(cond, uncond, scale, weight):
     """u + s (c - u) + s (eta - 1) par, par the projection of c - u onto c, per sample; c where s = 1.
 
-    That is u + s (eta par + orth), Diffusers' default formulation; a level whose scale is 1 is left conditional
-    (as Diffusers does), which differs from the formula only for eta != 1.
+    That is u + s (eta par + orth), Diffusers' default formulation; a level whose scale is 1 is left conditional,
+    as Diffusers intends (its 0.42.1 code raises there unless every level is 1); it matters only for eta != 1.
     """
     shift = cond - uncond  # [N, C, h, w]
     guided = uncond + _per_sample(scale, cond.ndim) * shift
@@ -154,8 +154,9 @@ class FDG(Guidance):
         super()._check(pred_cond, pred_uncond)
         shape = tuple(pred_cond.shape)
         if pred_cond.ndim not in (4, 5):
-            raise UnsupportedError(f"FDG needs images [B, C, H, W] or video [B, C, T, H, W] to build its pyramid on, got "
-                             f"shape {shape}; packed tokens [B, N, C] have no 2-D layout (use another rule)")
+            raise UnsupportedError(f"FDG needs images [B, C, H, W] or video [B, C, T, H, W] to build its pyramid "
+                                   f"on, got shape {shape}; packed tokens [B, N, C] have no 2-D layout (use another "
+                                   "rule)")
         levels = len(self.guidance_scales)
         padded, least = _padded(shape[-2:], levels), 3 * 2 ** (levels - 1)  # the coarsest level at least 3 x 3
         if min(padded) < least:

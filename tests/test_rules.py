@@ -282,12 +282,13 @@ def test_bad_construction_names_the_argument_and_value(call, exc, words):
         call()
 
 
-@pytest.mark.parametrize("shape, words", [
-    ((2, 64, 8), r"got shape \(2, 64, 8\); packed tokens \[B, N, C\] have no 2-D layout"),
-    ((2, 4, 8, 8), r"FDG with 3 levels needs height and width of at least 12 after padding, got 8 x 8"),
+@pytest.mark.parametrize("shape, exc, words", [
+    ((2, 64, 8), apg.errors.UnsupportedError, r"got shape \(2, 64, 8\); packed tokens \[B, N, C\] have no 2-D layout"),
+    ((2, 4, 8, 8), apg.errors.InputError, r"FDG with 3 levels needs height and width of at least 12 after padding, "
+                                          r"got 8 x 8"),
 ])
-def test_fdg_refuses_what_has_no_pyramid(shape, words):
-    with pytest.raises(ValueError, match=words):
+def test_fdg_refuses_what_has_no_pyramid(shape, exc, words):
+    with pytest.raises(exc, match=words):
         FDG(4.0, (1.0, 0.5, 0.25))(*pair(shape))
 
 
@@ -321,7 +322,8 @@ def ddim_loop(pipe, rule, space):
     x = initial_latents().double()
     for t in scheduler.timesteps:
         alpha, sigma = abar[t].sqrt(), (1 - abar[t]).sqrt()  # x = alpha x0 + sigma eps
-        eps_uncond, eps_cond = pipe.unet(torch.cat([x, x]).float(), t, encoder_hidden_states=embeds).sample.double().chunk(2)
+        eps = pipe.unet(torch.cat([x, x]).float(), t, encoder_hidden_states=embeds).sample.double()
+        eps_uncond, eps_cond = eps.chunk(2)
         if space == "x0":
             x0 = rule((x - sigma * eps_cond) / alpha, (x - sigma * eps_uncond) / alpha)
             eps = (x - alpha * x0) / sigma

@@ -153,7 +153,8 @@ def _shown(param: apg.Param, value):
 def _method_updates(method: str, side_params: dict, reset: bool):
     """Visibility (and, when the user picks a method, the class defaults) of a side's knobs and preset box."""
     own = {param.name: param.default for param in apg.METHODS[method].parameters}
-    updates = [gr.update(visible=name in own, **({"value": _shown(param, own[name])} if reset and name in own else {}))
+    updates = [gr.update(visible=name in own,
+                         **({"value": _shown(param, own[name])} if reset and name in own else {}))
                for name, param in side_params.items()]
     return updates + [gr.update(visible=_takes_presets(method))]
 
