@@ -93,7 +93,7 @@ def _guided_level(cond, uncond, scale, weight):
     """u + s (c - u) + s (eta - 1) par, par the projection of c - u onto c, per sample; c where s = 1.
 
     That is u + s (eta par + orth), Diffusers' default formulation; a level whose scale is 1 is left conditional,
-    as Diffusers intends (its 0.42.1 code raises there unless every level is 1); it matters only for eta != 1.
+    as Diffusers intends (its 0.42.1 code fails there unless every level is 1); it matters only for eta != 1.
     """
     shift = cond - uncond  # [N, C, h, w]
     guided = uncond + _per_sample(scale, cond.ndim) * shift
