@@ -20,6 +20,7 @@ correction at the Euler prediction) sigma_{i+1}, and its own step index.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -30,9 +31,11 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
+from ._x0 import guided_output
+from .errors import InputError, UnsupportedError
 from .guidance import Guidance, _real
 from .registry import PipelineSpec
-from .schedulers import check_scheduler, noise_level, step_coefficients
+from .schedulers import check_scheduler
 
 __all__ = ["run_guided"]
 
@@ -84,6 +87,29 @@ def _cfg_turned_off(pipe) -> bool:
     return getattr(pipe, "do_classifier_free_guidance", True) is False
 
 
+def shadow_step(run, scheduler):
+    """Wrap `scheduler.step` as it is for `run`: the bound method, or a user's instance-level wrapper, in the chain.
+
+    `run.guide_output(model_output, timestep, sample)` replaces the model output while `run.active()`.
+    `inspect.signature` sees what it wraps through __wrapped__, as the pipeline would without apg; the
+    arguments are bound by name against the scheduler class's own step.
+    """
+    step = scheduler.step
+    # By name: CogVideoXDPM's step takes (model_output, old_x0, timestep, ...).
+    signature = inspect.signature(type(scheduler).step.__get__(scheduler))
+
+    @functools.wraps(step)
+    def guided(*args, **kwargs):
+        if not run.active():  # a pipeline run from a callback, or an inner guided run sharing the scheduler
+            return step(*args, **kwargs)
+        call = signature.bind(*args, **kwargs)
+        given = call.arguments
+        given["model_output"] = run.guide_output(given["model_output"], given["timestep"], given["sample"])
+        return _outside_runs(step, *call.args, **call.kwargs)
+
+    return guided
+
+
 class _GuidedRun:
     """State of one guided pipeline call: its own copy of the guidance and the captured outputs."""
 
@@ -121,27 +147,6 @@ class _GuidedRun:
             scale = 1 + scale * ((1 - math.cos(math.pi * ((n - t) / n) ** 5.0)) / 2)
         if scale is not self.guidance.guidance_scale:
             self.guidance.guidance_scale, self.guidance._scale_cache = scale, None  # momentum state carries on
-
-    def guided_step(self, scheduler):
-        """Wrap `scheduler.step` as it is: the bound method, or a user's wrapper on the instance, kept in the chain.
-
-        `inspect.signature` sees what it wraps through __wrapped__, as the pipeline would without apg; the
-        arguments are bound by name against the scheduler class's own step.
-        """
-        step = scheduler.step
-        # By name: CogVideoXDPM's step takes (model_output, old_x0, timestep, ...).
-        signature = inspect.signature(type(scheduler).step.__get__(scheduler))
-
-        @functools.wraps(step)
-        def guided(*args, **kwargs):
-            if not self.active():  # a pipeline run from a callback, or an inner guided run sharing the scheduler
-                return step(*args, **kwargs)
-            call = signature.bind(*args, **kwargs)
-            given = call.arguments
-            given["model_output"] = self.guide_output(given["model_output"], given["timestep"], given["sample"])
-            return _outside_runs(step, *call.args, **call.kwargs)
-
-        return guided
 
     def _split(self, model_output):
         outputs, self.outputs = self.outputs, []
@@ -188,7 +193,7 @@ class _GuidedRun:
             pred_cond = self.spec.to_stepped(self.pipe, pred_cond, model_output)
             pred_uncond = self.spec.to_stepped(self.pipe, pred_uncond, model_output)
         self.step_scale(timestep)
-        n, channels = pred_cond.shape[0], model_output.shape[1]
+        channels = model_output.shape[1]
         # [n, C, ...] each, the model's parameterization; learned-sigma channels beyond C are dropped.
         pred_cond = pred_cond[:, :channels].to(model_output.dtype)
         pred_uncond = pred_uncond[:, :channels].to(model_output.dtype)
@@ -197,22 +202,8 @@ class _GuidedRun:
                 f"{type(self.pipe).__name__}: denoiser output {tuple(pred_cond.shape)} does not match the "
                 f"scheduler's model_output {tuple(model_output.shape)}"
             )
-        scheduler = self.pipe.scheduler
-        if self.space == "raw":
-            sigma = noise_level(scheduler, self.family, timestep)
-            guided = self.guidance(pred_cond, pred_uncond, sigma=sigma, step=step)
-        else:
-            a, b, sigma = step_coefficients(scheduler, self.family, timestep)  # one read of the scheduler's state
-            if b == 0:
-                raise RuntimeError(f"x0 does not depend on the model output at timestep {timestep} (noise level 0)")
-            # At least float32: at high noise a * sample and b * output nearly cancel, too close for half precision.
-            dtype = torch.promote_types(model_output.dtype, torch.float32)
-            scaled_sample = sample[:n].to(dtype) * a  # x0 = a * sample + b * output, [n, C, ...]
-            denoised_cond = torch.add(scaled_sample, pred_cond.to(dtype), alpha=b)
-            denoised_uncond = torch.add(scaled_sample, pred_uncond.to(dtype), alpha=b)
-            denoised = self.guidance(denoised_cond, denoised_uncond, sigma=sigma, step=step)
-            guided = torch.add(pred_uncond.to(dtype), denoised - denoised_uncond, alpha=1.0 / b)
-            guided = guided.to(model_output.dtype)
+        guided = guided_output(self.guidance, self.space, self.pipe.scheduler, self.family, timestep, sample,
+                               pred_cond, pred_uncond, step)
         rescale = getattr(self.pipe, self.spec.rescale_attr) if self.spec.rescale_attr else 0.0
         if rescale > 0:
             guided = rescale_noise_cfg(guided, pred_cond, guidance_rescale=rescale)
@@ -239,14 +230,14 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
     """Run `call(*args, **kwargs)`, a stock `__call__` of `pipe`, with its CFG result replaced by `guidance`."""
     bound = inspect.signature(call).bind_partial(*args, **kwargs).arguments
     if spec.scale_arg in bound:
-        raise ValueError(
+        raise InputError(
             f"{spec.scale_arg}={bound[spec.scale_arg]!r} was passed to a {type(pipe).__name__} guided by "
             f"{guidance!r}; the guidance's own scale governs. Set the scale on the guidance object, or call "
             "apg.guide(pipe, None) for stock behaviour"
         )
     for arg, reason in spec.refused_args.items():
         if arg in bound and bound[arg] != inspect.signature(call).parameters[arg].default:
-            raise ValueError(f"{arg}={bound[arg]!r} is not supported by apg with {type(pipe).__name__}: {reason}")
+            raise UnsupportedError(f"{arg}={bound[arg]!r} is not supported by apg with {type(pipe).__name__}: {reason}")
     kwargs = {**kwargs, spec.scale_arg: _pipeline_scale(guidance)}
     arg = spec.negative_prompt_arg
     if arg and bound.get(arg) is None and bound.get("negative_prompt_embeds") is None:
@@ -261,23 +252,31 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
         denoisers.append(second)
     run.renorm = spec.renorm_to_cond and bool(_call_value(call, bound, spec.renorm_arg, True))
     run.trunc_ratio = _call_value(call, bound, spec.cfg_trunc_arg, None)
-    for name in _CALLBACK_ARGS:  # a pipeline run there is no part of this run
-        if callable(kwargs.get(name)):
-            kwargs[name] = _callback_outside_runs(kwargs[name])
-    scheduler = pipe.scheduler
-    shadowed = scheduler.__dict__.get("step")  # a user's wrapper, or an outer guided run's on a shared scheduler
     handles = [denoiser.register_forward_hook(run.capture) for denoiser in denoisers]
-    scheduler.step = run.guided_step(scheduler)
-    _active_runs().append(run)
     try:
-        return call(*args, **kwargs)
+        with guided_call(run, pipe.scheduler):
+            return call(*args, **callbacks_outside_runs(kwargs))
     finally:
-        _active_runs().remove(run)
         for handle in handles:
             handle.remove()
+
+
+def callbacks_outside_runs(kwargs: dict) -> dict:
+    """Call arguments with Diffusers' step callbacks run outside the guided runs: a pipeline run there is no part."""
+    return {k: _callback_outside_runs(v) if k in _CALLBACK_ARGS and callable(v) else v for k, v in kwargs.items()}
+
+
+@contextlib.contextmanager
+def guided_call(run, scheduler):
+    """For one call: `scheduler.step` shadowed for `run` (shadow_step), and `run` the thread's innermost guided run."""
+    shadowed = scheduler.__dict__.get("step")  # a user's wrapper, or an outer guided run's on a shared scheduler
+    scheduler.step = shadow_step(run, scheduler)
+    _active_runs().append(run)
+    try:
+        yield
+    finally:
+        _active_runs().remove(run)
         if shadowed is None:
             del scheduler.step
         else:
             scheduler.step = shadowed
-
-

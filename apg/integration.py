@@ -16,7 +16,9 @@ import inspect
 
 import torch
 
+from . import guider as guider_slot
 from ._run import run_guided
+from .errors import InputError, InputTypeError, UnsupportedError
 from .guidance import Guidance
 from .registry import PipelineSpec, register_pipeline, spec_for
 from .schedulers import check_scheduler
@@ -28,7 +30,7 @@ SPACES = ("x0", "raw")  # "x0": the paper's denoised space; "raw": the model's r
 
 def _check_space(space):
     if space is not None and space not in SPACES:
-        raise ValueError(f"space must be one of {SPACES}, got {space!r} (None: the rule's own space)")
+        raise InputError(f"space must be one of {SPACES}, got {space!r} (None: the rule's own space)")
 
 
 def _resolve_space(guidance: Guidance, space: str | None) -> str:
@@ -37,22 +39,25 @@ def _resolve_space(guidance: Guidance, space: str | None) -> str:
     if space is None:
         return guidance.space
     if guidance.space == "raw" and space != "raw":
-        raise ValueError(
+        raise InputError(
             f"space={space!r} conflicts with {guidance!r}, which is defined on the model's raw output; "
             "leave space unset (or pass 'raw')"
         )
     return space
 
 
-def _check(pipe, guidance, space) -> tuple[PipelineSpec, str]:
+def _check(pipe, guidance, space) -> tuple[PipelineSpec | None, str]:
     """The pipeline's spec and the resolved space; errors naming the bad argument."""
     if not isinstance(guidance, Guidance):
-        raise TypeError(f"guidance must be an apg.Guidance (one of apg.METHODS) or None, got {guidance!r}")
+        raise InputTypeError(f"guidance must be an apg.Guidance (one of apg.METHODS) or None, got {guidance!r}")
     space = _resolve_space(guidance, space)
+    if guider_slot.holds_guider(pipe):
+        guider_slot.check(pipe)
+        return None, space  # no spec: guided through the guider slot
     spec = spec_for(pipe)
     denoiser = getattr(pipe, spec.denoiser, None)
     if not isinstance(denoiser, torch.nn.Module):
-        raise ValueError(f"{type(pipe).__name__}.{spec.denoiser} must be a torch module, got {denoiser!r}")
+        raise UnsupportedError(f"{type(pipe).__name__}.{spec.denoiser} must be a torch module, got {denoiser!r}")
     check_scheduler(pipe.scheduler)
     return spec, space
 
@@ -95,9 +100,11 @@ class GuidancePipelineMixin:
         space = self._apg_space if guidance_space is None else guidance_space
         if guidance is None:
             if guidance_space is not None:
-                raise ValueError(f"guidance_space={guidance_space!r} was passed without a guidance")
+                raise InputError(f"guidance_space={guidance_space!r} was passed without a guidance")
             return super().__call__(*args, **kwargs)
         spec, space = _check(self, guidance, space)
+        if spec is None:
+            return guider_slot.run_guided(self, super().__call__, guidance, space, args, kwargs)
         return run_guided(self, spec, super().__call__, guidance, space, args, kwargs)
 
     def __enter__(self):
@@ -201,8 +208,9 @@ def guide(pipe, guidance: Guidance | None, *, space: str | None = None) -> Guide
     calls it, and its attributes are the pipeline's; `with ... as p` gives the pipeline itself.
 
     While a guidance is set, `pipe(...)` runs its unconditional pass and the guidance's scale governs;
-    passing the pipeline's own scale argument (`guidance_scale=`) raises a ValueError. `space=None` applies
-    the rule in its own space (`guidance.space`); `space="raw"` forces the model's raw output.
+    passing the pipeline's own scale argument (`guidance_scale=`) raises an apg.errors.InputError.
+    `space=None` applies the rule in its own space (`guidance.space`); `space="raw"` forces the model's raw
+    output. Refusals are apg.errors (InputError, InputTypeError, UnsupportedError), raised before any work.
     Every step passes the rule its context: sigma (apg.schedulers.noise_level) and the step index.
     A guided pipeline pickles and deep-copies (the copy is guided too); `save_pretrained` records the stock class.
     """
@@ -212,7 +220,7 @@ def guide(pipe, guidance: Guidance | None, *, space: str | None = None) -> Guide
         _check(pipe, guidance, space)  # fail here, not at the first call
     elif space is not None:
         _check_space(space)
-        raise ValueError(f"space={space!r} was passed without a guidance")
+        raise InputError(f"space={space!r} was passed without a guidance")
     before = _state(pipe)
     _apply(pipe, guidance, space)
     return Guided(pipe, (guidance, space), before)

@@ -69,6 +69,8 @@ def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device | N
 def load_pipeline(model: str, device=None, dtype=None):
     """'builtin' (the offline CIFAR-10 model), a local Diffusers pipeline folder or a hub id, on `device`.
 
+    A folder with a modular_model_index.json loads as a ModularPipeline (guided through its guider slot).
+
     device and dtype: names or torch objects; None picks resolve_device/resolve_dtype's defaults, except
     that the built-in model stays on the CPU in float32 unless told otherwise (it is tiny and exact: a GPU
     would only add transfers). Never runs remote code. Loading draws no progress bar and logs no hub
@@ -126,12 +128,18 @@ def _dtype_keyword() -> str:
 
 
 def _from_pretrained(model: str, dtype: torch.dtype):
-    from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline, ModularPipeline
 
     local = Path(model).expanduser()
-    if local.exists() and not (local / "model_index.json").is_file():
-        raise ModelLoadError(f"model {model!r} is a path without a model_index.json: not a Diffusers pipeline folder")
+    modular = local.exists() and not (local / "model_index.json").is_file()
+    if modular and not (local / "modular_model_index.json").is_file():
+        raise ModelLoadError(f"model {model!r} is a path without a model_index.json or modular_model_index.json: "
+                             "not a Diffusers pipeline folder")
     try:
+        if modular:  # a ModularPipeline (its guider component included), every component loaded
+            pipe = ModularPipeline.from_pretrained(str(local), trust_remote_code=False)
+            pipe.load_components(**{_dtype_keyword(): dtype})
+            return pipe
         return DiffusionPipeline.from_pretrained(str(local) if local.exists() else model, trust_remote_code=False,
                                                  **{_dtype_keyword(): dtype})
     except OSError as error:

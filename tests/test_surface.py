@@ -138,6 +138,19 @@ def test_nested_withs_and_the_handle(stock, ref):
     assert runs_as(stock, ref, "stock")
 
 
+def test_refusals_are_typed_errors(stock):
+    from apg.errors import InputError, InputTypeError
+
+    with pytest.raises(InputError, match="space='raw' was passed without a guidance"):
+        apg.guide(stock, None, space="raw")
+    with pytest.raises(InputError, match="space must be one of"):
+        apg.guide(stock, A, space="eps")
+    with pytest.raises(InputTypeError, match="guidance must be an apg.Guidance"):
+        apg.guide(stock, 7.5)
+    with apg.guide(stock, A), pytest.raises(InputError, match="guidance_scale=7.0 was passed"):
+        call(stock, "sd", guidance_scale=7.0)
+
+
 def test_bare_with_on_a_guided_pipeline_keeps_its_guidance(stock, ref):
     apg.guide(stock, A)
     with stock:
