@@ -289,6 +289,10 @@ class Guidance:
                 return self._outside(pred_cond, step)
         return self._guide(pred_cond, pred_uncond, step)
 
+    def uses_uncond(self) -> bool:
+        """Whether the rule reads pred_uncond at all: not at w = 1, where every rule here is pred_cond."""
+        return isinstance(self.guidance_scale, torch.Tensor) or self.guidance_scale != 1.0
+
     def _outside(self, pred_cond, step):
         """Outside the interval: guidance weight 1, so pred_cond; the momentum state does not advance."""
         return pred_cond.clone()
