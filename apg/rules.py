@@ -163,7 +163,8 @@ class FDG(Guidance):
                                    f"on, got shape {shape}; packed tokens [B, N, C] have no 2-D layout (use another "
                                    "rule)")
         levels = len(self.guidance_scales)
-        padded, least = _padded(shape[-2:], levels), 3 * 2 ** (levels - 1)  # the coarsest level at least 3 x 3
+        # Each level blurred at its own size (all but the coarsest) needs sides >= 3 for the reflected border.
+        padded, least = _padded(shape[-2:], levels), 2 ** levels if levels > 1 else 1
         if min(padded) < least:
             raise InputError(f"FDG with {levels} levels needs height and width of at least {least} after padding, "
                              f"got {shape[-2]} x {shape[-1]} (padded to {padded[0]} x {padded[1]}); use fewer levels")

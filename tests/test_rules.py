@@ -133,7 +133,7 @@ def test_float64_pyramid_reference_inverts_and_matches_kornia():
 
 
 # -- on the same tensors as Diffusers --------------------------------------------------------------------------
-IMAGE_SHAPES = [(2, 4, 16, 16), (2, 4, 12, 12), (2, 3, 13, 16), (2, 4, 24, 40)]  # kept, padded, padded, padded
+IMAGE_SHAPES = [(2, 4, 16, 16), (2, 4, 12, 12), (2, 3, 13, 16), (2, 4, 24, 40), (2, 4, 8, 8)]  # 8 x 8: 2 x 2 at L = 3
 
 
 @pytest.mark.parametrize("shape", IMAGE_SHAPES)
@@ -289,8 +289,8 @@ def test_bad_construction_names_the_argument_and_value(call, exc, words):
 
 @pytest.mark.parametrize("shape, exc, words", [
     ((2, 64, 8), apg.errors.UnsupportedError, r"got shape \(2, 64, 8\); packed tokens \[B, N, C\] have no 2-D layout"),
-    ((2, 4, 8, 8), apg.errors.InputError, r"FDG with 3 levels needs height and width of at least 12 after padding, "
-                                          r"got 8 x 8"),
+    ((2, 4, 4, 6), apg.errors.InputError, r"FDG with 3 levels needs height and width of at least 8 after padding, "
+                                          r"got 4 x 6 \(padded to 4 x 8\)"),
 ])
 def test_fdg_refuses_what_has_no_pyramid(shape, exc, words):
     with pytest.raises(exc, match=words):
@@ -435,3 +435,37 @@ def test_app_reads_per_level_knobs_as_text():
 
     boxes = {c["props"].get("elem_id"): c for c in ui.build_demo().get_config_file()["components"]}
     assert boxes["right-guidance_scales"]["type"] == "textbox" and boxes["right-alpha"]["type"] == "number"
+
+
+def _guider_of(rule):
+    """Diffusers' guider with the rule's settings, default formulation."""
+    if isinstance(rule, TCFG):
+        return guiders.TangentialClassifierFreeGuidance(guidance_scale=rule.guidance_scale)
+    if isinstance(rule, MamboG):
+        return guiders.MagnitudeAwareGuidance(guidance_scale=rule.guidance_scale, alpha=rule.alpha)
+    pytest.importorskip("kornia", reason="Diffusers' FrequencyDecoupledGuidance needs kornia")
+    return guiders.FrequencyDecoupledGuidance(guidance_scales=[rule.guidance_scale * g for g in rule.guidance_scales],
+                                              parallel_weights=list(rule.parallel_weights))
+
+
+@pytest.mark.parametrize("name, rule", [
+    ("StableDiffusion3ModularPipeline", TCFG(4.0)),  # [B, C, H, W] latents
+    ("StableDiffusionXLModularPipeline", FDG(4.0, (1.0, 0.5), (0.5, 1.0))),
+    ("QwenImageModularPipeline", TCFG(4.0)),  # packed tokens [B, N, C]
+    ("QwenImageModularPipeline", MamboG(4.0, alpha=2.0)),
+], ids=lambda v: v if isinstance(v, str) else type(v).__name__)
+def test_raw_space_equals_the_stock_pipeline_with_diffusers_guider(name, rule):
+    """A stock pipeline with a guider slot: Diffusers' guider there against apg's rule with space="raw"."""
+    from tiny_guider import CASES, run
+
+    pipe = CASES[name][0]()
+    stock = pipe.guider
+    try:
+        pipe.update_components(guider=_guider_of(rule))
+        reference = run(pipe, name, STEPS)
+    finally:
+        pipe.update_components(guider=stock)
+    with apg.guide(pipe, rule, space="raw"):
+        assert rel_diff(run(pipe, name, STEPS), reference) <= 1e-4
+    with apg.guide(pipe, rule):  # x0, the default: another result
+        assert rel_diff(run(pipe, name, STEPS), reference) > 1e-3
