@@ -21,6 +21,7 @@ _LAZY = {
     "register_pipeline": "apg.registry",
     "GuidancePipelineMixin": "apg.integration",
     "load_builtin": "apg.builtin",
+    "set_skipping": "apg._skip",
 }
 
 __all__ = [

@@ -7,7 +7,8 @@ parameterization
 (`out_uncond + (x0_guided - x0_uncond) / b`, exact) and calls the step it shadows (a user's own instance-level
 wrapper, if there is one, then the real step). Both are removed when the call ends, whether it returns or
 raises. The pipeline's own CFG line still runs; its result is replaced. A step the pipeline runs without CFG
-(Diffusers' CFG cutoff callbacks) passes through unguided, as stock.
+(Diffusers' CFG cutoff callbacks) passes through unguided, as stock. Where the rule needs no uncond prediction
+(or no model at all) at a step, apg/_skip.py runs less of the denoiser (and of a ControlNet) at that step.
 
 Only the innermost guided run on this thread is fed and steps: what the step-end callbacks and the shadowed
 step run (a stock pipeline sharing the denoiser and scheduler, say) runs with no guided run active.
@@ -31,11 +32,12 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
+from . import _skip
 from ._x0 import guided_output
 from .errors import InputError, UnsupportedError
 from .guidance import Guidance, _real
 from .registry import PipelineSpec
-from .schedulers import check_scheduler
+from .schedulers import check_scheduler, noise_level
 
 __all__ = ["run_guided"]
 
@@ -126,8 +128,10 @@ class _GuidedRun:
         self.renorm = False  # rescale to the cond prediction's norm (spec.renorm_to_cond), set per call
         self.trunc_ratio = None  # steps past this fraction run no uncond pass (spec.cfg_trunc_arg), set per call
         self.step = 0  # scheduler.step calls so far: the guidance's `step`
+        self.skipper = _skip.Skipper(self) if _skip.skipping_enabled() else None
 
     def active(self) -> bool:
+        """Whether a model call now belongs to this run (the innermost guided run of this thread)."""
         runs = _active_runs()
         return bool(runs) and runs[-1] is self
 
@@ -137,10 +141,11 @@ class _GuidedRun:
             self.outputs.append(output if self.spec.from_output is None else self.spec.from_output(self.pipe, output))
             self.module = module
 
-    def step_scale(self, timestep):
-        """The scale of this step: the second expert's (Wan 2.2), CogVideoX's dynamic one, or the guidance's."""
+    def step_scale(self, module, timestep):
+        """The scale of a step `module` evaluates: the second expert's (Wan 2.2), CogVideoX's dynamic one, or the
+        guidance's."""
         scale = self.scale
-        if self.scale_2 is not None and self.module is getattr(self.pipe, self.spec.denoiser_2):
+        if self.scale_2 is not None and module is getattr(self.pipe, self.spec.denoiser_2):
             scale = self.scale_2
         if self.dynamic:  # CogVideoXPipeline.__call__'s formula, n = its num_inference_steps
             n, t = len(self.pipe.scheduler.timesteps), timestep.item() if torch.is_tensor(timestep) else timestep
@@ -148,13 +153,17 @@ class _GuidedRun:
         if scale is not self.guidance.guidance_scale:
             self.guidance.guidance_scale, self.guidance._scale_cache = scale, None  # momentum state carries on
 
-    def _split(self, model_output):
-        outputs, self.outputs = self.outputs, []
-        spec, name = self.spec, type(self.pipe).__name__
+    def unguided_step(self) -> bool:
+        """Whether the pipeline runs this step without its uncond pass: CFG truncated or cut off."""
         steps = len(self.pipe.scheduler.timesteps)  # Lumina2's count once it passes its sigmas
         truncated = self.trunc_ratio is not None and (self.step + 1) / steps > self.trunc_ratio
         # CFG turned off after a guided step (not a pipeline that never runs CFG: that is an error below).
-        truncated = truncated or (self.step > 0 and _cfg_turned_off(self.pipe))
+        return truncated or (self.step > 0 and _cfg_turned_off(self.pipe))
+
+    def _split(self, model_output):
+        outputs, self.outputs = self.outputs, []
+        spec, name = self.spec, type(self.pipe).__name__
+        truncated = self.unguided_step()
         expected = 2 if spec.batch == "separate" and not truncated else 1
         if len(outputs) != expected:
             raise RuntimeError(
@@ -185,6 +194,7 @@ class _GuidedRun:
                 f"{type(self.pipe).__name__}: scheduler.step got model_output {tuple(model_output.shape)} "
                 f"for sample {tuple(sample.shape)}; apg guides outputs shaped like the latents"
             )
+        plan = self.skipper.take() if self.skipper is not None else None
         pred_cond, pred_uncond = self._split(model_output)
         step, self.step = self.step, self.step + 1
         if pred_uncond is None:
@@ -192,7 +202,7 @@ class _GuidedRun:
         if self.spec.to_stepped is not None:  # [n, ...] shaped like model_output from here on
             pred_cond = self.spec.to_stepped(self.pipe, pred_cond, model_output)
             pred_uncond = self.spec.to_stepped(self.pipe, pred_uncond, model_output)
-        self.step_scale(timestep)
+        self.step_scale(self.module, timestep)
         channels = model_output.shape[1]
         # [n, C, ...] each, the model's parameterization; learned-sigma channels beyond C are dropped.
         pred_cond = pred_cond[:, :channels].to(model_output.dtype)
@@ -202,13 +212,18 @@ class _GuidedRun:
                 f"{type(self.pipe).__name__}: denoiser output {tuple(pred_cond.shape)} does not match the "
                 f"scheduler's model_output {tuple(model_output.shape)}"
             )
+        if plan is not None and not plan.uncond:  # pred_uncond is a stand-in: the rule guides from pred_cond alone
+            self.skipper.check(plan, noise_level(self.pipe.scheduler, self.family, timestep), step)
+            pred_uncond = None
         guided = guided_output(self.guidance, self.space, self.pipe.scheduler, self.family, timestep, sample,
                                pred_cond, pred_uncond, step)
         rescale = getattr(self.pipe, self.spec.rescale_attr) if self.spec.rescale_attr else 0.0
         if rescale > 0:
             guided = rescale_noise_cfg(guided, pred_cond, guidance_rescale=rescale)
         if self.renorm:  # the pipeline's own rescale to the cond prediction's norm, over the last dim as it does
-            guided = guided * (torch.norm(pred_cond, dim=-1, keepdim=True) / torch.norm(guided, dim=-1, keepdim=True))
+            norm = torch.norm(guided, dim=-1, keepdim=True)  # 0 at CFG-Zero*'s zeroed steps: stays 0, not 0/0
+            norm = norm.clamp(min=torch.finfo(norm.dtype).tiny)
+            guided = guided * (torch.norm(pred_cond, dim=-1, keepdim=True) / norm)
         return torch.cat([guided, guided]) if self.spec.steps_both_halves else guided
 
 
@@ -253,12 +268,20 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
     run.renorm = spec.renorm_to_cond and bool(_call_value(call, bound, spec.renorm_arg, True))
     run.trunc_ratio = _call_value(call, bound, spec.cfg_trunc_arg, None)
     handles = [denoiser.register_forward_hook(run.capture) for denoiser in denoisers]
+    restores = []
+    if run.skipper is not None:
+        conditioners = [getattr(pipe, name, None) for name in spec.conditioners]
+        restores = [run.skipper.shadow(denoiser) for denoiser in denoisers]
+        restores += [run.skipper.shadow(module, conditioner=True) for module in conditioners
+                     if isinstance(module, torch.nn.Module)]
     try:
         with guided_call(run, pipe.scheduler):
             return call(*args, **callbacks_outside_runs(kwargs))
     finally:
         for handle in handles:
             handle.remove()
+        for restore in reversed(restores):
+            restore()
 
 
 def callbacks_outside_runs(kwargs: dict) -> dict:

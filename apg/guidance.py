@@ -297,6 +297,28 @@ class Guidance:
         """Outside the interval: guidance weight 1, so pred_cond; the momentum state does not advance."""
         return pred_cond.clone()
 
+    # -- which predictions a step needs (apg/_skip.py asks before the model runs) ------------------------------
+    def needs_uncond(self, sigma: float | None, step: int | None, *, scale_fixed: bool = True) -> bool:
+        """Whether the output at (sigma, step) depends on pred_uncond; False: that pass can be skipped.
+
+        False outside the interval and at w = 1 (every per-sample scale 1), where the output is pred_cond. At
+        w = 1 the momentum state still moves, so `scale_fixed=False` (a run that changes the scale later) keeps
+        the pass there when the rule has momentum. sigma=None with an interval: True (undecidable here).
+        """
+        if self.interval is not None and sigma is not None and not in_interval(_sigma(sigma), self.interval):
+            return False
+        scale = self.guidance_scale
+        at_one = bool((scale == 1).all()) if isinstance(scale, torch.Tensor) else scale == 1
+        return not (at_one and (scale_fixed or self.momentum == 0))
+
+    def needs_cond(self, sigma: float | None, step: int | None) -> bool:
+        """Whether the output at (sigma, step) depends on the model at all; False: no evaluation is needed."""
+        return True
+
+    def cond_only(self, pred_cond: torch.Tensor, *, sigma: float | None = None, step: int | None = None):
+        """The output at a step where needs_uncond is False, from pred_cond alone; the momentum state stays."""
+        return self._outside(pred_cond, _step(step))
+
     def _guide(self, pred_cond, pred_uncond, step):
         scale = self._scale_on(pred_cond)
         if self.momentum == 0 and self.norm_threshold == 0 and self.eta == 1:
@@ -312,6 +334,7 @@ class Guidance:
         else:
             guided, self._running = apg_torch(pred_cond, pred_uncond, self._running, *knobs)
         return guided
+
     def _check(self, pred_cond, pred_uncond):
         for name, x in (("pred_cond", pred_cond), ("pred_uncond", pred_uncond)):
             if not isinstance(x, torch.Tensor):
@@ -460,6 +483,12 @@ class CFGZeroStar(Guidance):
 
     def _outside(self, pred_cond, step):
         return torch.zeros_like(pred_cond) if self._zeroed(step) else pred_cond.clone()
+
+    def needs_cond(self, sigma, step):
+        return not self._zeroed(_step(step))  # a zeroed step's output is 0 whatever the model says
+
+    def needs_uncond(self, sigma, step, *, scale_fixed=True):
+        return self.needs_cond(sigma, step) and super().needs_uncond(sigma, step, scale_fixed=scale_fixed)
 
     def _guide(self, pred_cond, pred_uncond, step):
         if self._zeroed(step):

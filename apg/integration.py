@@ -207,10 +207,12 @@ def guide(pipe, guidance: Guidance | None, *, space: str | None = None) -> Guide
     applies `g` again for its block. Otherwise the handle stands for the pipeline: `apg.guide(pipe, g)(prompt)`
     calls it, and its attributes are the pipeline's; `with ... as p` gives the pipeline itself.
 
-    While a guidance is set, `pipe(...)` runs its unconditional pass and the guidance's scale governs;
-    passing the pipeline's own scale argument (`guidance_scale=`) raises an apg.errors.InputError.
-    `space=None` applies the rule in its own space (`guidance.space`); `space="raw"` forces the model's raw
-    output. Refusals are apg.errors (InputError, InputTypeError, UnsupportedError), raised before any work.
+    While a guidance is set, `pipe(...)` runs its unconditional pass where the rule needs it (outside an interval,
+    at w = 1 and at CFG-Zero*'s zeroed steps it is skipped: docs/skipping.md; `apg.set_skipping(False)` turns that
+    off) and the guidance's scale governs; passing the pipeline's own scale argument (`guidance_scale=`) raises an
+    apg.errors.InputError. `space=None` applies the rule in its own space (`guidance.space`); `space="raw"`
+    forces the model's raw output. Refusals are apg.errors (InputError, InputTypeError, UnsupportedError), raised
+    before any work.
     Every step passes the rule its context: sigma (apg.schedulers.noise_level) and the step index.
     A guided pipeline pickles and deep-copies (the copy is guided too); `save_pretrained` records the stock class.
     """

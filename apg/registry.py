@@ -9,9 +9,10 @@ import torch
 
 from .errors import UnsupportedError
 
-__all__ = ["PipelineSpec", "register_pipeline", "spec_for", "BATCHES", "registered"]
+__all__ = ["PipelineSpec", "register_pipeline", "spec_for", "BATCHES", "registered", "ENTRIES"]
 
 BATCHES = ("uncond_first", "cond_first", "separate")
+ENTRIES = "entries"  # batch_dims value: a list with one entry per sample (Z-Image)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class PipelineSpec:
     renorm_arg: str | None = None
     cfg_trunc_arg: str | None = None
     from_output: Callable | None = None
+    batch_dims: dict = field(default_factory=dict)
+    zero_output: Callable | None = None
+    conditioners: tuple = ()
 
 
 _REGISTRY: dict[type, PipelineSpec] = {}
@@ -58,6 +62,9 @@ def register_pipeline(
     renorm_arg: str | None = None,
     cfg_trunc_arg: str | None = None,
     from_output: Callable | None = None,
+    batch_dims: dict | None = None,
+    zero_output: Callable | None = None,
+    conditioners: tuple = (),
 ):
     """Declare a pipeline class that follows the standard CFG pattern, so `apg.guide` supports it.
 
@@ -92,6 +99,16 @@ def register_pipeline(
     stock, and the guidance (with its momentum) sits them out.
     from_output: `f(pipe, output)` -> each captured denoiser output as one batched tensor, where it is not one
     (ZImage: a list of `[C, 1, H, W]` per sample, stacked and squeezed to `[B, C, H, W]` as the pipeline does).
+    batch_dims: denoiser argument -> where its samples are, for the steps at which apg runs the denoiser on the
+    cond half of a one-pass batch only (apg/_skip.py): an int (the batch dim: HiDream's llama embeddings, 1),
+    None (not per-sample: rotary embeddings, position ids), or ENTRIES (a list with one entry per sample,
+    Z-Image). Arguments not named are detected: every tensor, at any depth of dicts, lists and tuples, whose
+    dim 0 is the batch of the denoiser's first argument is cut to the cond half; the rest passes as it is.
+    zero_output: `f(denoiser, first_argument)` -> the output a denoiser call returns at a step whose result
+    needs no model (CFG-Zero*'s zeroed steps), where zeros shaped like the first argument are not what the
+    denoiser returns (more output channels: learned sigma; fewer: inpainting's and image-to-video's inputs).
+    conditioners: attributes of modules the pipeline runs on the same `[uncond, cond]` batch before the denoiser,
+    feeding it (`("controlnet",)`): where a step needs no uncond pass they run on the cond half too.
 
     Read the class's `__call__` first. It fits when, per `scheduler.step`, the denoiser runs once on the
     concatenated halves (or twice, cond then uncond), the pipeline combines them with the plain CFG line
@@ -126,12 +143,18 @@ def register_pipeline(
         raise ValueError(f"renorm_arg={renorm_arg!r} switches renorm_to_cond, which is False")
     if cfg_trunc_arg and batch != "separate":
         raise ValueError(f"cfg_trunc_arg={cfg_trunc_arg!r} needs batch='separate' (a step without its uncond pass)")
+    for name, where in (batch_dims or {}).items():
+        if not (where is None or where == ENTRIES or (isinstance(where, int) and not isinstance(where, bool))):
+            raise ValueError(f"batch_dims[{name!r}] must be an int, None or {ENTRIES!r}, got {where!r}")
+    if zero_output is not None and not callable(zero_output):
+        raise TypeError(f"zero_output must be callable as f(denoiser, first_argument), got {zero_output!r}")
     spec = PipelineSpec(
         denoiser, batch, scale_arg=scale_arg, rescale_attr=rescale_attr, negative_prompt_arg=negative_prompt_arg,
         steps_both_halves=steps_both_halves, denoiser_2=denoiser_2, scale_2_arg=scale_2_arg,
         dynamic_scale_arg=dynamic_scale_arg, to_stepped=to_stepped, refused_args=dict(refused_args or {}),
         negated_output=negated_output, renorm_to_cond=renorm_to_cond, renorm_arg=renorm_arg,
-        cfg_trunc_arg=cfg_trunc_arg, from_output=from_output,
+        cfg_trunc_arg=cfg_trunc_arg, from_output=from_output, batch_dims=dict(batch_dims or {}),
+        zero_output=zero_output, conditioners=tuple(conditioners),
     )
     _REGISTRY[pipeline_cls] = spec
     return pipeline_cls
@@ -162,7 +185,15 @@ def _ltx_i2v_stepped(pipe, output, model_output):
     return unpacked[:, :, 1:]
 
 
-_WAN = dict(denoiser="transformer", batch="separate", denoiser_2="transformer_2", scale_2_arg="guidance_scale_2")
+def _out_channels(denoiser, first):
+    """Zeros [B, out_channels, ...] for a channel-first denoiser whose output channels are not its input's."""
+    channels = getattr(denoiser, "out_channels", None) or denoiser.config.out_channels  # DiT-style: resolved
+    return first.new_zeros((first.shape[0], channels, *first.shape[2:]))
+
+
+# Image-to-video Wan feeds [latents, condition] channels (36) for 16 output ones.
+_WAN = dict(denoiser="transformer", batch="separate", denoiser_2="transformer_2", scale_2_arg="guidance_scale_2",
+            zero_output=_out_channels)
 _LTX_I2V_RESCALE = ("its stock rescale takes the std over the image-conditioned frame 0 too, which is not stepped "
                     "and so not guided")
 
@@ -184,9 +215,9 @@ STOCK_PIPELINES: dict[str, dict] = {
     "StableDiffusionXLPipeline": dict(denoiser="unet", batch="uncond_first", rescale_attr="guidance_rescale"),
     "StableDiffusionXLImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", rescale_attr="guidance_rescale"),
     "StableDiffusion3Pipeline": dict(denoiser="transformer", batch="uncond_first"),
-    "PixArtSigmaPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "PixArtSigmaPipeline": dict(denoiser="transformer", batch="uncond_first", zero_output=_out_channels),
     "SanaPipeline": dict(denoiser="transformer", batch="uncond_first"),
-    "DiTPipeline": dict(denoiser="transformer", batch="cond_first", steps_both_halves=True),
+    "DiTPipeline": dict(denoiser="transformer", batch="cond_first", steps_both_halves=True, zero_output=_out_channels),
     "FluxPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
                          negative_prompt_arg="negative_prompt"),
     "WanPipeline": _WAN,
@@ -194,7 +225,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     "LTXPipeline": dict(denoiser="transformer", batch="uncond_first", rescale_attr="guidance_rescale"),
     "LTXImageToVideoPipeline": dict(denoiser="transformer", batch="uncond_first", to_stepped=_ltx_i2v_stepped,
                                     refused_args={"guidance_rescale": _LTX_I2V_RESCALE}),
-    "CogVideoXPipeline": dict(denoiser="transformer", batch="uncond_first", dynamic_scale_arg="use_dynamic_cfg"),
+    "CogVideoXPipeline": dict(denoiser="transformer", batch="uncond_first", dynamic_scale_arg="use_dynamic_cfg",
+                              batch_dims={"image_rotary_emb": None}),  # a (cos, sin) pair of [tokens, dim]
     "HunyuanVideoPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
                                  negative_prompt_arg="negative_prompt"),
     # Image pipelines with their own CFG post-processing (issue 11).
@@ -207,28 +239,33 @@ STOCK_PIPELINES: dict[str, dict] = {
                               negative_prompt_arg="negative_prompt", renorm_to_cond=True),
     "QwenImageEditPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
                                   negative_prompt_arg="negative_prompt", renorm_to_cond=True),
-    "HiDreamImagePipeline": dict(denoiser="transformer", batch="uncond_first", negated_output=True),
+    "HiDreamImagePipeline": dict(denoiser="transformer", batch="uncond_first", negated_output=True,
+                                 batch_dims={"encoder_hidden_states_llama3": 1}),  # [llama layers, B, L, C]
     "Lumina2Pipeline": dict(denoiser="transformer", batch="separate", negated_output=True, renorm_to_cond=True,
                             renorm_arg="cfg_normalization", cfg_trunc_arg="cfg_trunc_ratio"),
     # ControlNet: the residuals come from pipe.controlnet, a second module; only the unet's output is captured.
     # guess_mode feeds the controlnet the cond half only (zero residuals for uncond): still one unet pass.
-    "StableDiffusionControlNetPipeline": dict(denoiser="unet", batch="uncond_first"),
-    "StableDiffusionXLControlNetPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "StableDiffusionControlNetPipeline": dict(denoiser="unet", batch="uncond_first", conditioners=("controlnet",)),
+    "StableDiffusionXLControlNetPipeline": dict(denoiser="unet", batch="uncond_first", conditioners=("controlnet",)),
     # Inpaint: a 9-channel unet input (latents, mask, masked image) gives a 4-channel output, stepped on the
     # 4-channel latents; a 4-channel unet blends the known region back after each step.
-    "StableDiffusionInpaintPipeline": dict(denoiser="unet", batch="uncond_first"),
-    "StableDiffusionXLInpaintPipeline": dict(denoiser="unet", batch="uncond_first", rescale_attr="guidance_rescale"),
-    "PixArtAlphaPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "StableDiffusionInpaintPipeline": dict(denoiser="unet", batch="uncond_first", zero_output=_out_channels),
+    "StableDiffusionXLInpaintPipeline": dict(denoiser="unet", batch="uncond_first", rescale_attr="guidance_rescale",
+                                             zero_output=_out_channels),
+    "PixArtAlphaPipeline": dict(denoiser="transformer", batch="uncond_first", zero_output=_out_channels),
     "StableDiffusion3Img2ImgPipeline": dict(denoiser="transformer", batch="uncond_first"),
     "KolorsPipeline": dict(denoiser="unet", batch="uncond_first"),
     "AuraFlowPipeline": dict(denoiser="transformer", batch="uncond_first"),
-    "HunyuanDiTPipeline": dict(denoiser="transformer", batch="uncond_first", rescale_attr="guidance_rescale"),
+    "HunyuanDiTPipeline": dict(denoiser="transformer", batch="uncond_first", rescale_attr="guidance_rescale",
+                               # image_rotary_emb: a (cos, sin) pair of [tokens, dim]; learned-sigma output channels
+                               batch_dims={"image_rotary_emb": None}, zero_output=_out_channels),
     "CogView4Pipeline": dict(denoiser="transformer", batch="separate"),
     # Channels-last video latents [B, T, H, W, C]; the default negative prompt makes the uncond pass always run.
     "Kandinsky5T2VPipeline": dict(denoiser="transformer", batch="separate"),
     # ZImage's rule pos + s (pos - neg) is CFG at w = s + 1: APG(w) stands for its guidance_scale = w - 1.
     "ZImagePipeline": dict(denoiser="transformer", batch="cond_first", negated_output=True,
-                           from_output=_z_image_output, refused_args=_Z_IMAGE_REFUSED),
+                           from_output=_z_image_output, refused_args=_Z_IMAGE_REFUSED,
+                           batch_dims={"x": ENTRIES, "cap_feats": ENTRIES}),
 }
 
 

@@ -43,7 +43,9 @@ from diffusers import (
 
 from .errors import UnsupportedError
 
-__all__ = ["SUPPORTED_SCHEDULERS", "check_scheduler", "denoised_coefficients", "noise_level", "step_coefficients"]
+__all__ = [
+    "SUPPORTED_SCHEDULERS", "check_scheduler", "denoised_coefficients", "noise_level", "step_coefficients", "upcoming",
+]
 
 _EPS_V = ("epsilon", "v_prediction")
 _EPS_V_SAMPLE = _EPS_V + ("sample",)
@@ -140,25 +142,37 @@ def _step_index(scheduler, timestep) -> int:
     return scheduler.step_index
 
 
-def _evaluated_sigma(scheduler, timestep) -> float:
-    """The sigma of the model evaluation this step() call follows."""
-    index = _step_index(scheduler, timestep)
+def _upcoming_index(scheduler) -> int:
+    """Step index of the model evaluation about to run: the scheduler's own, else the one its first step() will set
+    (begin_index: img2img's start; else that of the first timestep, where the pipeline's loop starts)."""
+    if scheduler.step_index is not None:
+        return scheduler.step_index
+    if scheduler.begin_index is not None:
+        return scheduler.begin_index
+    return scheduler.index_for_timestep(scheduler.timesteps[0])
+
+
+def _evaluated_sigma(scheduler, index: int) -> float:
+    """The sigma of the model evaluation at step index `index` (the second of a two-stage step: its own)."""
     second_stage = _SECOND_STAGE_SIGMA.get(type(scheduler))
     if second_stage is not None and not scheduler.state_in_first_order:
         return float(second_stage(scheduler))
     return float(_on_host(scheduler.sigmas)[index])
 
 
-def _alpha_sigma(scheduler, family: str, timestep) -> tuple[float, float]:
-    """(alpha_t, sigma_t) of the evaluated step, with sample = alpha_t * x0 + sigma_t * eps."""
+def _alpha_sigma(scheduler, family: str, timestep, index: int | None = None) -> tuple[float, float]:
+    """(alpha_t, sigma_t) of the evaluated step, with sample = alpha_t * x0 + sigma_t * eps.
+
+    `index`: the step index of the evaluation; None: the one this step() call follows (set from `timestep`).
+    """
     if family == "alphas_cumprod":
         alpha_sq = float(scheduler.alphas_cumprod[int(timestep)])  # indexed by the training timestep
         return math.sqrt(alpha_sq), math.sqrt(1.0 - alpha_sq)
+    index = _step_index(scheduler, timestep) if index is None else index
     if family == "alpha_sigma":
-        sigma = _on_host(scheduler.sigmas)[_step_index(scheduler, timestep)]
-        alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(sigma)
+        alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(_on_host(scheduler.sigmas)[index])
         return float(alpha_t), float(sigma_t)
-    sigma = _evaluated_sigma(scheduler, timestep)
+    sigma = _evaluated_sigma(scheduler, index)
     return (1.0 - sigma, sigma) if family == "flow_match" else (1.0, sigma)  # karras_sigma, edm: alpha = 1
 
 
@@ -206,3 +220,19 @@ def step_coefficients(scheduler, family: str, timestep) -> tuple[float, float, f
     """(a, b, noise level) of this step from one read of the scheduler's state: what x0-space guidance needs."""
     alpha, sigma = _alpha_sigma(scheduler, family, timestep)
     return (*_x0_coefficients(scheduler, family, alpha, sigma, timestep), _edm_sigma(alpha, sigma))
+
+
+def upcoming(scheduler, family: str, model_timestep) -> tuple[float, float]:
+    """(timestep, noise level) of the model evaluation about to run, read before it runs; no state is changed.
+
+    Index-based families read the step index the coming step() will use (Heun-type second evaluations
+    included). The alphas_cumprod family has no index: `model_timestep` is the timestep the denoiser is called
+    with (a number or a tensor of equal entries), snapped to the nearest entry of the scheduler's timesteps.
+    """
+    if family == "alphas_cumprod":
+        table = _on_host(scheduler.timesteps)
+        given = float(torch.as_tensor(model_timestep).flatten()[0])
+        timestep = float(table[(table.double() - given).abs().argmin()])
+        return timestep, noise_level(scheduler, family, timestep)
+    index = _upcoming_index(scheduler)
+    return float(_on_host(scheduler.timesteps)[index]), _edm_sigma(*_alpha_sigma(scheduler, family, None, index))

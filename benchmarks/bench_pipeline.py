@@ -5,10 +5,10 @@
 
 The default case is a StableDiffusionPipeline with an SD-shaped UNet (one [uncond, cond] pass per step); `--wan`
 times a WanPipeline (two transformer passes per step, cond then uncond). `--interval` adds a variant, APG
-guiding only where LOW < sigma <= HIGH (e.g. 0.28,5.42, the SDXL one); the unconditional pass still runs at
-every step, so it should cost what APG costs. All variants run the same pipeline object with the same seed,
-interleaved call by call so background load hits them alike; the verdict is the ratio of median wall times
-(target <= 1.03). The ratio of median CPU times of this process is printed too: on a shared machine it is the
+guiding only where LOW < sigma <= HIGH (e.g. 0.28,5.42, the SDXL one); outside it the unconditional pass is
+skipped (apg/_skip.py; benchmarks/bench_skipping.py measures what that saves). All variants run the same
+pipeline object with the same seed, interleaved call by call so background load hits them alike; the verdict
+is the ratio of median wall times (target <= 1.03). The ratio of median CPU times of this process is printed too: on a shared machine it is the
 steadier of the two.
 """
 

@@ -13,6 +13,9 @@ does, with --quick, so the kit itself stays tested). Rows, each timed after a wa
 - sync: apg's work inside a guided pipeline call (x0 conversion, guidance, mapping back) under
   torch.cuda.set_sync_debug_mode("error"): any host-device synchronisation raises.
 - pipeline: whole calls, stock CFG against apg.guide, on a tiny SD-shaped UNet and on the built-in model.
+- skip: whole calls of APG with a sigma interval holding half the steps against APG without one, on an
+  SD-shaped UNet (one batched pass) and a small Wan (separate passes): the rows the denoiser evaluated, the
+  schedule's prediction (0.75) and the time ratio to APG without one (benchmarks/bench_skipping.py; target <= 0.85).
 - generate: apg.evaluation.generate on the built-in model at batch 1, 16 and 64 (images/s); features:
   InceptionV3 at 299x299 as torch-fidelity runs it for FID (random weights: the same compute as the real ones).
 - memory: peak allocated memory of a guided call against a stock one, and of one APG step against the stock
@@ -187,6 +190,38 @@ def pipeline_rows(device, quick):
         yield "pipeline", case, "apg.guide(APG)", t_guided, t_guided / t_stock
 
 
+def skip_rows(device, quick):
+    from bench_skipping import variants
+    from tiny_pipelines import count_rows, tiny_sd_pipeline
+    from tiny_video import tiny_wan_pipeline, wan_call
+
+    steps, side = (2, 64) if quick else (20, 256)
+    sd = tiny_sd_pipeline("dpmpp_2m", unet_channels=(32, 64) if quick else (128, 256)).to(device)
+    sd_call = dict(prompt="a photo of a cat", negative_prompt="a blue car", height=side, width=side,
+                   num_inference_steps=steps, output_type="latent")
+    wan = tiny_wan_pipeline(heads=8, layers=2 if quick else 8).to(device)
+    wan_call_ = dict(wan_call(), height=side // 2, width=side // 2, num_frames=9 if quick else 17,
+                     num_inference_steps=steps, output_type="latent")
+    timer = Timer(device, 1, warmup=1, samples=1 if quick else 5)
+    cases = [(f"SD-shaped UNet, {side // 2}x{side // 2} latents, {steps} steps", sd, sd_call, 7.5),
+             (f"Wan, {side // 16}x{side // 16} latents, {steps} steps", wan, wan_call_, 5.0)]
+    for case, pipe, call, scale in cases:
+        table, predicted, _ = variants(pipe, call, scale, apg.PRESETS["sdxl"])
+        rows = count_rows(pipe)
+        (base, _), (within, _) = list(table.values())[:2]
+
+        def run(guidance):
+            rows.clear()
+            with apg.guide(pipe, guidance):
+                pipe(**call, generator=torch.Generator().manual_seed(0))
+            return sum(rows)
+
+        t_base, t_within = timer(lambda: run(base)), timer(lambda: run(within))
+        ratio = run(within) / run(base)
+        yield "skip", case, "APG, no interval", t_base, 1.0
+        yield "skip", case, f"interval: rows {ratio:.2f} (predicted {predicted:.2f})", t_within, t_within / t_base
+
+
 def generate_rows(device, quick):
     from bench_evaluation import random_inception_weights
 
@@ -270,7 +305,7 @@ def main(argv=None) -> int:
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     timer = Timer(device, 5 if args.quick else 50, warmup=1 if args.quick else 3, samples=3 if args.quick else 5)
     sections = [step_rows(device, timer, args.quick), sync_rows(device), pipeline_rows(device, args.quick),
-                generate_rows(device, args.quick), memory_rows(device)]
+                skip_rows(device, args.quick), generate_rows(device, args.quick), memory_rows(device)]
     for rows in sections:
         for check, case, what, seconds, ratio in rows:
             time_cell = _ms(seconds) if seconds is not None else ""

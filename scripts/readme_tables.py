@@ -42,6 +42,7 @@ QUIRK_TEXT = {
     "from_output": lambda value: f"outputs batched by `{value.__name__}`",
 }
 SPEC_COLUMNS = ("denoiser", "batch", "scale_arg")  # fields with a column of their own
+SKIP_FIELDS = ("batch_dims", "zero_output", "conditioners")  # what skipping needs to know, not how CFG runs: docs/skipping.md
 
 
 def _pipeline_files() -> dict[str, str]:
@@ -60,7 +61,7 @@ def _quirks(spec) -> str:
     for field in dataclasses.fields(spec):
         value = getattr(spec, field.name)
         default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-        if field.name in SPEC_COLUMNS or value == default:
+        if field.name in SPEC_COLUMNS + SKIP_FIELDS or value == default:
             continue
         text = QUIRK_TEXT.get(field.name)
         shown = getattr(value, "__name__", None) or repr(value)  # a function by name: no memory address

@@ -6,6 +6,7 @@ Every builder seeds torch itself, so two calls give identical weights.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -161,6 +162,28 @@ def _flow_vae(latent_channels):
         down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), norm_num_groups=1,
         use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035, sample_size=32,
     ).eval()
+
+
+def count_rows(pipe) -> list:
+    """Batch rows of every denoiser evaluation, appended to the returned list: counted in the forward that apg's
+    skipping calls, so a skipped pass is not counted and a cut batch counts its rows."""
+    from apg.registry import spec_for
+
+    rows, spec = [], spec_for(pipe)
+    for name in {spec.denoiser, spec.denoiser_2} - {None}:
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
+        inner = module.forward
+
+        @functools.wraps(inner)
+        def counting(*args, _inner=inner, **kwargs):
+            first = args[0] if args else next(iter(kwargs.values()))
+            rows.append(len(first) if isinstance(first, list) else first.shape[0])
+            return _inner(*args, **kwargs)
+
+        module.forward = counting
+    return rows
 
 
 def rel_diff(a, b) -> float:

@@ -21,9 +21,9 @@ import torch
 import apg
 from apg._options import SEED_MAX  # the CLI's bound: seeds are 32-bit everywhere
 from apg.errors import ApgError
-from apg.runtime import BUILTIN, ModelLoadError, load_pipeline, resolve_device, resolve_dtype
+from apg.runtime import BUILTIN, ModelLoadError, _quiet, load_pipeline, resolve_device, resolve_dtype
 from apg.setting import SYMBOLS  # noqa: F401 (the widgets' symbols: the labels' own)
-from apg.schedulers import SUPPORTED_SCHEDULERS
+from apg.schedulers import SUPPORTED_SCHEDULERS, _prediction_type, check_scheduler
 
 log = logging.getLogger("apg.app")
 
@@ -111,7 +111,7 @@ def _number(name: str, value, param: apg.Param):
             raise InputError(f"{name} must be a number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) and not (value == math.inf and param.high == math.inf):
+    if not math.isfinite(value) and not (value == math.inf and param is SIGMA):  # the library's knobs are finite
         raise InputError(f"{name} must be a finite number, got {value!r}")
     if param.kind is int:
         if value != int(value):
@@ -218,6 +218,39 @@ class LoadedModel:
     pipe: object
     lock: threading.Lock
     class_conditional: bool
+    schedulers: tuple[str, ...] = (DEFAULT_SCHEDULER,)  # what the scheduler menu offers: fitting_schedulers
+
+
+def _frame(scheduler) -> str:
+    """What the model's output means: 'flow' (velocity), 'edm' (EDM preconditioning) or 'vp' (the rest)."""
+    family = check_scheduler(scheduler)
+    if _prediction_type(scheduler) in ("flow", "flow_prediction"):
+        return "flow"
+    return "edm" if family == "edm" else "vp"
+
+
+def fitting_schedulers(scheduler) -> tuple[str, ...]:
+    """DEFAULT_SCHEDULER, then each supported scheduler that can run the model whose own scheduler this is.
+
+    A candidate fits when Diffusers lists it as compatible, its `from_config` of the model's scheduler config is
+    one apg supports (apg.schedulers' table, with the prediction type that config gives it), and it reads the
+    model output in the same frame: a flow-matching model gets no DDIM, an epsilon model no FlowMatch.
+    """
+    import diffusers
+
+    compatible = {cls.__name__ for cls in scheduler.compatibles} | {type(scheduler).__name__}
+    frame, fits = _frame(scheduler), [DEFAULT_SCHEDULER]
+    for name in SUPPORTED_SCHEDULERS:
+        if name not in compatible:
+            continue
+        try:
+            with _quiet():  # from_config logs every config key the candidate ignores
+                candidate = getattr(diffusers, name).from_config(scheduler.config)
+            if _frame(candidate) == frame:
+                fits.append(name)
+        except (ValueError, TypeError, NotImplementedError):  # the candidate's constructor or check_scheduler refuses
+            continue
+    return tuple(fits)
 
 
 def _load(model_id):
@@ -266,22 +299,34 @@ class ModelCache:
         class_conditional = "class_labels" in params and hasattr(pipe, "get_label_ids")
         if not class_conditional and "prompt" not in params:
             raise ModelLoadError(f"model {model_id!r} ({name}) takes neither a prompt nor class labels. {SCOPE}.")
-        return LoadedModel(pipe, threading.Lock(), class_conditional)
+        return LoadedModel(pipe, threading.Lock(), class_conditional, fitting_schedulers(pipe.scheduler))
 
 
 # -- generation -----------------------------------------------------------------------------------
-def _scheduler(pipe, name):
-    """A fresh scheduler of the chosen kind for this request, configured like the model's own."""
-    if name == DEFAULT_SCHEDULER:
-        return pipe.scheduler
-    compatible = {cls.__name__ for cls in pipe.scheduler.compatibles} | {type(pipe.scheduler).__name__}
-    if name not in compatible:
-        usable = [key for key in SCHEDULERS if key == DEFAULT_SCHEDULER or key in compatible]
-        raise InputError(f"scheduler {name!r} does not fit this model ({type(pipe.scheduler).__name__}); "
-                         f"choose one of {', '.join(usable)}")
+def seeded_config(name: str, seeds) -> dict:
+    """Config that makes a scheduler's own noise follow the request's seeds, one per sample.
+
+    DPM-Solver SDE draws its Brownian noise from `noise_sampler_seed` (a random one when unset), not from the
+    pipeline's generator: without this, the two sides of a comparison would get different noise.
+    """
     import diffusers
 
-    return getattr(diffusers, name).from_config(pipe.scheduler.config)
+    takes_seed = "noise_sampler_seed" in inspect.signature(getattr(diffusers, name).__init__).parameters
+    return {"noise_sampler_seed": list(seeds)} if takes_seed else {}
+
+
+def _scheduler(model: LoadedModel, request: Request):
+    """A fresh scheduler of the chosen kind for this request, configured like the model's own."""
+    pipe, name = model.pipe, request.scheduler
+    if name == DEFAULT_SCHEDULER:
+        return pipe.scheduler
+    if name not in model.schedulers:
+        raise InputError(f"scheduler {name!r} does not fit this model ({type(pipe.scheduler).__name__}); "
+                         f"choose one of {', '.join(model.schedulers)}")
+    import diffusers
+
+    with _quiet():
+        return getattr(diffusers, name).from_config(pipe.scheduler.config, **seeded_config(name, request.seeds))
 
 
 def _call_kwargs(model: LoadedModel, request: Request, notes: list) -> dict:
@@ -342,7 +387,7 @@ def run(request: Request, cache: ModelCache, progress=None) -> Result:
         pipe = model.pipe
         own_scheduler, own_bar = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
         try:
-            pipe.scheduler = _scheduler(pipe, request.scheduler)
+            pipe.scheduler = _scheduler(model, request)
             for side in SIDES:
                 setting = getattr(request, side)
                 pipe.set_progress_bar_config(**{**own_bar, "desc": f"{side}: {setting.cls.label}"})
@@ -369,7 +414,7 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
     scheduler = None if request.scheduler == DEFAULT_SCHEDULER else request.scheduler
     classes = ([] if request.model == BUILTIN else ["DiffusionPipeline"]) + ([scheduler] if scheduler else [])
     lines = ["import torch"] + ([f"from diffusers import {', '.join(classes)}"] if classes else [])
-    lines += ["", "import apg", ""]
+    lines += ["", "import apg", "", f"seeds = {list(request.seeds)}"]
     if request.model == BUILTIN:
         lines.append("pipe = apg.load_builtin()")
     else:
@@ -378,7 +423,8 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
         # dtype=, the keyword of the installed Diffusers (torch_dtype= is deprecated since 0.36).
         lines.append(f"pipe = DiffusionPipeline.from_pretrained({request.model!r}, dtype={dtype}).to({device.type!r})")
     if scheduler:
-        lines.append(f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config)")
+        seeded = ", noise_sampler_seed=seeds" if seeded_config(scheduler, request.seeds) else ""
+        lines.append(f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config{seeded})")
     if class_conditional:
         condition = f"class_labels=pipe.get_label_ids([{request.prompt!r}]) * len(seeds)"
     else:
@@ -386,7 +432,7 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
         if request.negative_prompt:
             condition += f", negative_prompt=[{request.negative_prompt!r}] * len(seeds)"
     size = "".join(f", {name}={getattr(request, name)}" for name in ("height", "width") if getattr(request, name))
-    lines += ["", f"seeds = {list(request.seeds)}", "methods = {"]
+    lines += ["", "methods = {"]
     for side in SIDES:
         setting = getattr(request, side)
         name = next((k for k, v in apg.INTERVALS.items() if tuple(v) == setting.interval), None)
