@@ -289,9 +289,10 @@ class Guidance:
                 return self._outside(pred_cond, step)
         return self._guide(pred_cond, pred_uncond, step)
 
-    def uses_uncond(self) -> bool:
-        """Whether the rule reads pred_uncond at all: not at w = 1, where every rule here is pred_cond."""
-        return isinstance(self.guidance_scale, torch.Tensor) or self.guidance_scale != 1.0
+    def at_one(self) -> bool:
+        """Whether the scale makes the output pred_cond whatever pred_uncond is: w = 1 (every per-sample scale)."""
+        scale = self.guidance_scale
+        return bool((scale == 1).all()) if isinstance(scale, torch.Tensor) else scale == 1
 
     def _outside(self, pred_cond, step):
         """Outside the interval: guidance weight 1, so pred_cond; the momentum state does not advance."""
@@ -307,9 +308,7 @@ class Guidance:
         """
         if self.interval is not None and sigma is not None and not in_interval(_sigma(sigma), self.interval):
             return False
-        scale = self.guidance_scale
-        at_one = bool((scale == 1).all()) if isinstance(scale, torch.Tensor) else scale == 1
-        return not (at_one and (scale_fixed or self.momentum == 0))
+        return not (self.at_one() and (scale_fixed or self.momentum == 0))
 
     def needs_cond(self, sigma: float | None, step: int | None) -> bool:
         """Whether the output at (sigma, step) depends on the model at all; False: no evaluation is needed."""

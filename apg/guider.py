@@ -161,7 +161,7 @@ class _GuiderRun:
     def _uses_uncond(self, sigma) -> bool:
         """Whether the rule reads pred_uncond at noise level sigma: inside its interval and where it guides."""
         guidance = self.guidance
-        if not guidance.uses_uncond():
+        if guidance.at_one():
             return False
         return guidance.interval is None or sigma is None or in_interval(sigma, guidance.interval)
 

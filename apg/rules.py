@@ -150,10 +150,11 @@ class FDG(Guidance):
             raise InputError(f"parallel_weights must have one value per level ({levels}, as guidance_scales "
                              f"{list(self.guidance_scales)}), got {list(self.parallel_weights)}")
 
-    def uses_uncond(self) -> bool:
+    def at_one(self) -> bool:
         """w = 1 is not the conditional model here unless every level's scale w * guidance_scales[k] is 1."""
         scale = self.guidance_scale
-        return isinstance(scale, torch.Tensor) or any(scale * g != 1.0 for g in self.guidance_scales)
+        return all(bool((scale * g == 1).all()) if isinstance(scale, torch.Tensor) else scale * g == 1
+                   for g in self.guidance_scales)
 
     def _check(self, pred_cond, pred_uncond):
         super()._check(pred_cond, pred_uncond)

@@ -204,13 +204,13 @@ def test_mambo_g_equals_diffusers_and_the_formula(shape, w, alpha):
 
 
 def test_at_w_1_each_is_the_conditional_prediction():
-    """...and says so (uses_uncond: apg.guide skips the unconditional pass of a guider pipeline then); FDG's w = 1
-    is the conditional model only when every level's scale is 1."""
+    """...and says so (at_one, needs_uncond: apg.guide skips the unconditional pass then); FDG's w = 1 is the
+    conditional model only when every level's scale is 1."""
     cond, uncond = pair((2, 4, 16, 16))
-    for rule in (FDG(1.0, (1.0, 1.0), (0.3, 0.3)), FDG(2.0, (0.5, 0.5)), TCFG(1.0), MamboG(1.0)):
-        assert rel_diff(rule(cond, uncond), cond) < 1e-6 and not rule.uses_uncond(), rule
-    for rule in (FDG(1.0), TCFG(1.5), MamboG(torch.tensor([1.0, 1.0]))):
-        assert rule.uses_uncond(), rule
+    for rule in (FDG(1.0, (1.0, 1.0), (0.3, 0.3)), FDG(2.0, (0.5, 0.5)), TCFG(1.0), MamboG(torch.tensor([1.0, 1.0]))):
+        assert rel_diff(rule(cond, uncond), cond) < 1e-6 and rule.at_one() and not rule.needs_uncond(1.0, 0), rule
+    for rule in (FDG(1.0), FDG(torch.tensor([1.0, 1.0])), TCFG(1.5), MamboG(torch.tensor([1.0, 2.0]))):
+        assert not rule.at_one() and rule.needs_uncond(1.0, 0), rule
     assert rel_diff(FDG(1.0)(cond, uncond), cond) > 1e-2  # its low band guided at 0.5
 
 
