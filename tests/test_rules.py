@@ -357,7 +357,7 @@ def _diffusers_guider(rule):
 
 RULES = [FDG(5.0, (1.0, 0.5), (0.5, 1.0)), TCFG(5.0), MamboG(5.0, alpha=2.0)]
 FLOAT64 = {FDG: lambda r: lambda c, u: ref_fdg(c, u, [r.guidance_scale * g for g in r.guidance_scales],
-                                                 r.parallel_weights),
+                                                 r.parallel_weights or [1.0] * len(r.guidance_scales)),
            TCFG: lambda r: lambda c, u: ref_tcfg(c, u, r.guidance_scale),
            MamboG: lambda r: lambda c, u: ref_mambo(c, u, r.guidance_scale, r.alpha)}
 
@@ -469,3 +469,13 @@ def test_raw_space_equals_the_stock_pipeline_with_diffusers_guider(name, rule):
         assert rel_diff(run(pipe, name, STEPS), reference) <= 1e-4
     with apg.guide(pipe, rule):  # x0, the default: another result
         assert rel_diff(run(pipe, name, STEPS), reference) > 1e-3
+
+
+def test_fdg_at_w_1_still_runs_the_unconditional_pass(pipe):
+    """w = 1 skips the unconditional pass for the other rules (docs/skipping.md); FDG's low band still needs it."""
+    rule = FDG(1.0)  # levels at 1 and 0.5
+    with apg.guide(pipe, rule):
+        guided = pipe(**RUN, latents=initial_latents())[0]
+    assert rel_diff(guided, ddim_loop(pipe, FLOAT64[FDG](rule), "x0")) < 1e-4
+    with apg.guide(pipe, FDG(1.0, (1.0, 1.0))):  # every level at 1: the conditional model, no pass needed
+        assert rel_diff(pipe(**RUN, latents=initial_latents())[0], guided) > 1e-3
