@@ -1,4 +1,4 @@
-"""apg: adaptive projected guidance (APG) and momentum CFG for Hugging Face Diffusers pipelines.
+"""apg: adaptive projected guidance (APG), momentum CFG and related rules for Hugging Face Diffusers pipelines.
 
 `import apg` stays light (torch only); the Diffusers-facing parts load on first use.
 """
@@ -11,6 +11,7 @@ from .guidance import (
     APG, CFG, INTERVALS, METHODS, PRESETS, SCALE, CFGZeroStar, Guidance, MomentumCFG, Param, register_method,
 )
 from .setting import Setting
+from .rules import FDG, TCFG, MamboG  # registers fdg, tcfg and mambo-g in METHODS
 
 __version__ = "0.1.0"
 
@@ -24,8 +25,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "APG", "CFG", "MomentumCFG", "CFGZeroStar", "Guidance", "Param", "SCALE", "METHODS", "register_method",
-    "PRESETS", "INTERVALS", "Setting", "errors", "kernel_status", *_LAZY,
+    "APG", "CFG", "MomentumCFG", "CFGZeroStar", "FDG", "TCFG", "MamboG", "Guidance", "Param", "SCALE", "METHODS",
+    "register_method", "PRESETS", "INTERVALS", "Setting", "errors", "kernel_status", *_LAZY,
 ]
 
 

@@ -73,7 +73,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _show(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, tuple):  # a per-level knob, as it is typed
+        return " ".join(_show(v) for v in value)
+    return "unset" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -158,7 +160,7 @@ def _parameters() -> dict[str, list[tuple[str, object]]]:
 
 
 def _kind(param):
-    return listed(param.kind, "an integer" if param.kind is int else "a number")
+    return listed(int if param.kind is int else float, "an integer" if param.kind is int else "a number")
 
 
 def add_guidance_options(parser, *, several: bool = True, default=("cfg", "apg")) -> None:
@@ -183,11 +185,13 @@ def add_guidance_options(parser, *, several: bool = True, default=("cfg", "apg")
                  else ", ".join(f"{method} {_show(p.default)}" for method, p in users))
         bounds = (f">= {_show(param.low)}" if param.high == math.inf
                   else f"in [{_show(param.low)}, {_show(param.high)}]")
+        several_values = param.kind is tuple  # one value per level, space-separated like every list
         methods = ", ".join(method for method, _ in users)
         try:
             group.add_argument(f"--{name.replace('_', '-')}", dest=_dest(param), type=_kind(param),
-                               metavar=name.upper(),
-                               help=f"{param.help}; {bounds}; for {methods} (default: {shown})")
+                               nargs="+" if several_values else None, metavar=name.upper(),
+                               help=f"{param.help}; {'each ' * several_values}{bounds}; for {methods} "
+                                    f"(default: {shown})")
         except argparse.ArgumentError as error:
             raise ValueError(f"guidance parameter {name!r} of {methods} clashes with an option of "
                              f"{parser.prog}: {error}") from None

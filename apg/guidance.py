@@ -120,17 +120,23 @@ def in_interval(sigma: float, interval: tuple[float, float]) -> bool:
 
 @dataclass(frozen=True)
 class Param:
-    """One constructor knob of a guidance class; every UI derives its widget and limits from it."""
+    """One constructor knob of a guidance class; every UI derives its widget and limits from it.
+
+    kind float or int: one number. kind tuple: a non-empty tuple of floats (one per pyramid level, say), each
+    within [low, high]; a tuple Param whose default is None is optional (None: the class's own rule).
+    """
 
     name: str  # constructor keyword
-    default: float | int
-    low: float  # inclusive
+    default: float | int | tuple | None
+    low: float  # inclusive (each entry, for a tuple)
     high: float  # inclusive; math.inf: none
     help: str  # one line, for --help and tooltips
-    kind: type = float  # float or int
+    kind: type = float  # float, int or tuple
 
     def validate(self, value):
         """value as `kind` within [low, high]; TypeError or ValueError naming the parameter and the value."""
+        if self.kind is tuple:
+            return self._validate_tuple(value)
         if self.kind is int:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise InputTypeError(f"{self.name} must be an integer, got {value!r} ({type(value).__name__})")
@@ -141,10 +147,32 @@ class Param:
             raise InputError(f"{self.name} must be {self.bounds()}, got {value!r}")
         return value
 
+    def _validate_tuple(self, value):
+        if value is None and self.default is None:
+            return None
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not value:
+            raise InputTypeError(f"{self.name} must be a non-empty sequence of numbers, got {value!r}")
+        values = tuple(_real(self.name, v) for v in value)
+        if not all(self.low <= v <= self.high for v in values):
+            raise InputError(f"{self.name} must be {self.bounds()}, got {value!r}")
+        return values
+
+    def parse(self, text: str):
+        """A tuple knob's value as typed in a text box: numbers separated by spaces or commas (blank: unset)."""
+        items = text.strip().strip("()[]").replace(",", " ").split()
+        if not items and self.default is None:
+            return None
+        try:
+            values = [float(item) for item in items]
+        except ValueError:
+            raise InputError(f"{self.name} must be numbers separated by spaces, got {text!r}") from None
+        return self.validate(values)
+
     def bounds(self) -> str:
-        """The allowed range in words: '>= 0' or 'in [0, 1]'."""
+        """The allowed range in words: '>= 0', 'in [0, 1]', or 'each in [0, 1]' for a tuple."""
         low, high = (int(b) if self.kind is int and math.isfinite(b) else b for b in (self.low, self.high))
-        return f">= {low}" if high == math.inf else f"in [{low}, {high}]"
+        text = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
+        return f"each {text}" if self.kind is tuple else text
 
 
 SCALE = Param("guidance_scale", 7.5, 0.0, math.inf,
@@ -261,6 +289,11 @@ class Guidance:
                 return self._outside(pred_cond, step)
         return self._guide(pred_cond, pred_uncond, step)
 
+    def at_one(self) -> bool:
+        """Whether the scale makes the output pred_cond whatever pred_uncond is: w = 1 (every per-sample scale)."""
+        scale = self.guidance_scale
+        return bool((scale == 1).all()) if isinstance(scale, torch.Tensor) else scale == 1
+
     def _outside(self, pred_cond, step):
         """Outside the interval: guidance weight 1, so pred_cond; the momentum state does not advance."""
         return pred_cond.clone()
@@ -275,9 +308,7 @@ class Guidance:
         """
         if self.interval is not None and sigma is not None and not in_interval(_sigma(sigma), self.interval):
             return False
-        scale = self.guidance_scale
-        at_one = bool((scale == 1).all()) if isinstance(scale, torch.Tensor) else scale == 1
-        return not (at_one and (scale_fixed or self.momentum == 0))
+        return not (self.at_one() and (scale_fixed or self.momentum == 0))
 
     def needs_cond(self, sigma: float | None, step: int | None) -> bool:
         """Whether the output at (sigma, step) depends on the model at all; False: no evaluation is needed."""
@@ -352,7 +383,9 @@ class Guidance:
         out = {"type": type(self).__name__}
         for name in self._names():
             value = getattr(self, name)
-            out[name] = value.tolist() if isinstance(value, torch.Tensor) else value
+            if isinstance(value, (torch.Tensor, tuple)):  # a per-sample scale, a per-level tuple: JSON lists
+                value = value.tolist() if isinstance(value, torch.Tensor) else list(value)
+            out[name] = value
         if self.interval is not None:
             out["interval"] = list(self.interval)
         return out

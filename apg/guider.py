@@ -218,10 +218,9 @@ class _GuiderRun:
         return bool(runs) and runs[-1] is self
 
     def _uses_uncond(self, sigma) -> bool:
-        """Whether the rule reads pred_uncond at noise level sigma: inside its interval and w != 1."""
+        """Whether the rule reads pred_uncond at noise level sigma: inside its interval and where it guides."""
         guidance = self.guidance
-        scale = guidance.guidance_scale
-        if not isinstance(scale, torch.Tensor) and scale == 1.0:
+        if guidance.at_one():
             return False
         return guidance.interval is None or sigma is None or in_interval(sigma, guidance.interval)
 

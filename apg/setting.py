@@ -27,7 +27,8 @@ from .errors import InputError, InputTypeError
 __all__ = ["Setting", "SYMBOLS", "interval_text"]
 
 # How labels write a parameter; one not listed is written by its name.
-SYMBOLS = {"guidance_scale": "w", "eta": "η", "norm_threshold": "r", "momentum": "β", "zero_init_steps": "zero-init"}
+SYMBOLS = {"guidance_scale": "w", "eta": "η", "norm_threshold": "r", "momentum": "β", "zero_init_steps": "zero-init",
+           "alpha": "α"}
 
 
 def _text(value) -> str:
@@ -118,7 +119,8 @@ class Setting:
     # -- labels --------------------------------------------------------------------------------------
     def describe(self, *, interval: bool = True) -> str:
         """'η=0 r=2.5 β=-0.5 σ∈(0.28, 5.42]': the parameters (and the interval), without method and scale."""
-        parts = [f"{SYMBOLS.get(name, name)}={_text(value)}" for name, value in self.params.items()]
+        parts = [f"{SYMBOLS.get(name, name)}={_text(value)}" for name, value in self.params.items()
+                 if value is not None]  # an optional knob left unset (FDG's parallel_weights) says nothing
         if interval and self.interval is not None:
             parts.append(interval_text(self.interval))
         return " ".join(parts)

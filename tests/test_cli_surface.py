@@ -17,7 +17,9 @@ from apg.errors import ApgError, CommandError, InputError, InputTypeError, Model
 # -- Setting ---------------------------------------------------------------------------------------
 # Per method: (the class's own non-default values, the direct constructor call with them).
 NON_DEFAULT = {"cfg": {}, "apg": {"eta": 0.25, "norm_threshold": 2.5, "momentum": -0.75},
-               "mcfg": {"momentum": -0.25, "norm_threshold": 1.0}, "cfg-zero-star": {"zero_init_steps": 3}}
+               "mcfg": {"momentum": -0.25, "norm_threshold": 1.0}, "cfg-zero-star": {"zero_init_steps": 3},
+               "fdg": {"guidance_scales": (1.0, 0.6, 0.3), "parallel_weights": (0.5, 1.0, 0.25)}, "tcfg": {},
+               "mambo-g": {"alpha": 3.0}}
 
 
 def test_every_method_has_a_non_default_case():
@@ -76,7 +78,7 @@ def test_a_registered_rule_with_a_list_parameter_needs_no_code_in_setting():
 
 
 @pytest.mark.parametrize("make, error, message", [
-    (lambda: apg.Setting("pag"), InputError, "method must be one of cfg, apg, mcfg, cfg-zero-star, got 'pag'"),
+    (lambda: apg.Setting("pag"), InputError, "method must be one of cfg, apg, mcfg, cfg-zero-star, fdg, tcfg, mambo-g, got 'pag'"),
     (lambda: apg.Setting("mcfg", {"eta": 0.5}), InputError, "method 'mcfg' takes momentum, norm_threshold, not eta"),
     (lambda: apg.Setting("apg", {"eta": 2}), InputError, r"eta must be in \[0.0, 1.0\], got 2"),
     (lambda: apg.Setting("apg", {"eta": "x"}), InputTypeError, "eta must be a real number, got 'x'"),

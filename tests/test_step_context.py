@@ -173,9 +173,10 @@ def test_cfg_zero_star_dtypes_and_step_rules():
 
 # -- the registry and the bounds ------------------------------------------------------------------------------
 def test_methods_table():
-    assert list(METHODS) == ["cfg", "apg", "mcfg", "cfg-zero-star"]
-    assert [cls.label for cls in METHODS.values()] == ["CFG", "APG", "MomentumCFG", "CFG-Zero*"]
-    assert [cls.space for cls in METHODS.values()] == ["x0", "x0", "x0", "raw"]
+    assert list(METHODS) == ["cfg", "apg", "mcfg", "cfg-zero-star", "fdg", "tcfg", "mambo-g"]
+    assert [cls.label for cls in METHODS.values()] == ["CFG", "APG", "MomentumCFG", "CFG-Zero*", "FDG", "TCFG",
+                                                       "MAMBO-G"]
+    assert [cls.space for cls in METHODS.values()] == ["x0", "x0", "x0", "raw", "x0", "x0", "x0"]
     assert apg.METHODS is METHODS and apg.SCALE is SCALE and apg.Param is Param
 
 
@@ -186,8 +187,8 @@ def test_parameters_describe_the_constructor(cls):
     assert signature.parameters["interval"].kind is inspect.Parameter.KEYWORD_ONLY
     assert signature.parameters["interval"].default is None
     for p in cls.parameters:
-        assert signature.parameters[p.name].default == p.default and isinstance(p.default, p.kind), p
-        assert p.low <= p.default <= p.high and p.help
+        assert signature.parameters[p.name].default == p.default and p.validate(p.default) == p.default, p
+        assert p.help and (p.default is None or isinstance(p.default, p.kind)), p
     g = cls(SCALE.default, **{p.name: p.default for p in cls.parameters})
     assert all(getattr(g, p.name) == p.default for p in cls.parameters)
 
@@ -200,23 +201,30 @@ def _params_by_name():
     return out
 
 
+def _as_taken(p, value):
+    """value as the parameter takes it: one number, or each entry of a two-level tuple (FDG's default levels)."""
+    return (float(value),) * 2 if p.kind is tuple else p.kind(value)
+
+
 @pytest.mark.parametrize("name", sorted(_params_by_name()))
 def test_bounds_are_enforced_inclusively(name):
     cls, p = _params_by_name()[name]
     step = 1 if p.kind is int else 1e-6
-    cls(2.0, **{name: p.kind(p.low)})
+    cls(2.0, **{name: _as_taken(p, p.low)})
     with pytest.raises(ValueError, match=f"{name}.*{p.low - step!r}"):
-        cls(2.0, **{name: p.low - step})
+        cls(2.0, **{name: _as_taken(p, p.low - step)})
     if math.isfinite(p.high):
-        cls(2.0, **{name: p.kind(p.high)})
+        cls(2.0, **{name: _as_taken(p, p.high)})
         with pytest.raises(ValueError, match=name):
-            cls(2.0, **{name: p.high + step})
+            cls(2.0, **{name: _as_taken(p, p.high + step)})
 
 
 def test_documented_bounds():
     got = {name: (p.low, p.high, p.kind) for name, (_, p) in _params_by_name().items()}
     assert got == {"eta": (0.0, 1.0, float), "norm_threshold": (0.0, math.inf, float),
-                   "momentum": (-1.0, 1.0, float), "zero_init_steps": (0, math.inf, int)}
+                   "momentum": (-1.0, 1.0, float), "zero_init_steps": (0, math.inf, int),
+                   "guidance_scales": (0.0, math.inf, tuple), "parallel_weights": (0.0, 1.0, tuple),
+                   "alpha": (0.0, math.inf, float)}
     assert (SCALE.name, SCALE.low, SCALE.high) == ("guidance_scale", 0.0, math.inf)
 
 

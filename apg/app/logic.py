@@ -125,6 +125,17 @@ def _number(name: str, value, param: apg.Param):
     return value
 
 
+def _knob(name: str, value, param: apg.Param):
+    """A method's knob: a number, or for a tuple knob the numbers typed in its text box."""
+    if param.kind is not tuple:
+        return _number(name, value, param)
+    try:
+        return param.validate(param.parse(value) if isinstance(value, str) else
+                              [value] if isinstance(value, numbers.Real) else value)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{name}: {error}") from None
+
+
 def _size(name, value):
     if value in (0, None):
         return 0
@@ -157,7 +168,8 @@ def _side(side, values, guidance_scale) -> apg.Setting:
     params = {}
     for param in apg.METHODS[method].parameters:
         value = values.get(f"{side}_{param.name}")
-        params[param.name] = param.default if value is None else _number(f"{side}_{param.name}", value, param)
+        blank = value is None or (isinstance(value, str) and not value.strip())  # an emptied text box too
+        params[param.name] = param.default if blank else _knob(f"{side}_{param.name}", value, param)
     interval = _interval(side, values.get(f"{side}_interval", INTERVAL_OFF),
                          values.get(f"{side}_sigma_low"), values.get(f"{side}_sigma_high"))
     return apg.Setting(method, params, scale=guidance_scale, interval=interval)

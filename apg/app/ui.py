@@ -176,18 +176,30 @@ def make_endpoint(names: list[str]):
 
 
 # -- widgets --------------------------------------------------------------------------------------
-def _number(param: apg.Param, value, label: str, visible=True, **kwargs) -> gr.Number:
-    """A number box: no slider, because Gradio's sliders clamp a typed value silently; bounds are checked once."""
+def _number(param: apg.Param, value, label: str, visible=True, **kwargs) -> gr.Number | gr.Textbox:
+    """A number box: no slider, because Gradio's sliders clamp a typed value silently; bounds are checked once.
+    A tuple knob (one number per level) is a text box of numbers."""
+    if param.kind is tuple:
+        return gr.Textbox(_shown(param, value), label=label, info=f"{param.bounds()}, space-separated; {param.help}",
+                          visible=visible, **kwargs)
     info = f"{logic.bounds_text(param)}; {param.help}"
     step = 1 if param.kind is int else 0.05 if math.isfinite(param.high) and param.high - param.low <= 2 else 0.5
     return gr.Number(value, label=label, info=info, step=step, visible=visible, **kwargs)
 
 
+def _shown(param: apg.Param, value):
+    """A knob's value as its widget holds it: tuples as text ('' for an unset one), numbers as they are."""
+    if param.kind is not tuple:
+        return value
+    return "" if value is None else " ".join(f"{v:g}" for v in value)
+
+
 def _method_updates(method: str, side_params: dict, reset: bool):
     """Visibility (and, when the user picks a method, the class defaults) of a side's knobs and preset box."""
     own = {param.name: param.default for param in apg.METHODS[method].parameters}
-    updates = [gr.update(visible=name in own, **({"value": own[name]} if reset and name in own else {}))
-               for name in side_params]
+    updates = [gr.update(visible=name in own,
+                         **({"value": _shown(param, own[name])} if reset and name in own else {}))
+               for name, param in side_params.items()]
     return updates + [gr.update(visible=_takes_presets(method))]
 
 

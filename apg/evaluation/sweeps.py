@@ -76,7 +76,7 @@ def plot_sweep(rows: list[dict], path, title: str = ""):
     fig = Figure(figsize=(4.6 * (len(panels) + has_fid), 4.3), layout="constrained")
     axes = fig.subplots(1, len(panels) + has_fid, squeeze=False)[0]
     settings = list(dict.fromkeys(setting_label(r) for r in rows))
-    markers = dict(zip(METHODS, "os^Dvp"))
+    markers = dict(zip(METHODS, "os^Dvp<>P*X"))
     for k, setting in enumerate(settings):
         points = sorted((r for r in rows if setting_label(r) == setting), key=lambda r: r["guidance_scale"])
         style = dict(marker=markers.get(points[0]["method"], "o"), color=f"C{k}", label=setting)
