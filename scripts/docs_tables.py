@@ -1,11 +1,11 @@
-"""Write the README's tables of supported pipelines and schedulers from apg's own tables.
+"""Write docs/pipelines.md's tables of supported pipelines and schedulers from apg's own tables.
 
-    python scripts/readme_tables.py          # rewrite the tables between the marker comments in README.md
-    python scripts/readme_tables.py --check  # exit 1, naming the stale tables, if README.md differs
+    python scripts/docs_tables.py          # rewrite the tables between the marker comments in docs/pipelines.md
+    python scripts/docs_tables.py --check  # exit 1, naming the stale tables, if docs/pipelines.md differs
 
 Pipelines come from apg.registry.STOCK_PIPELINES (each entry's registered PipelineSpec), schedulers from
 apg.schedulers.SUPPORTED_SCHEDULERS, the file column from the classes defined in pipelines/. Each table sits
-between `<!-- NAME:start -->` and `<!-- NAME:end -->`; everything else in README.md is left as it is.
+between `<!-- NAME:start -->` and `<!-- NAME:end -->`; everything else in the file is left as it is.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = os.path.join(REPO, "README.md")
+DOC = os.path.join(REPO, "docs", "pipelines.md")
 
 BATCH_TEXT = {
     "uncond_first": "one pass on `[uncond, cond]`",
@@ -100,11 +100,11 @@ def _pattern(name: str):
 
 
 def render(text: str) -> str:
-    """`text` (the README) with every marked table regenerated; ValueError if a marker pair is missing."""
+    """`text` (docs/pipelines.md) with every marked table regenerated; ValueError if a marker pair is missing."""
     for name, table in TABLES.items():
         pattern = _pattern(name)
         if len(pattern.findall(text)) != 1:
-            raise ValueError(f"README.md needs exactly one <!-- {name}:start --> ... <!-- {name}:end --> pair")
+            raise ValueError(f"docs/pipelines.md needs exactly one <!-- {name}:start --> ... <!-- {name}:end --> pair")
         text = pattern.sub(lambda _: f"<!-- {name}:start -->\n{table()}\n<!-- {name}:end -->", text)
     return text
 
@@ -115,7 +115,7 @@ def stale_tables(current: str, wanted: str) -> list[str]:
 
 def _write_atomically(path: str, text: str):
     mode = os.stat(path).st_mode & 0o777  # keep the file's permissions
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".README.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".pipelines.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -128,26 +128,26 @@ def _write_atomically(path: str, text: str):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    parser.add_argument("--check", action="store_true", help="only check that docs/pipelines.md is up to date")
     args = parser.parse_args(argv)
     sys.path.insert(0, REPO)  # this checkout's apg, not an installed one
-    with open(README, encoding="utf-8", newline="") as f:
+    with open(DOC, encoding="utf-8", newline="") as f:
         current = f.read()
     try:
         wanted = render(current)
     except ValueError as error:
-        print(f"readme_tables: {error}", file=sys.stderr)
+        print(f"docs_tables: {error}", file=sys.stderr)
         return 2
     if args.check:
         if wanted != current:
             stale = ", ".join(stale_tables(current, wanted))
-            print(f"readme_tables: README.md tables out of date ({stale}); run `python scripts/readme_tables.py`",
+            print(f"docs_tables: docs/pipelines.md tables out of date ({stale}); run `python scripts/docs_tables.py`",
                   file=sys.stderr)
             return 1
         return 0
     if wanted != current:
-        _write_atomically(README, wanted)
-        print("readme_tables: README.md updated")
+        _write_atomically(DOC, wanted)
+        print("docs_tables: docs/pipelines.md updated")
     return 0
 
 

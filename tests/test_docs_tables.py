@@ -1,4 +1,4 @@
-"""README.md's tables of pipelines and schedulers are what scripts/readme_tables.py generates from the registries."""
+"""docs/pipelines.md's tables of pipelines and schedulers are what scripts/docs_tables.py generates from the registries."""
 
 import importlib.util
 import os
@@ -9,20 +9,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("readme_tables", os.path.join(REPO, "scripts", "readme_tables.py"))
+    spec = importlib.util.spec_from_file_location("docs_tables", os.path.join(REPO, "scripts", "docs_tables.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_readme_tables_are_generated():
+def test_docs_tables_are_generated():
     script = _script()
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8", newline="") as f:
+    with open(os.path.join(REPO, "docs", "pipelines.md"), encoding="utf-8", newline="") as f:
         current = f.read()
     wanted = script.render(current)
     assert wanted == current, (
-        f"README.md tables out of date ({', '.join(script.stale_tables(current, wanted))}): "
-        "run `python scripts/readme_tables.py`"
+        f"docs/pipelines.md tables out of date ({', '.join(script.stale_tables(current, wanted))}): "
+        "run `python scripts/docs_tables.py`"
     )
 
 
