@@ -5,10 +5,12 @@
 
 from importlib import import_module
 
+from . import errors
 from ._fused import status as kernel_status
 from .guidance import (
     APG, CFG, INTERVALS, METHODS, PRESETS, SCALE, CFGZeroStar, Guidance, MomentumCFG, Param, register_method,
 )
+from .setting import Setting
 
 __version__ = "0.1.0"
 
@@ -22,7 +24,7 @@ _LAZY = {
 
 __all__ = [
     "APG", "CFG", "MomentumCFG", "CFGZeroStar", "Guidance", "Param", "SCALE", "METHODS", "register_method",
-    "PRESETS", "INTERVALS", "kernel_status", *_LAZY,
+    "PRESETS", "INTERVALS", "Setting", "errors", "kernel_status", *_LAZY,
 ]
 
 

@@ -1,26 +1,34 @@
-"""The command-line surface shared by `apg compare` and `apg eval`: one parser style, one error style, and
-the guidance options built from the registry of methods (apg.METHODS and each class's `parameters`).
+"""The command-line surface shared by `apg compare`, `apg eval` and `apg app`: one parser style, one error
+style, the runtime options (--device, --dtype) and the guidance options built from the registry of methods
+(apg.METHODS and each class's `parameters`), resolved into an apg.Setting.
 
 Lists are space-separated everywhere (`--scales 1 4 8`); a comma inside a list value is an error that says so.
 Values are checked by the library's own constructors (apg.Param bounds), so the CLI and the library agree.
+
+The error contract (docs/cli.md): an apg.errors.ApgError is one line, `<prog>: error: <message>`, exit code 2;
+anything else is a bug and ends in Python's traceback; `--traceback` shows the traceback of an ApgError too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 from . import guidance as _guidance
+from .errors import ApgError, CommandError, ResourceError
+from .setting import Setting
 
 __all__ = ["CommandError", "ArgumentParser", "HelpFormatter", "SEED_MAX", "add_guidance_options",
-           "check_guidance_options", "make_guidance", "listed", "seed", "parse_interval", "report"]
+           "check_guidance_options", "setting", "listed", "seed", "at_least", "parse_interval", "report",
+           "run_guarded", "add_traceback_option", "add_runtime_options", "check_runtime_options", "output_file",
+           "output_folder", "writing"]
 
 SEED_MAX = 2**32 - 1  # the app's bound too: seeds are 32-bit everywhere
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as `apg <command>: error: <message>`, one line, exit code 2."""
 
 
 def report(prog: str, error) -> int:
@@ -28,6 +36,27 @@ def report(prog: str, error) -> int:
     message = " ".join(str(error).split()) or type(error).__name__  # one line, whatever the message
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
+
+
+def run_guarded(prog: str, work, traceback: bool = False) -> int:
+    """work() -> its exit code (None: 0); an ApgError is one line and exit code 2 (with --traceback: raised).
+
+    Nothing broader is caught: any other exception is a bug and shows Python's traceback.
+    """
+    try:
+        return work() or 0
+    except ApgError as error:
+        if traceback:
+            raise
+        return report(prog, error)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def add_traceback_option(parser) -> None:
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an error, print the full Python traceback (for a bug report) instead of one line")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -59,6 +88,22 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # -- value types: each names what it expected ---------------------------------------------------------
+def at_least(low: int):
+    """An argparse type for an integer >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"an integer >= {low}"
+    return parse
+
+
 def listed(kind, what: str):
     """An argparse type for one item of a space-separated list: refuses commas, says to use spaces."""
 
@@ -181,17 +226,72 @@ def _takes_preset(cls) -> bool:
     return hasattr(cls, "from_preset")
 
 
-def make_guidance(args, method: str, scale: float) -> _guidance.Guidance:
-    """The guidance object for `method` at `scale` from the parsed options; CommandError for bad values."""
-    cls = _guidance.METHODS[method]
-    kwargs = {p.name: getattr(args, _dest(p)) for p in cls.parameters if getattr(args, _dest(p), None) is not None}
+def setting(args, method: str, scale: float) -> Setting:
+    """The apg.Setting of `method` at `scale` from the parsed options; an apg.errors.InputError for bad values."""
+    params = {p.name: getattr(args, _dest(p), None) for p in _guidance.METHODS[method].parameters}
     preset = getattr(args, "preset", None)
-    if preset is not None and _takes_preset(cls):
-        kwargs.update(_guidance.PRESETS[preset])
-    interval = getattr(args, "interval", None)
-    if interval is not None:
-        kwargs["interval"] = interval
+    return Setting.from_options(method, scale, preset=preset if _takes_preset(_guidance.METHODS[method]) else None,
+                                interval=getattr(args, "interval", None), **params)
+
+
+# -- runtime and output -----------------------------------------------------------------------------
+def add_runtime_options(parser, default_device: str) -> None:
+    """--device and --dtype, resolved by apg.runtime; `default_device` says what None means for this command."""
+    from .runtime import DTYPES
+
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--device", help=f"torch device: cpu, cuda, cuda:1, mps (default: {default_device})")
+    group.add_argument("--dtype", choices=list(DTYPES),
+                       help="weights and compute dtype (default: float32 on the CPU; bfloat16 on CUDA where "
+                            "supported, else float16; builtin: float32)")
+
+
+def check_runtime_options(args) -> None:
+    """A --device this machine lacks is refused now, before a model loads (apg.runtime.resolve_device)."""
+    from .runtime import resolve_device
+
+    if args.device is not None:
+        resolve_device(args.device)
+
+
+def _probe(option: str, path: Path, folder: Path) -> None:
+    """CommandError unless a file can be created in `folder` or, if it does not exist yet, its nearest ancestor."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise CommandError(f"{option} {str(path)!r}: {str(existing)!r} is a file, not a folder")
     try:
-        return cls(scale, **kwargs)
-    except (TypeError, ValueError) as error:
-        raise CommandError(f"{cls.label}: {error}") from None
+        fd, name = tempfile.mkstemp(dir=existing, prefix=".apg-probe-")  # root passes os.access, not this
+        os.close(fd)
+        os.unlink(name)
+    except OSError as error:
+        raise CommandError(f"{option} {str(path)!r}: cannot write in {str(existing)!r} "
+                           f"({error.strerror or type(error).__name__})") from None
+
+
+def output_file(option: str, path) -> Path:
+    """The file `option` names, checked before any work: not a folder, and writable where it goes."""
+    path = Path(path)
+    if path.is_dir():
+        raise CommandError(f"{option} {str(path)!r} is a folder; give a file name, e.g. {str(path / 'out.png')!r}")
+    _probe(option, path, path.parent)
+    return path
+
+
+def output_folder(option: str, path) -> Path:
+    """The folder `option` names, checked before any work: not a file, and writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"{option} {str(path)!r} is a file; give a folder")
+    _probe(option, path, path)
+    return path
+
+
+@contextlib.contextmanager
+def writing(option: str, path):
+    """A failed write of `path` (disk full, removed folder) as one apg.errors.ResourceError line."""
+    try:
+        yield
+    except OSError as error:
+        if isinstance(error, ApgError):
+            raise
+        raise ResourceError(f"{option} {str(path)!r}: cannot write it ({error.strerror or error})") from None

@@ -4,8 +4,13 @@ Per call, a forward hook on the denoiser records its conditional and uncondition
 `scheduler.step` is shadowed on the instance by a wrapper that turns both into x0 with the scheduler's own
 coefficients, applies the guidance with its step context (sigma, step), maps the result back to the model's
 parameterization
-(`out_uncond + (x0_guided - x0_uncond) / b`, exact) and calls the real step. Both are removed when the call
-ends, whether it returns or raises. The pipeline's own CFG line still runs; its result is replaced.
+(`out_uncond + (x0_guided - x0_uncond) / b`, exact) and calls the step it shadows (a user's own instance-level
+wrapper, if there is one, then the real step). Both are removed when the call ends, whether it returns or
+raises. The pipeline's own CFG line still runs; its result is replaced. A step the pipeline runs without CFG
+(Diffusers' CFG cutoff callbacks) passes through unguided, as stock.
+
+Only the innermost guided run on this thread is fed and steps: what the step-end callbacks and the shadowed
+step run (a stock pipeline sharing the denoiser and scheduler, say) runs with no guided run active.
 
 The step context: `step` counts scheduler.step calls from 0, as Diffusers' loops count `i` over
 scheduler.timesteps; `sigma` is the EDM noise level of the sample that step's model evaluation saw. Heun-type
@@ -15,6 +20,7 @@ correction at the Euler prediction) sigma_{i+1}, and its own step index.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -22,22 +28,86 @@ import math
 import threading
 
 import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
+from ._x0 import guided_output
+from .errors import InputError, UnsupportedError
 from .guidance import Guidance, _real
 from .registry import PipelineSpec
-from .schedulers import check_scheduler, noise_level, step_coefficients
+from .schedulers import check_scheduler
 
 __all__ = ["run_guided"]
+
+_CALLBACK_ARGS = ("callback_on_step_end", "callback")  # Diffusers' per-step callbacks (`callback`: deprecated)
 
 # Innermost guided run per thread: a denoiser shared by two pipelines (from_pipe) feeds only that run.
 _active = threading.local()
 
 
 def _active_runs() -> list:
+    """The thread's guided runs, innermost last; None: a callback of the run below it is running."""
     if not hasattr(_active, "runs"):
         _active.runs = []
     return _active.runs
+
+
+def _outside_runs(function, *args, **kwargs):
+    """function(*args, **kwargs) with no guided run active: a pipeline it runs neither feeds nor steps ours."""
+    runs = _active_runs()
+    runs.append(None)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        runs.pop()
+
+
+class _CallbacksOutsideRuns(MultiPipelineCallbacks):
+    """A Diffusers callback object run outside the guided runs; still one, so the pipeline reads its tensor_inputs."""
+
+    def __init__(self, callback):
+        self.callback = callback
+
+    @property
+    def tensor_inputs(self):
+        return self.callback.tensor_inputs
+
+    def __call__(self, *args):
+        return _outside_runs(self.callback, *args)
+
+
+def _callback_outside_runs(callback):
+    if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+        return _CallbacksOutsideRuns(callback)
+    return functools.partial(_outside_runs, callback)
+
+
+def _cfg_turned_off(pipe) -> bool:
+    """Whether the pipeline runs this step without CFG: a CFG cutoff callback set its scale to 0."""
+    return getattr(pipe, "do_classifier_free_guidance", True) is False
+
+
+def shadow_step(run, scheduler):
+    """Wrap `scheduler.step` as it is for `run`: the bound method, or a user's instance-level wrapper, in the chain.
+
+    `run.guide_output(model_output, timestep, sample)` replaces the model output while `run.active()`.
+    `inspect.signature` sees what it wraps through __wrapped__, as the pipeline would without apg; the
+    arguments are bound by name against the scheduler class's own step.
+    """
+    step = scheduler.step
+    # By name: CogVideoXDPM's step takes (model_output, old_x0, timestep, ...).
+    signature = inspect.signature(type(scheduler).step.__get__(scheduler))
+
+    @functools.wraps(step)
+    def guided(*args, **kwargs):
+        if not run.active():  # a pipeline run from a callback, or an inner guided run sharing the scheduler
+            return step(*args, **kwargs)
+        call = signature.bind(*args, **kwargs)
+        given = call.arguments
+        given["model_output"] = run.guide_output(given["model_output"], given["timestep"], given["sample"])
+        return _outside_runs(step, *call.args, **call.kwargs)
+
+    return guided
 
 
 class _GuidedRun:
@@ -57,9 +127,12 @@ class _GuidedRun:
         self.trunc_ratio = None  # steps past this fraction run no uncond pass (spec.cfg_trunc_arg), set per call
         self.step = 0  # scheduler.step calls so far: the guidance's `step`
 
-    def capture(self, module, args, output):
+    def active(self) -> bool:
         runs = _active_runs()
-        if runs and runs[-1] is self:
+        return bool(runs) and runs[-1] is self
+
+    def capture(self, module, args, output):
+        if self.active():
             output = output[0] if isinstance(output, tuple) else output.sample
             self.outputs.append(output if self.spec.from_output is None else self.spec.from_output(self.pipe, output))
             self.module = module
@@ -75,32 +148,20 @@ class _GuidedRun:
         if scale is not self.guidance.guidance_scale:
             self.guidance.guidance_scale, self.guidance._scale_cache = scale, None  # momentum state carries on
 
-    def guided_step(self, step):
-        """Wrap the scheduler's bound `step`; `inspect.signature` sees the original through __wrapped__."""
-
-        signature = inspect.signature(step)  # by name: CogVideoXDPM's step takes (model_output, old_x0, timestep, ...)
-
-        @functools.wraps(step)
-        def guided(*args, **kwargs):
-            call = signature.bind(*args, **kwargs)
-            given = call.arguments
-            given["model_output"] = self.guide_output(given["model_output"], given["timestep"], given["sample"])
-            return step(*call.args, **call.kwargs)
-
-        return guided
-
     def _split(self, model_output):
         outputs, self.outputs = self.outputs, []
         spec, name = self.spec, type(self.pipe).__name__
         steps = len(self.pipe.scheduler.timesteps)  # Lumina2's count once it passes its sigmas
         truncated = self.trunc_ratio is not None and (self.step + 1) / steps > self.trunc_ratio
+        # CFG turned off after a guided step (not a pipeline that never runs CFG: that is an error below).
+        truncated = truncated or (self.step > 0 and _cfg_turned_off(self.pipe))
         expected = 2 if spec.batch == "separate" and not truncated else 1
         if len(outputs) != expected:
             raise RuntimeError(
                 f"{name}: expected {expected} {spec.denoiser} evaluation(s) before each scheduler.step "
                 f"(batch={spec.batch!r}), got {len(outputs)}; this call does not follow the registered CFG pattern"
             )
-        if truncated:  # the pipeline's CFG truncation: it steps the cond prediction alone
+        if truncated:  # CFG truncated or cut off by the pipeline: it steps the cond prediction alone
             return outputs[0], None
         if spec.batch == "separate":
             pred_cond, pred_uncond = outputs
@@ -132,7 +193,7 @@ class _GuidedRun:
             pred_cond = self.spec.to_stepped(self.pipe, pred_cond, model_output)
             pred_uncond = self.spec.to_stepped(self.pipe, pred_uncond, model_output)
         self.step_scale(timestep)
-        n, channels = pred_cond.shape[0], model_output.shape[1]
+        channels = model_output.shape[1]
         # [n, C, ...] each, the model's parameterization; learned-sigma channels beyond C are dropped.
         pred_cond = pred_cond[:, :channels].to(model_output.dtype)
         pred_uncond = pred_uncond[:, :channels].to(model_output.dtype)
@@ -141,22 +202,8 @@ class _GuidedRun:
                 f"{type(self.pipe).__name__}: denoiser output {tuple(pred_cond.shape)} does not match the "
                 f"scheduler's model_output {tuple(model_output.shape)}"
             )
-        scheduler = self.pipe.scheduler
-        if self.space == "raw":
-            sigma = noise_level(scheduler, self.family, timestep)
-            guided = self.guidance(pred_cond, pred_uncond, sigma=sigma, step=step)
-        else:
-            a, b, sigma = step_coefficients(scheduler, self.family, timestep)  # one read of the scheduler's state
-            if b == 0:
-                raise RuntimeError(f"x0 does not depend on the model output at timestep {timestep} (noise level 0)")
-            # At least float32: at high noise a * sample and b * output nearly cancel, too close for half precision.
-            dtype = torch.promote_types(model_output.dtype, torch.float32)
-            scaled_sample = sample[:n].to(dtype) * a  # x0 = a * sample + b * output, [n, C, ...]
-            denoised_cond = torch.add(scaled_sample, pred_cond.to(dtype), alpha=b)
-            denoised_uncond = torch.add(scaled_sample, pred_uncond.to(dtype), alpha=b)
-            denoised = self.guidance(denoised_cond, denoised_uncond, sigma=sigma, step=step)
-            guided = torch.add(pred_uncond.to(dtype), denoised - denoised_uncond, alpha=1.0 / b)
-            guided = guided.to(model_output.dtype)
+        guided = guided_output(self.guidance, self.space, self.pipe.scheduler, self.family, timestep, sample,
+                               pred_cond, pred_uncond, step)
         rescale = getattr(self.pipe, self.spec.rescale_attr) if self.spec.rescale_attr else 0.0
         if rescale > 0:
             guided = rescale_noise_cfg(guided, pred_cond, guidance_rescale=rescale)
@@ -183,14 +230,14 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
     """Run `call(*args, **kwargs)`, a stock `__call__` of `pipe`, with its CFG result replaced by `guidance`."""
     bound = inspect.signature(call).bind_partial(*args, **kwargs).arguments
     if spec.scale_arg in bound:
-        raise ValueError(
+        raise InputError(
             f"{spec.scale_arg}={bound[spec.scale_arg]!r} was passed to a {type(pipe).__name__} guided by "
             f"{guidance!r}; the guidance's own scale governs. Set the scale on the guidance object, or call "
             "apg.guide(pipe, None) for stock behaviour"
         )
     for arg, reason in spec.refused_args.items():
         if arg in bound and bound[arg] != inspect.signature(call).parameters[arg].default:
-            raise ValueError(f"{arg}={bound[arg]!r} is not supported by apg with {type(pipe).__name__}: {reason}")
+            raise UnsupportedError(f"{arg}={bound[arg]!r} is not supported by apg with {type(pipe).__name__}: {reason}")
     kwargs = {**kwargs, spec.scale_arg: _pipeline_scale(guidance)}
     arg = spec.negative_prompt_arg
     if arg and bound.get(arg) is None and bound.get("negative_prompt_embeds") is None:
@@ -205,20 +252,31 @@ def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, a
         denoisers.append(second)
     run.renorm = spec.renorm_to_cond and bool(_call_value(call, bound, spec.renorm_arg, True))
     run.trunc_ratio = _call_value(call, bound, spec.cfg_trunc_arg, None)
-    scheduler = pipe.scheduler
-    shadowed = scheduler.__dict__.get("step")  # an outer guided run on a shared scheduler
     handles = [denoiser.register_forward_hook(run.capture) for denoiser in denoisers]
-    scheduler.step = run.guided_step(type(scheduler).step.__get__(scheduler))
-    _active_runs().append(run)
     try:
-        return call(*args, **kwargs)
+        with guided_call(run, pipe.scheduler):
+            return call(*args, **callbacks_outside_runs(kwargs))
     finally:
-        _active_runs().remove(run)
         for handle in handles:
             handle.remove()
+
+
+def callbacks_outside_runs(kwargs: dict) -> dict:
+    """Call arguments with Diffusers' step callbacks run outside the guided runs: a pipeline run there is no part."""
+    return {k: _callback_outside_runs(v) if k in _CALLBACK_ARGS and callable(v) else v for k, v in kwargs.items()}
+
+
+@contextlib.contextmanager
+def guided_call(run, scheduler):
+    """For one call: `scheduler.step` shadowed for `run` (shadow_step), and `run` the thread's innermost guided run."""
+    shadowed = scheduler.__dict__.get("step")  # a user's wrapper, or an outer guided run's on a shared scheduler
+    scheduler.step = shadow_step(run, scheduler)
+    _active_runs().append(run)
+    try:
+        yield
+    finally:
+        _active_runs().remove(run)
         if shadowed is None:
             del scheduler.step
         else:
             scheduler.step = shadowed
-
-

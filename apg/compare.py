@@ -15,7 +15,11 @@ import json
 from dataclasses import dataclass, field
 
 from . import guidance as _guidance
-from ._options import CommandError, add_guidance_options, check_guidance_options, listed, make_guidance, seed
+from ._options import (
+    CommandError, add_guidance_options, add_runtime_options, at_least, check_guidance_options, check_runtime_options,
+    listed, output_file, seed, setting, writing,
+)
+from .setting import Setting, interval_text
 
 __all__ = ["add_arguments", "run", "call_inputs", "format_table", "draw_grid"]
 
@@ -48,21 +52,18 @@ def add_arguments(parser) -> None:
                         help="seeds (integers >= 0), space-separated: one image per seed and condition")
     add_guidance_options(parser, default=("cfg", "apg"))
     run = parser.add_argument_group("sampling")
-    run.add_argument("--steps", type=int, default=32, help="inference steps")
+    run.add_argument("--steps", type=at_least(1), default=32, help="inference steps")
     run.add_argument("--scheduler", help="scheduler class, e.g. DDIMScheduler, built from the pipeline's config "
                                          "(default: the pipeline's own)")
-    run.add_argument("--height", type=int, help="image height in pixels (default: the pipeline's)")
-    run.add_argument("--width", type=int, help="image width in pixels (default: the pipeline's)")
-    run.add_argument("--num-frames", type=int, help="frames per clip, for video pipelines (default: the pipeline's)")
-    run.add_argument("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda if available, else cpu; "
-                                      "builtin: cpu)")
-    run.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
-                     help="weights and compute dtype (default: float32 on CPU; bfloat16 on CUDA where supported, "
-                          "else float16; builtin: float32)")
+    run.add_argument("--height", type=at_least(1), help="image height in pixels (default: the pipeline's)")
+    run.add_argument("--width", type=at_least(1), help="image width in pixels (default: the pipeline's)")
+    run.add_argument("--num-frames", type=at_least(1),
+                     help="frames per clip, for video pipelines (default: the pipeline's)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                      help="a progress bar per pipeline call, on stderr (default: on)")
+    add_runtime_options(parser, "cuda if available, else cpu; builtin: cpu")
     out = parser.add_argument_group("output")
-    out.add_argument("--cell", type=int, default=128, help="grid cell width in pixels (>= 32)")
+    out.add_argument("--cell", type=at_least(32), default=128, help="grid cell width in pixels")
     out.add_argument("--out", default="apg-compare.png", help="grid PNG to write")
 
 
@@ -77,16 +78,20 @@ class Inputs:
     record: dict = field(default_factory=dict)  # the same, JSON-able, for the PNG's metadata
 
 
-def _check_args(args) -> None:
-    if args.steps < 1:
-        raise CommandError(f"--steps must be >= 1, got {args.steps}")
-    if args.cell < 32:
-        raise CommandError(f"--cell must be >= 32 pixels, got {args.cell}")
-    for name in ("height", "width", "num_frames"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+def check_args(args) -> list[Setting]:
+    """Everything the arguments alone decide, before a model loads: the settings (one per method and scale)."""
+    from .schedulers import SUPPORTED_SCHEDULERS
+
     check_guidance_options(args, args.methods)
+    settings = [setting(args, m, w) for m in args.methods for w in args.scales]
+    if args.scheduler is not None and args.scheduler not in SUPPORTED_SCHEDULERS:
+        raise CommandError(f"--scheduler {args.scheduler!r} is not one of {sorted(SUPPORTED_SCHEDULERS)}")
+    check_runtime_options(args)
+    output_file("--out", args.out)
+    for key, (option, _) in IMAGE_INPUTS.items():
+        if getattr(args, key) is not None:
+            _open_image(getattr(args, key), option, "RGB")  # readable now, not after the model loads
+    return settings
 
 
 def _class_names(pipe) -> dict[int, str]:
@@ -120,8 +125,15 @@ def call_inputs(pipe, args) -> Inputs:
         words = [c for c in classes if not c.isdigit()]
         if words and not hasattr(pipe, "get_label_ids"):
             raise CommandError(f"{name} has no class names: give --classes as label ids, got {' '.join(words)}")
-        ids = [int(c) if c.isdigit() else pipe.get_label_ids([c])[0] for c in classes]
+        try:
+            ids = [int(c) if c.isdigit() else pipe.get_label_ids([c])[0] for c in classes]
+        except (KeyError, ValueError) as error:  # the pipeline's own refusal of a name
+            raise CommandError(f"--classes: {error}") from None
         named = _class_names(pipe)
+        unknown = [i for i in ids if named and i not in named]
+        if unknown:
+            raise CommandError(f"--classes: class label {unknown[0]} is out of range: {name} has labels "
+                               f"{min(named)}..{max(named)}")
         inputs = Inputs("class_labels", ids, [named.get(i, str(i)) if c.isdigit() else c for c, i in zip(classes, ids)])
     elif "prompt" in parameters:
         if args.prompt is None:
@@ -161,8 +173,7 @@ def call_inputs(pipe, args) -> Inputs:
 
 @dataclass
 class Column:
-    method: str
-    guidance: _guidance.Guidance
+    setting: Setting
     images: list  # one PIL image per row (video: the middle frame)
     saturation: list  # per row; video: over every frame
     clipping: list
@@ -183,45 +194,32 @@ def run(args) -> int:
     from . import guide
     from .evaluation.files import save_png
     from .evaluation.metrics import per_image_clipping, per_image_saturation
-    from .runtime import ModelLoadError, load_pipeline
-    from .schedulers import SUPPORTED_SCHEDULERS
+    from .runtime import load_pipeline
 
-    _check_args(args)
-    settings = [(m, w, make_guidance(args, m, w)) for m in args.methods for w in args.scales]  # validated first
-    if args.scheduler is not None and args.scheduler not in SUPPORTED_SCHEDULERS:
-        raise CommandError(f"--scheduler {args.scheduler!r} is not one of {sorted(SUPPORTED_SCHEDULERS)}")
-    try:
-        pipe = load_pipeline(args.model, args.device, args.dtype)
-    except (ValueError, ModelLoadError) as error:
-        raise CommandError(error) from None
+    settings = check_args(args)
+    pipe = load_pipeline(args.model, args.device, args.dtype)
     if args.scheduler is not None:
         import diffusers
 
         pipe.scheduler = getattr(diffusers, args.scheduler).from_config(pipe.scheduler.config)
-    try:
-        with guide(pipe, _guidance.CFG(1.0)):  # refuses a pipeline or scheduler apg cannot guide, before any work
-            pass
-        inputs = call_inputs(pipe, args)
-    except (TypeError, ValueError) as error:
-        raise CommandError(error) from None
+    with guide(pipe, _guidance.CFG(1.0)):  # refuses a pipeline or scheduler apg cannot guide, before any work
+        pass
+    inputs = call_inputs(pipe, args)
 
     rows = [(value, name, s) for value, name in zip(inputs.values, inputs.names) for s in args.seeds]
     per_row = {key: [inputs.kwargs.pop(key)] * len(rows) for key in ("negative_prompt",) if key in inputs.kwargs}
     columns, video = [], False
-    for i, (method, w, guidance) in enumerate(settings):
+    for i, column_setting in enumerate(settings):
         pipe.set_progress_bar_config(disable=not args.progress, leave=False,
-                                     desc=f"[{i + 1}/{len(settings)}] {guidance.label} w={w:g}")
+                                     desc=f"[{i + 1}/{len(settings)}] {column_title(column_setting)}")
         # One generator per image, on the CPU: the same noise on every device and for every column.
         generators = [torch.Generator().manual_seed(s) for _, _, s in rows]
-        try:
-            with guide(pipe, guidance):
-                output = pipe(**{inputs.key: [value for value, _, _ in rows]}, **per_row, **inputs.kwargs,
-                              num_inference_steps=args.steps, generator=generators, output_type="pil")
-        except (TypeError, ValueError) as error:
-            raise CommandError(error) from None
+        with guide(pipe, column_setting.build()):
+            output = pipe(**{inputs.key: [value for value, _, _ in rows]}, **per_row, **inputs.kwargs,
+                          num_inference_steps=args.steps, generator=generators, output_type="pil")
         shown, clips = _images(output)
         video = video or any(len(clip) > 1 for clip in clips)
-        columns.append(Column(method, guidance, shown, [float(per_image_saturation(c).mean()) for c in clips],
+        columns.append(Column(column_setting, shown, [float(per_image_saturation(c).mean()) for c in clips],
                               [float(per_image_clipping(c).mean()) for c in clips]))
 
     row_labels = [f"{name} / seed {s}" for _, name, s in rows]
@@ -230,19 +228,21 @@ def run(args) -> int:
     record = {"model": args.model, "pipeline": type(pipe).__name__, "steps": args.steps,
               "scheduler": type(pipe.scheduler).__name__, "dtype": str(pipe.dtype).removeprefix("torch."),
               "seeds": args.seeds, inputs.key: inputs.values, **inputs.record,
-              "columns": [c.guidance.to_dict() for c in columns], "cells": boxes}
-    save_png(args.out, grid, text={"apg-compare": json.dumps(record, default=str)})
+              "columns": [c.setting.to_dict() for c in columns], "cells": boxes}
+    with writing("--out", args.out):
+        save_png(args.out, grid, text={"apg-compare": json.dumps(record, default=str)})
     print(f"wrote {args.out}")
     return 0
 
 
-def column_title(column: Column) -> str:
-    return f"{column.guidance.label} w={float(column.guidance.guidance_scale):g}"
+def column_title(setting: Setting) -> str:
+    """'APG w=8': a column of the table (its parameters are in the grid's header)."""
+    return f"{setting.cls.label} w={setting.scale:g}"
 
 
 def format_table(row_labels, columns) -> str:
     """Saturation S and clipped fraction C per image (rows) and method/scale (columns), with the means."""
-    titles = [column_title(c) for c in columns]
+    titles = [column_title(c.setting) for c in columns]
     width = max(len(label) for label in row_labels + ["mean", "S / C (clipped)"])
     cell = max(16, *(len(t) for t in titles))
     lines = ["S / C (clipped)".ljust(width) + "".join(f" | {t:>{cell}}" for t in titles)]
@@ -255,23 +255,6 @@ def format_table(row_labels, columns) -> str:
     mean = [(sum(c.saturation) / len(c.saturation), sum(c.clipping) / len(c.clipping)) for c in columns]
     lines.append(row("mean", mean))
     return "\n".join(lines)
-
-
-def _describe(guidance, interval: bool = True) -> str:
-    """The method's parameters (and interval), as the header's second line(s)."""
-    values = [f"{p.name}={_g(getattr(guidance, p.name))}" for p in type(guidance).parameters]
-    if interval and guidance.interval is not None:
-        values.append(_interval(guidance.interval))
-    return ", ".join(values)
-
-
-def _interval(interval) -> str:
-    low, high = interval
-    return f"sigma in ({_g(low)}, {_g(high)}]"
-
-
-def _g(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _fit(draw, text: str, font, width: float) -> str:
@@ -297,9 +280,11 @@ def _wrap(draw, text: str, font, width: float) -> list[str]:
 def draw_grid(row_labels, columns, cell: int, *, video: bool = False):
     """(grid image, cell boxes): one header per method spanning its scales, then w per column; rows =
     condition and seed; under each cell its saturation S and clipped fraction C. boxes[c][r] = [x, y, w, h]."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    font, small = ImageFont.load_default(size=11), ImageFont.load_default(size=10)
+    from ._fonts import font as load_font
+
+    font, small = load_font(11), load_font(10)
     line, pad = 13, 4
     first = columns[0].images[0]
     cell_h = max(8, round(cell * first.height / first.width))  # keep the aspect ratio of non-square images
@@ -307,8 +292,7 @@ def draw_grid(row_labels, columns, cell: int, *, video: bool = False):
     groups: list[tuple[int, int]] = []  # (first column, count): runs of one guidance setting but w
     for c, column in enumerate(columns):
         previous = columns[groups[-1][0]] if groups else None
-        if previous is not None and previous.method == column.method and \
-                _describe(previous.guidance) == _describe(column.guidance):
+        if previous is not None and previous.setting == column.setting.replace(scale=previous.setting.scale):
             groups[-1] = (groups[-1][0], groups[-1][1] + 1)
         else:
             groups.append((c, 1))
@@ -321,14 +305,14 @@ def draw_grid(row_labels, columns, cell: int, *, video: bool = False):
               "(burnt or crushed)"]
     if video:
         legend.append("video: the middle frame is shown; S and C are over every frame")
-    intervals = {column.guidance.interval for column in columns}
+    intervals = {column.setting.interval for column in columns}
     shared = len(intervals) == 1 and None not in intervals  # one interval for all: said once, in the legend
     if shared:
-        legend.append(f"every method guides only where {_interval(next(iter(intervals)))} (EDM noise level)")
+        legend.append(f"every method guides only where {interval_text(next(iter(intervals)))} (EDM noise level σ)")
     headers = []
     for g, (start, count) in enumerate(groups):
         span = count * cell - 2 * pad
-        label, detail = columns[start].guidance.label, _describe(columns[start].guidance, interval=not shared)
+        label, detail = columns[start].setting.cls.label, columns[start].setting.describe(interval=not shared)
         lines = _wrap(scratch, detail, small, span) if detail else []
         words = [label, *detail.split()]
         if all(scratch.textlength(word, font=font) <= span for word in words) and len(lines) <= 3:
@@ -356,7 +340,7 @@ def draw_grid(row_labels, columns, cell: int, *, video: bool = False):
     w_row = top - line - pad // 2
     for c, column in enumerate(columns):
         x = left + xs[c] + cell / 2
-        text = _fit(draw, f"w={float(column.guidance.guidance_scale):g}", font, cell - 2)
+        text = _fit(draw, f"w={column.setting.scale:g}", font, cell - 2)
         draw.text((x, w_row), text, fill="black", font=font, anchor="ma")
 
     boxes = [[None] * len(row_labels) for _ in columns]

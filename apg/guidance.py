@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _fused, _triton
+from .errors import InputError, InputTypeError
 
 __all__ = [
     "Guidance", "APG", "MomentumCFG", "CFG", "CFGZeroStar", "Param", "SCALE", "METHODS", "register_method",
@@ -132,12 +133,12 @@ class Param:
         """value as `kind` within [low, high]; TypeError or ValueError naming the parameter and the value."""
         if self.kind is int:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{self.name} must be an integer, got {value!r} ({type(value).__name__})")
+                raise InputTypeError(f"{self.name} must be an integer, got {value!r} ({type(value).__name__})")
             value = int(value)
         else:
             value = _real(self.name, value)
         if not self.low <= value <= self.high:
-            raise ValueError(f"{self.name} must be {self.bounds()}, got {value!r}")
+            raise InputError(f"{self.name} must be {self.bounds()}, got {value!r}")
         return value
 
     def bounds(self) -> str:
@@ -157,9 +158,9 @@ _ZERO_INIT_STEPS = Param("zero_init_steps", 1, 0, math.inf, "leading steps whose
 
 def _real(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+        raise InputTypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise InputError(f"{name} must be finite, got {value!r}")
     return float(value)
 
 
@@ -167,14 +168,14 @@ def _scale(value):
     if not isinstance(value, torch.Tensor):
         return SCALE.validate(value)
     if value.ndim != 1 or value.numel() == 0 or not value.dtype.is_floating_point:
-        raise ValueError(
+        raise InputError(
             "guidance_scale as a tensor must be 1-D floating point with one scale per sample, "
             f"got shape {tuple(value.shape)} and dtype {value.dtype}"
         )
     if not torch.isfinite(value).all():
-        raise ValueError(f"guidance_scale must be finite, got {value.tolist()}")
+        raise InputError(f"guidance_scale must be finite, got {value.tolist()}")
     if (value < SCALE.low).any():
-        raise ValueError(f"guidance_scale must be {SCALE.bounds()}, got {value.tolist()}")
+        raise InputError(f"guidance_scale must be {SCALE.bounds()}, got {value.tolist()}")
     return value.detach().to("cpu", torch.float64).clone()
 
 
@@ -186,12 +187,12 @@ def _interval(value):
             raise TypeError
         low, high = value
     except (TypeError, ValueError):
-        raise TypeError(f"interval must be None or a pair (sigma_low, sigma_high), got {value!r}") from None
+        raise InputTypeError(f"interval must be None or a pair (sigma_low, sigma_high), got {value!r}") from None
     for x in (low, high):
         if isinstance(x, bool) or not isinstance(x, numbers.Real):
-            raise TypeError(f"interval bounds must be real numbers, got {value!r}")
+            raise InputTypeError(f"interval bounds must be real numbers, got {value!r}")
     if not (math.isfinite(low) and 0 <= low < high):  # NaN fails every comparison
-        raise ValueError(f"interval must satisfy 0 <= sigma_low < sigma_high (high may be inf), got {value!r}")
+        raise InputError(f"interval must satisfy 0 <= sigma_low < sigma_high (high may be inf), got {value!r}")
     return float(low), float(high)
 
 
@@ -337,16 +338,16 @@ class Guidance:
     def from_dict(cls, config: dict) -> "Guidance":
         """Inverse of to_dict; on Guidance itself the "type" key picks the class."""
         if not isinstance(config, dict) or "type" not in config:
-            raise ValueError(f"config must be a dict with a 'type' key, got {config!r}")
+            raise InputError(f"config must be a dict with a 'type' key, got {config!r}")
         target = Guidance._registry.get(config["type"])
         if target is None or not issubclass(target, cls):
             known = sorted(k for k, v in Guidance._registry.items() if issubclass(v, cls))
-            raise ValueError(f"config type {config['type']!r} is not one of {known}")
+            raise InputError(f"config type {config['type']!r} is not one of {known}")
         params = {k: v for k, v in config.items() if k != "type"}
         expected = [*target._names(), "interval"]
         unknown = set(params) - set(expected)
         if unknown:
-            raise ValueError(f"unknown {target.__name__} parameters {sorted(unknown)}; expected {expected}")
+            raise InputError(f"unknown {target.__name__} parameters {sorted(unknown)}; expected {expected}")
         if isinstance(params.get("guidance_scale"), list):
             params["guidance_scale"] = torch.tensor(params["guidance_scale"], dtype=torch.float64)
         return target(**params)
@@ -376,7 +377,7 @@ class APG(Guidance):
     def from_preset(cls, name: str, guidance_scale, *, interval=None) -> "APG":
         """The paper's eta, r and beta for a model family; see PRESETS."""
         if name not in PRESETS:
-            raise ValueError(f"preset {name!r} is not one of {sorted(PRESETS)}")
+            raise InputError(f"preset {name!r} is not one of {sorted(PRESETS)}")
         return cls(guidance_scale, **PRESETS[name], interval=interval)
 
 
@@ -439,9 +440,9 @@ METHODS: dict[str, type[Guidance]] = {"cfg": CFG, "apg": APG, "mcfg": MomentumCF
 def register_method(name: str, cls: type[Guidance]) -> None:
     """Offer `cls` under the short `name` everywhere METHODS is read; ValueError if the name is taken."""
     if not isinstance(name, str) or not name or name != name.strip():
-        raise ValueError(f"method name must be a non-empty string without surrounding spaces, got {name!r}")
+        raise InputError(f"method name must be a non-empty string without surrounding spaces, got {name!r}")
     if not (isinstance(cls, type) and issubclass(cls, Guidance)):
-        raise TypeError(f"cls must be a subclass of apg.Guidance, got {cls!r}")
+        raise InputTypeError(f"cls must be a subclass of apg.Guidance, got {cls!r}")
     if METHODS.get(name, cls) is not cls:
-        raise ValueError(f"method name {name!r} is already registered for {METHODS[name].__name__}")
+        raise InputError(f"method name {name!r} is already registered for {METHODS[name].__name__}")
     METHODS[name] = cls

@@ -8,6 +8,8 @@ from typing import Callable
 
 import torch
 
+from .errors import UnsupportedError
+
 __all__ = ["PipelineSpec", "register_pipeline", "spec_for", "BATCHES", "registered"]
 
 BATCHES = ("uncond_first", "cond_first", "separate")
@@ -169,13 +171,13 @@ def _stock_spec(cls) -> PipelineSpec | None:
 
 
 def spec_for(pipe) -> PipelineSpec:
-    """The spec of `pipe`'s class (or its nearest registered base); ValueError naming the supported ones."""
+    """The spec of `pipe`'s class (or its nearest registered base); UnsupportedError naming the supported ones."""
     for cls in type(pipe).__mro__:
         spec = _REGISTRY.get(cls) or _stock_spec(cls)
         if spec is not None:
             return spec
     supported = sorted({cls.__name__ for cls in _REGISTRY} | set(_stock_names()))
-    raise ValueError(
+    raise UnsupportedError(
         f"pipeline {type(pipe).__name__} is not supported by apg; supported pipelines: {supported} "
         "(apg.register_pipeline declares another one that follows the standard CFG pattern)"
     )

@@ -12,36 +12,35 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError, ModelLoadError
+
 __all__ = ["BUILTIN", "DTYPES", "ModelLoadError", "resolve_device", "resolve_dtype", "load_pipeline"]
 
 BUILTIN = "builtin"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class ModelLoadError(RuntimeError):
-    """A model that cannot be loaded here; the message is one line that names it and says what to do."""
-
-
 def resolve_device(name: str | torch.device | None = None) -> torch.device:
     """The torch device for `name` ('cpu', 'cuda', 'cuda:1', 'mps'); None: cuda if available, else cpu.
 
-    A device this machine lacks is a ValueError with one line, not a torch traceback at the first tensor.
+    A device this machine lacks is an apg.errors.InputError (a ValueError) with one line, not a torch
+    traceback at the first tensor.
     """
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be a torch device such as cpu, cuda or cuda:1, got {name!r}") from None
+        raise InputError(f"device must be a torch device such as cpu, cuda or cuda:1, got {name!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: CUDA is not available on this machine (no GPU, or a CPU-only "
+            raise InputError(f"device {name!r}: CUDA is not available on this machine (no GPU, or a CPU-only "
                              "torch build); use cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            raise InputError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                              f"numbered from 0")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r}: MPS is not available on this machine; use cpu")
+        raise InputError(f"device {name!r}: MPS is not available on this machine; use cpu")
     return device
 
 
@@ -53,11 +52,11 @@ def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device | N
     """
     if isinstance(name, torch.dtype):
         if name not in DTYPES.values():
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name}")
+            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {name}")
         return name
     if name is not None:
         if name not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
         return DTYPES[name]
     device = resolve_device(device)
     if device.type == "cuda":
@@ -70,6 +69,8 @@ def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device | N
 def load_pipeline(model: str, device=None, dtype=None):
     """'builtin' (the offline CIFAR-10 model), a local Diffusers pipeline folder or a hub id, on `device`.
 
+    A folder with a modular_model_index.json loads as a ModularPipeline (guided through its guider slot).
+
     device and dtype: names or torch objects; None picks resolve_device/resolve_dtype's defaults, except
     that the built-in model stays on the CPU in float32 unless told otherwise (it is tiny and exact: a GPU
     would only add transfers). Never runs remote code. Loading draws no progress bar and logs no hub
@@ -80,7 +81,7 @@ def load_pipeline(model: str, device=None, dtype=None):
     try:
         device = resolve_device("cpu" if device is None and model == BUILTIN else device)
         dtype = None if dtype is None and model == BUILTIN else resolve_dtype(dtype, device)
-    except ValueError as error:
+    except InputError as error:
         raise ModelLoadError(str(error)) from None
     with _quiet():
         pipe = _load_builtin(dtype) if model == BUILTIN else _from_pretrained(model, dtype)
@@ -127,12 +128,18 @@ def _dtype_keyword() -> str:
 
 
 def _from_pretrained(model: str, dtype: torch.dtype):
-    from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline, ModularPipeline
 
     local = Path(model).expanduser()
-    if local.exists() and not (local / "model_index.json").is_file():
-        raise ModelLoadError(f"model {model!r} is a path without a model_index.json: not a Diffusers pipeline folder")
+    modular = local.exists() and not (local / "model_index.json").is_file()
+    if modular and not (local / "modular_model_index.json").is_file():
+        raise ModelLoadError(f"model {model!r} is a path without a model_index.json or modular_model_index.json: "
+                             "not a Diffusers pipeline folder")
     try:
+        if modular:  # a ModularPipeline (its guider component included), every component loaded
+            pipe = ModularPipeline.from_pretrained(str(local), trust_remote_code=False)
+            pipe.load_components(**{_dtype_keyword(): dtype})
+            return pipe
         return DiffusionPipeline.from_pretrained(str(local) if local.exists() else model, trust_remote_code=False,
                                                  **{_dtype_keyword(): dtype})
     except OSError as error:

@@ -18,6 +18,8 @@ import weakref
 import diffusers
 import torch
 
+from .errors import UnsupportedError
+
 __all__ = ["SUPPORTED_SCHEDULERS", "check_scheduler", "denoised_coefficients", "noise_level", "step_coefficients"]
 
 _EPS_V = ("epsilon", "v_prediction")
@@ -70,17 +72,17 @@ def _prediction_type(scheduler) -> str:
 
 
 def check_scheduler(scheduler) -> str:
-    """Family name of a supported scheduler; ValueError naming what is unsupported otherwise."""
+    """Family name of a supported scheduler; UnsupportedError (a ValueError) naming what is unsupported otherwise."""
     # Exact class: a subclass may change step(), and then these coefficients would be wrong without a word.
     name = type(scheduler).__name__
     if name not in SUPPORTED_SCHEDULERS or type(scheduler) is not getattr(diffusers, name):
-        raise ValueError(
+        raise UnsupportedError(
             f"scheduler {name} is not supported by apg; supported schedulers: {sorted(SUPPORTED_SCHEDULERS)}"
         )
     family, predictions = _SUPPORTED[name]
     prediction = _prediction_type(scheduler)
     if prediction not in predictions:
-        raise ValueError(
+        raise UnsupportedError(
             f"prediction_type {prediction!r} of {name} is not supported; "
             f"supported with this scheduler: {list(predictions)}"
         )
@@ -89,7 +91,7 @@ def check_scheduler(scheduler) -> str:
         # is a consistent parameterization only on its own kind of sigmas.
         flow_sigmas = bool(scheduler.config.get("use_flow_sigmas", False))
         if flow_sigmas != (prediction == "flow_prediction"):
-            raise ValueError(
+            raise UnsupportedError(
                 f"prediction_type {prediction!r} of {name} with use_flow_sigmas={flow_sigmas} is not supported: "
                 f"flow_prediction needs use_flow_sigmas=True, v_prediction needs use_flow_sigmas=False"
             )
@@ -149,7 +151,7 @@ def _x0_coefficients(scheduler, family: str, alpha: float, sigma: float, timeste
         return sigma_data**2 / (sigma**2 + sigma_data**2), c_out if prediction == "epsilon" else -c_out
     if prediction == "epsilon":  # x0 = (x - sigma * eps) / alpha
         if alpha == 0:
-            raise ValueError(
+            raise UnsupportedError(
                 f"prediction_type 'epsilon' of {type(scheduler).__name__} has no x0 at timestep {timestep}: "
                 "alpha_t = 0 (zero terminal SNR needs v_prediction)"
             )

@@ -87,14 +87,23 @@ def test_busy_port_is_one_line_naming_the_port_option():
 # -- validation ------------------------------------------------------------------------------------
 def _library_bound_cases():
     """Just outside each library bound of every method's knobs and of the scale: refused, naming the input."""
-    cases = [("guidance_scale", apg.SCALE.low - 0.5, {})]
+    cases = [("guidance_scale", apg.SCALE.low - 0.5, {}), ("guidance_scale", math.inf, {})]
     for key, cls in apg.METHODS.items():
         for param in cls.parameters:
             outside = [param.low - (1 if param.kind is int else 0.5)]
             if math.isfinite(param.high):
                 outside.append(param.high + (1 if param.kind is int else 0.5))
+            if param.high == math.inf:
+                outside.append(math.inf)  # unbounded, yet finite
             cases += [(f"right_{param.name}", value, {"right_method": key}) for value in outside]
     return cases
+
+
+def assert_names_labels_only(message, label):
+    """The toast names the label on screen and no input by its internal name (right_sigma_low, num_seeds)."""
+    assert label in message, message
+    internal = [name for name in logic.defaults() if "_" in name and re.search(rf"\b{re.escape(name)}\b", message)]
+    assert not internal, message
 
 
 @pytest.mark.parametrize("name, value, extra", _library_bound_cases())
@@ -102,7 +111,8 @@ def test_library_bounds_are_the_apps(name, value, extra):
     with pytest.raises(gr.Error) as info:
         compare(**{name: value, **extra})
     message = info.value.message
-    assert message.startswith("Invalid settings: ") and name in message and f"{value!r}" in message
+    assert message.startswith("Invalid settings: ") and f"{value!r}" in message
+    assert_names_labels_only(message, ui.input_label(name))
 
 
 @pytest.mark.parametrize(
@@ -113,16 +123,18 @@ def test_library_bounds_are_the_apps(name, value, extra):
         ("steps", 2.5, ["steps", "whole"]),
         ("seed", -1, ["seed", "-1"]),
         ("seed", 2**32, ["seed", str(2**32)]),
-        ("num_seeds", 9, ["num_seeds", "9"]),
-        ("guidance_scale", float("nan"), ["guidance_scale", "nan"]),
-        ("guidance_scale", "lots", ["guidance_scale", "lots"]),
+        ("num_seeds", 9, ["Seeds must be", "9"]),
+        ("guidance_scale", float("nan"), ["Guidance scale w", "nan"]),
+        ("guidance_scale", "lots", ["Guidance scale w", "lots"]),
         ("height", 100, ["height", "multiple of 8"]),
         ("width", 4096, ["width", "4096"]),
-        ("left_method", "PAG", ["left_method", "PAG", "cfg-zero-star"]),
+        ("left_method", "PAG", ["Left side must be", "PAG", "cfg-zero-star"]),
         ("scheduler", "LCM", ["scheduler", "LCM"]),
         ("prompt", "  ", ["prompt", "empty"]),
         ("prompt", "x" * 1001, ["prompt", "1000"]),
-        ("right_interval", "paper", ["right_interval", "paper", "sdxl"]),
+        ("right_interval", "paper", ["Right side, σ interval", "paper", "sdxl"]),
+        ("right_norm_threshold", -1, ["Right side, r (norm threshold)", "-1"]),
+        ("negative_prompt", "x" * 1001, ["Negative prompt must be", "1000"]),
     ],
 )
 def test_bad_input_is_a_message_naming_it(name, value, words):
@@ -130,10 +142,24 @@ def test_bad_input_is_a_message_naming_it(name, value, words):
         compare(**{name: value})
     for word in words:
         assert word in info.value.message
+    assert_names_labels_only(info.value.message, words[0])
+
+
+def test_every_input_label_is_on_screen():
+    # A side's input is 'Right side, <its label>': the right panel's method menu is labelled 'Right side'.
+    labels = {c["props"].get("label") for c in ui.build_demo().get_config_file()["components"]}
+    for name in logic.defaults():
+        assert set(ui.input_label(name).split(", ", 1)) <= labels, name
+
+
+def test_user_text_in_a_message_is_not_relabelled():
+    # The names of inputs are replaced outside quotes only: a user's value is shown as typed.
+    assert ui.on_screen("right_sigma_low must be below right_sigma_high, got 'right_eta'") == (
+        "Right side, σ low must be below Right side, σ high, got 'right_eta'")
 
 
 def test_custom_interval_needs_low_below_high():
-    with pytest.raises(gr.Error, match=r"right_sigma_low must be below right_sigma_high, got \(5, 1\]"):
+    with pytest.raises(gr.Error, match=r"Right side, σ low must be below Right side, σ high, got \(5, 1\]"):
         compare(right_interval="custom", right_sigma_low=5, right_sigma_high=1)
     request = logic.parse_request(right_interval="custom", right_sigma_low=0.5)  # empty high: no upper end
     assert request.right.interval == (0.5, math.inf)
@@ -151,10 +177,10 @@ def test_defaults_are_the_library_class_defaults():
     request = logic.parse_request(seed=5, num_seeds=3)
     assert request.model == "builtin" and request.prompt == "cat" and request.seeds == (5, 6, 7)
     assert request.guidance_scale == apg.SCALE.default
-    assert request.left.guidance(3.0) == apg.CFG(3.0)
-    assert request.right.guidance(3.0) == apg.APG(3.0)  # eta 0, r 0, beta -0.5: no silent preset
+    assert request.left.replace(scale=3.0).build() == apg.CFG(3.0)
+    assert request.right.replace(scale=3.0).build() == apg.APG(3.0)  # eta 0, r 0, beta -0.5: no silent preset
     for key, cls in apg.METHODS.items():  # a knob left out takes the chosen class's own default
-        assert logic.parse_request(right_method=key, right_momentum=None).right.guidance(2.0) == cls(2.0)
+        assert logic.parse_request(right_method=key, right_momentum=None, guidance_scale=2.0).right.build() == cls(2.0)
 
 
 def test_every_registered_method_and_a_new_one_are_offered():
@@ -260,23 +286,58 @@ def test_copy_as_code_reproduces_the_images(default_result):
         assert np.array_equal(pixels(images["right"][i]), pixels(gallery[2 * i + 1][0]))
 
 
+PRESET_INTERVAL = next(iter(apg.INTERVALS))
+# The right side's interval inputs -> (the interval they mean, text the code must hold); the left side runs without.
+INTERVAL_CASES = {
+    "preset": (dict(right_interval=PRESET_INTERVAL), tuple(apg.INTERVALS[PRESET_INTERVAL]),
+               [f"interval={tuple(apg.INTERVALS[PRESET_INTERVAL])!r}", f"  # apg.INTERVALS[{PRESET_INTERVAL!r}]"]),
+    "custom, no upper end": (dict(right_interval="custom", right_sigma_low=0.5), (0.5, math.inf),
+                             ["interval=(0.5, float('inf'))"]),
+}
+
+
+@pytest.mark.parametrize("interval", list(INTERVAL_CASES))
 @pytest.mark.parametrize("method", list(apg.METHODS))
-def test_each_method_runs_with_an_interval_and_its_code_reproduces_it(method):
-    interval = next(iter(apg.INTERVALS))
-    slider, summary, _, _, code = compare(left_method=method, right_method=method, right_interval=interval,
-                                                steps=4, num_seeds=1)
+def test_each_method_and_interval_runs_and_the_executed_code_gives_the_same_pixels(method, interval):
+    inputs, expected, texts = INTERVAL_CASES[interval]
+    slider, summary, _, _, code = compare(left_method=method, right_method=method, **inputs, steps=4, num_seeds=1)
     cls = apg.METHODS[method]
     assert summary.count(logic.escape_markdown(cls.label)) == 2 and "σ∈(" in summary
-    assert f"interval={tuple(apg.INTERVALS[interval])!r}" in code and f"apg.INTERVALS[{interval!r}]" in code
-    images = _exec_images(code)
+    assert all(text in code for text in texts), code
+    images = _exec_images(code)  # the interval off (left) and on (right)
     assert np.array_equal(pixels(images["left"][0]), pixels(slider[0]))
     assert np.array_equal(pixels(images["right"][0]), pixels(slider[1]))
     # Independent of the app: the same rule through apg.guide directly.
     pipe = apg.load_builtin()
-    with apg.guide(pipe, cls(apg.SCALE.default, interval=apg.INTERVALS[interval])):
+    with apg.guide(pipe, cls(apg.SCALE.default, interval=expected)):
         direct = pipe(class_labels=pipe.get_label_ids(["cat"]), num_inference_steps=4,
                       generator=[torch.Generator("cpu").manual_seed(0)], output_type="pil").images
     assert np.array_equal(pixels(direct[0]), pixels(slider[1]))
+
+
+def _every_setting():
+    """Each method at each knob's bounds and default, with and without intervals (one open-ended)."""
+    for key, cls in apg.METHODS.items():
+        for interval in (None, (0.0, math.inf), (0.28, 5.42)):
+            for scale in (0.0, apg.SCALE.default):
+                yield apg.Setting(key, scale=scale, interval=interval)
+            for param in cls.parameters:
+                for value in {param.low, param.high, param.default}:
+                    value = value if math.isfinite(value) else param.kind(10**9)  # the library's knobs are finite
+                    yield apg.Setting(key, {param.name: value}, interval=interval)
+
+
+def test_the_code_of_every_setting_is_python_that_builds_the_same_guidance():
+    class Halfway(apg.CFG):  # registered from outside: not in apg's namespace
+        label = "Halfway"
+
+    apg.register_method("halfway-test", Halfway)
+    try:
+        for setting in [*_every_setting(), apg.Setting("halfway-test", scale=2.0, interval=(1.0, math.inf))]:
+            code = setting.code()  # what the copy-as-code box writes for a side
+            assert eval(code, {"apg": apg}) == setting.build(), code  # noqa: S307: our own generated code
+    finally:
+        del apg.METHODS["halfway-test"]
 
 
 def test_scheduler_choice_is_used_and_the_models_own_is_restored():
@@ -289,6 +350,57 @@ def test_scheduler_choice_is_used_and_the_models_own_is_restored():
     with pytest.raises(gr.Error, match="does not fit this model"):  # a flow-matching scheduler on an eps model
         compare(scheduler="FlowMatchEulerDiscreteScheduler", **FAST)
     assert model.pipe.scheduler is own
+
+
+VP = ["DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
+FLOW_MATCH = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]
+
+
+@pytest.mark.parametrize("own, prediction, offered, refused", [
+    ("euler", "epsilon", VP, FLOW_MATCH + ["EDMEulerScheduler"]),
+    ("ddim", "v_prediction", VP, FLOW_MATCH + ["EDMEulerScheduler"]),
+    ("ddim", "sample", ["DDIMScheduler", "EulerDiscreteScheduler"],  # their step() has no x0 for 'sample' in the table
+     FLOW_MATCH + ["PNDMScheduler", "EulerAncestralDiscreteScheduler"]),
+    ("flow_euler", None, ["FlowMatchEulerDiscreteScheduler"], VP),
+    ("dpmpp_2m_flow", None, ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"],
+     ["DDIMScheduler", "EulerDiscreteScheduler"]),
+])
+def test_only_schedulers_that_fit_the_model_are_offered(own, prediction, offered, refused):
+    import tiny_pipelines
+
+    scheduler = tiny_pipelines.make_scheduler(own, prediction)
+    fits = logic.fitting_schedulers(scheduler)
+    assert fits[0] == logic.DEFAULT_SCHEDULER and type(scheduler).__name__ in fits
+    assert set(offered) <= set(fits) and not set(refused) & set(fits), fits
+
+
+def test_every_offered_scheduler_runs_and_its_code_reproduces_it():
+    offered = ui.CACHE.get("builtin").schedulers
+    menu = next(c["props"] for c in ui.build_demo().get_config_file()["components"]
+                if c["props"].get("elem_id") == "scheduler")
+    assert [value for _, value in menu["choices"]] == list(offered)
+    for name in offered[1:]:
+        # APG on both sides: the same noise gives the same image (DPM-Solver SDE seeds its own noise: see
+        # logic.seeded_config). PNDM fails below 4 steps, stock too.
+        slider, *_, code = compare(scheduler=name, left_method="apg", steps=4, num_seeds=2)
+        assert f"pipe.scheduler = {name}.from_config(pipe.scheduler.config" in code
+        assert np.array_equal(pixels(slider[0]), pixels(slider[1])), name
+        images = _exec_images(code)
+        assert np.array_equal(pixels(images["right"][0]), pixels(slider[1])), name
+
+
+def test_scheduler_menu_follows_the_model(monkeypatch, tmp_path):
+    import tiny_pipelines
+
+    monkeypatch.setattr(ui, "CACHE", logic.ModelCache(loader=lambda model_id: (
+        tiny_pipelines.tiny_sd3_pipeline() if model_id == "tiny-flow" else logic._load(model_id))))
+    flow = ui.scheduler_menu("tiny-flow", "DDIMScheduler")  # a choice the new model cannot run falls back
+    assert flow["value"] == logic.DEFAULT_SCHEDULER
+    assert [value for _, value in flow["choices"]] == [logic.DEFAULT_SCHEDULER, "FlowMatchEulerDiscreteScheduler"]
+    kept = ui.scheduler_menu("builtin", "DDIMScheduler")
+    assert kept["value"] == "DDIMScheduler" and "FlowMatchEulerDiscreteScheduler" not in str(kept["choices"])
+    with pytest.raises(gr.Error, match="Model not loaded"):
+        ui.scheduler_menu(str(tmp_path / "missing"), logic.DEFAULT_SCHEDULER)
 
 
 def test_per_request_state_same_images_when_repeated_after_other_work():

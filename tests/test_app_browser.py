@@ -1,6 +1,7 @@
 """The app in a real browser: headless Chromium (Debian's `chromium` package) driven by Playwright.
 
-Set APG_APP_SCREENSHOT=path/to/file.png to keep the 8-seed screenshot (the README's is made this way).
+The page is a laptop screen, 1366 x 768. Set APG_APP_SCREENSHOT=path/to/file.png to keep the screenshot of the
+fold (app/screenshot.png is made this way).
 """
 
 import os
@@ -18,6 +19,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 90_000
+LAPTOPS = ({"width": 1366, "height": 768}, {"width": 1440, "height": 900})
+# What must be on screen together, without scrolling: every control of the default settings with a custom interval
+# on the right (the tallest panel), the button and the first seed's result.
+ABOVE_THE_FOLD = ("model", "num-seeds", "steps", "scheduler", "guidance-scale", "height", "width", "left-method",
+                  "left-interval", "right-method", "right-preset", "right-eta", "right-norm_threshold",
+                  "right-momentum", "right-interval", "right-sigma-low", "right-sigma-high", "generate", "slider",
+                  "summary")
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)")
 
@@ -30,7 +38,7 @@ def page(tmp_path_factory):
         with sync_playwright() as playwright:
             context = playwright.chromium.launch_persistent_context(
                 str(tmp_path_factory.mktemp("profile")), executable_path=str(CHROMIUM), headless=True,
-                args=CHROMIUM_ARGS, viewport={"width": 1360, "height": 1180},
+                args=CHROMIUM_ARGS, viewport=LAPTOPS[0],
             )
             try:
                 page = context.new_page()
@@ -57,6 +65,11 @@ def _fill(page, elem_id, value):
     box.blur()
 
 
+def _choose(page, elem_id, option):
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
 def _generate(page, expect_in_summary):
     previous = page.locator("#summary").inner_text()
     page.locator("#generate").click()
@@ -65,7 +78,7 @@ def _generate(page, expect_in_summary):
         " return s !== previous && s.includes(text); }", arg=[previous, expect_in_summary])
 
 
-def test_eight_seeds_every_row_and_caption_in_full(page, tmp_path):
+def test_eight_seeds_every_row_and_caption_in_full(page):
     _fill(page, "steps", 6)
     _fill(page, "num-seeds", 8)
     _generate(page, "mean over 8 seeds")
@@ -82,19 +95,65 @@ def test_eight_seeds_every_row_and_caption_in_full(page, tmp_path):
     assert all("clipped" in text and " %" in text for text, _, _ in captions), captions
     headers = page.locator("#table th").all_inner_texts()
     assert any("CFG clipped %" in h for h in headers) and any("APG saturation" in h for h in headers), headers
-    page.evaluate("window.scrollTo(0, 0)")
-    page.wait_for_timeout(500)  # let the progress overlay fade and the scroll settle
-    shot = page.screenshot(full_page=True)
-    _save_atomically(shot, Path(os.environ.get("APG_APP_SCREENSHOT", tmp_path / "screenshot.png")))
 
 
-def test_changed_settings_mark_the_results_stale_until_generate(page):
+def _outside_the_screen(page):
+    """ids of ABOVE_THE_FOLD whose box is not wholly inside the viewport (or that are not shown)."""
+    return page.evaluate(
+        """ids => ids.filter(id => { const e = document.getElementById(id); if (!e || !e.offsetParent) return true;
+           const r = e.getBoundingClientRect(); return r.width === 0 || r.left < 0 || r.top < 0
+           || r.right > window.innerWidth || r.bottom > window.innerHeight; })""", list(ABOVE_THE_FOLD))
+
+
+def test_controls_button_and_result_fit_a_laptop_screen(page, tmp_path):
+    _fill(page, "num-seeds", 4)
+    _choose(page, "right-interval", "σ range (below)")
+    _fill(page, "right-sigma-low", 0.5)
+    _generate(page, "σ∈(0.5, inf]")
+    assert "interval=(0.5, float('inf'))" in page.locator("#code").inner_text()  # an empty high box is ∞
+    try:
+        for size in LAPTOPS:
+            page.set_viewport_size(size)
+            page.evaluate("window.scrollTo(0, 0)")
+            page.wait_for_timeout(500)  # let the layout and the progress overlay settle
+            assert _outside_the_screen(page) == [], size
+        page.set_viewport_size(LAPTOPS[0])
+        page.wait_for_timeout(500)
+        shot = page.screenshot()
+        _save_atomically(shot, Path(os.environ.get("APG_APP_SCREENSHOT", tmp_path / "screenshot.png")))
+    finally:
+        page.set_viewport_size(LAPTOPS[0])
+        _choose(page, "right-interval", "off")
+
+
+def _dimmed(page):
+    """Result id -> whether it is dimmed."""
+    return page.evaluate("ids => Object.fromEntries(ids.map(id => [id,"
+                         " getComputedStyle(document.getElementById(id)).opacity < 1]))", list(ui.RESULT_IDS))
+
+
+def test_changed_settings_dim_every_result_until_generate(page):
+    _generate(page, "Right")
+    assert not any(_dimmed(page).values()) and not page.locator("#stale-note").is_visible()
     _fill(page, "num-seeds", 1)
-    assert "stale" in page.locator("#results").get_attribute("class")
+    assert all(_dimmed(page).values()), _dimmed(page)  # the images, the summary, the table and the code box
     assert page.locator("#stale-note").is_visible()
     _generate(page, "seed 0")
-    page.wait_for_function("() => !document.querySelector('#results').classList.contains('stale')")
-    assert not page.locator("#stale-note").is_visible()
+    page.wait_for_function("() => !document.body.classList.contains('apg-stale')")
+    assert not any(_dimmed(page).values()) and not page.locator("#stale-note").is_visible()
+
+
+def test_a_change_during_a_run_keeps_its_result_dimmed(page):
+    _fill(page, "num-seeds", 8)
+    _fill(page, "steps", 25)  # a run long enough to change a setting while it runs
+    previous = page.locator("#summary").inner_text()
+    page.locator("#generate").click()
+    _fill(page, "seed", 3)
+    page.wait_for_function("previous => document.querySelector('#summary').innerText !== previous", arg=previous)
+    page.wait_for_timeout(500)
+    assert all(_dimmed(page).values()), _dimmed(page)  # the result is for seed 0, the screen says seed 3
+    _fill(page, "seed", 0)
+    _fill(page, "steps", 6)
 
 
 def test_out_of_range_steps_are_refused_with_a_message_not_clamped(page):
@@ -103,14 +162,14 @@ def test_out_of_range_steps_are_refused_with_a_message_not_clamped(page):
     toast = page.get_by_text("Invalid settings: steps must be in [1, 1000], got 0")
     toast.wait_for(state="visible")
     assert page.locator("#steps input").input_value() == "0"  # the box keeps what was typed
-    page.wait_for_function("() => document.querySelector('#results').classList.contains('stale')")
+    page.wait_for_function("() => document.body.classList.contains('apg-stale')")
     _fill(page, "steps", 6)
 
 
 @pytest.mark.parametrize("method", list(apg.METHODS))
 def test_each_method_shows_its_own_knobs_and_runs(page, method):
     cls = apg.METHODS[method]
-    page.locator("#right-method").get_by_label(cls.label, exact=True).check()
+    _choose(page, "right-method", cls.label)
     own = {param.name for param in cls.parameters}
     for name in logic.method_parameters():  # the widgets update after a round trip to the server
         page.locator(f"#right-{name}").wait_for(state="visible" if name in own else "hidden", timeout=10_000)
@@ -118,12 +177,10 @@ def test_each_method_shows_its_own_knobs_and_runs(page, method):
 
 
 def test_preset_and_interval_reach_the_run(page):
-    page.locator("#right-method").get_by_label("APG", exact=True).check()
-    page.locator("#right-preset input").click()
-    page.get_by_role("option", name="sd21", exact=True).click()
+    _choose(page, "right-method", "APG")
+    _choose(page, "right-preset", "sd21")
     name, (low, high) = next(iter(apg.INTERVALS.items()))
-    page.locator("#right-interval input").click()
-    page.get_by_role("option", name=f"{name}: σ ∈ ({low:g}, {high:g}]", exact=True).click()
+    _choose(page, "right-interval", f"{name}: σ ∈ ({low:g}, {high:g}]")
     _generate(page, "β=-0.75")
     code = page.locator("#code").inner_text()
     assert "norm_threshold=7.5, momentum=-0.75" in code and f"interval=({low!r}, {high!r})" in code

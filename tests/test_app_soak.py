@@ -34,8 +34,8 @@ BAD = [
     (dict(steps=0), "steps must be in"),
     (dict(seed=-1), "seed must be in"),
     (dict(prompt="zebra"), "'zebra' is not a class"),
-    (dict(right_method="apg", right_eta=2), "right_eta must be in"),
-    (dict(right_interval="custom", right_sigma_low=3, right_sigma_high=1), "right_sigma_low must be below"),
+    (dict(right_method="apg", right_eta=2), r"Right side, η \(eta\) must be in"),  # the labels on screen
+    (dict(right_interval="custom", right_sigma_low=3, right_sigma_high=1), "Right side, σ low must be below"),
     (dict(height=100), "height must be a multiple of 8"),
 ]
 FAST = dict(steps=3, num_seeds=1)

@@ -272,7 +272,7 @@ def test_image_inputs_follow_the_call_signature(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--classes", "zebra"], "'zebra'"),
     (["--classes", "12"], "class label 12 is out of range"),
-    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
     (["--scheduler", "FancyScheduler"], "'FancyScheduler'"),
     (["--preset", "sdxl", "--eta", "0.5"], "give either --preset sdxl or --eta, not both"),
     (["--prompt", "a cat"], "takes class labels, not prompts"),
@@ -333,4 +333,4 @@ def test_apg_eval_is_apg_eval(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--help"])
     assert exit_info.value.code == 0
-    assert capsys.readouterr().out.startswith("usage: apg-eval")
+    assert capsys.readouterr().out.startswith("usage: apg eval ")

@@ -19,6 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import evaluation_helpers as helpers  # noqa: E402
+import apg  # noqa: E402
 from cifar_data import CIFAR10 as ARCHIVE  # noqa: E402
 from cifar_data import needs_cifar10  # noqa: E402
 
@@ -153,7 +154,7 @@ def test_run_folder_scores_its_samples_only(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(generation, "apply_guidance", helpers.fake_guide)
     run = tmp_path / "run"
-    generation.generate(helpers.FakePipeline(), generation.make_guidance("cfg", 2.0), run, num_images=5,
+    generation.generate(helpers.FakePipeline(), apg.CFG(2.0), run, num_images=5,
                         classes=list(helpers.CLASSES), num_inference_steps=2, progress=False)
     samples = [Image.open(p) for p in sorted(run.glob("0*.png"))]
     Image.new("RGB", (300, 100), "white").save(run / "grid.png")  # a picture of the run, not a sample

@@ -19,7 +19,7 @@ import evaluation_helpers as helpers  # noqa: E402
 import apg  # noqa: E402
 from apg.evaluation import generation  # noqa: E402
 from apg.evaluation.cli import main as cli_main  # noqa: E402
-from apg.evaluation.generation import generate, make_guidance, read_image_metadata  # noqa: E402
+from apg.evaluation.generation import generate, read_image_metadata  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = ROOT / "tests" / "evaluation_helpers.py"
@@ -90,16 +90,10 @@ def test_generation_arguments_are_checked(fake, tmp_path):
         generate(fake, g, tmp_path, num_images=2, classes=["red"], prompts=["a cat"])
     with pytest.raises(TypeError, match="guidance must be an apg.Guidance"):
         generate(fake, 7.5, tmp_path, num_images=2, classes=["red"])
-    with pytest.raises(ValueError, match="method must be one of cfg, apg, mcfg, cfg-zero-star"):
-        make_guidance("pag", 3.0)
-    with pytest.raises(ValueError, match="preset 'sdxl' applies to method 'apg'"):
-        make_guidance("cfg", 3.0, preset="sdxl")
-    assert make_guidance("apg", 9.0, preset="sdxl") == apg.APG.from_preset("sdxl", 9.0)
-    assert make_guidance("mcfg", 2.0, momentum=-0.25) == apg.MomentumCFG(2.0, momentum=-0.25)
-    with pytest.raises(ValueError, match="method 'mcfg' takes momentum, norm_threshold, not eta"):
-        make_guidance("mcfg", 2.0, eta=0.5)
-    assert make_guidance("cfg-zero-star", 3.0, zero_init_steps=2, interval=(0.5, 9.0)) == apg.CFGZeroStar(
-        3.0, zero_init_steps=2, interval=(0.5, 9.0))
+    # The settings it records: apg.Setting (tests/test_cli_surface.py); a Setting is taken as it is.
+    assert generate(fake, apg.Setting("cfg", scale=2.0), tmp_path / "s", num_images=1, classes=["red"],
+                    progress=False)["generated"] == 1
+    assert json.loads((tmp_path / "s" / "run.json").read_text())["guidance"] == g.to_dict()
 
 
 def run_helper(out, *extra, launcher=(), env=None, **popen):

@@ -32,7 +32,7 @@ def test_sweep_writes_csv_plot_grid_and_report(monkeypatch, tmp_path):
     previous_umask = os.umask(0o002)  # a group-shared run: every output must be group-readable and -writable
     try:
         reference = tmp_path / "reference"
-        generation.generate(helpers.FakePipeline(), generation.make_guidance("cfg", 1.0), reference, num_images=8,
+        generation.generate(helpers.FakePipeline(), apg.CFG(1.0), reference, num_images=8,
                             classes=list(helpers.CLASSES), seed=1000, num_inference_steps=3, progress=False)
         out = tmp_path / "sweep"
         rows = sweep(helpers.FakePipeline(), out, methods=("cfg", "apg"), scales=(1.0, 3.0), num_images=6,

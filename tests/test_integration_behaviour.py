@@ -47,10 +47,12 @@ def assert_clean(pipe):
 def test_guide_in_place_none_and_context_manager(sd, reference):
     from diffusers import StableDiffusionPipeline
 
-    assert apg.guide(sd, apg.APG(W)) is sd
+    handle = apg.guide(sd, apg.APG(W))  # the handle of this call; it stands for the pipeline
+    assert handle.pipeline is sd and handle.unet is sd.unet
     assert isinstance(sd, StableDiffusionPipeline) and type(sd).__name__ == "StableDiffusionPipeline"
     assert torch.equal(call(sd, "sd"), reference["apg"])
     apg.guide(sd, None)
+    assert type(sd) is StableDiffusionPipeline and "_apg_guidance" not in sd.__dict__  # stock in every respect
     assert torch.equal(call(sd, "sd", guidance_scale=W), reference["stock"])
     apg.guide(sd, apg.APG(W))
     with apg.guide(sd, apg.CFG(W)) as inner:  # previous state (APG) comes back on exit
@@ -72,10 +74,7 @@ def test_context_manager_restores_the_stock_class_and_signature_shows_stock_para
         assert type(pipe) is not StableDiffusionPipeline
         parameters = inspect.signature(pipe.__call__).parameters
         assert {"prompt", "negative_prompt", "guidance_rescale", "guidance", "guidance_space"} <= set(parameters)
-    assert type(pipe) is StableDiffusionPipeline and not pipe.__dict__.get("_apg_saved")
-    for _ in range(3):  # bare calls keep no history
-        apg.guide(pipe, apg.APG(W))
-    assert not pipe.__dict__.get("_apg_saved")
+    assert type(pipe) is StableDiffusionPipeline and not any(k.startswith("_apg") for k in pipe.__dict__)
 
 
 def test_per_sample_scales_guide_each_sample_with_its_own_scale(sd):

@@ -280,8 +280,8 @@ def test_bare_with_keeps_the_guidance_set_before():
         stack.enter_context(apg.guide(pipe, b))
         assert torch.equal(call(pipe, "sd"), expected_b)
     assert torch.equal(call(pipe, "sd"), expected_a)
-    apg.guide(pipe, None)
     with pipe:
-        apg.guide(pipe, b)
-    assert torch.equal(call(pipe, "sd", guidance_scale=W), stock)  # a bare `with pipe:` restores its entry state
-    assert not pipe.__dict__.get("_apg_saved")
+        apg.guide(pipe, None)
+    assert torch.equal(call(pipe, "sd"), expected_a)  # a bare `with pipe:` restores its entry state
+    apg.guide(pipe, None)  # stock again: the stock class, which is no context manager (apg.guide's handle is)
+    assert torch.equal(call(pipe, "sd", guidance_scale=W), stock) and not any(k.startswith("_apg") for k in vars(pipe))

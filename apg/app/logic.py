@@ -13,15 +13,17 @@ import numbers
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 import apg
 from apg._options import SEED_MAX  # the CLI's bound: seeds are 32-bit everywhere
-from apg.runtime import BUILTIN, ModelLoadError, load_pipeline, resolve_device, resolve_dtype
-from apg.schedulers import SUPPORTED_SCHEDULERS
+from apg.errors import ApgError
+from apg.runtime import BUILTIN, ModelLoadError, _quiet, load_pipeline, resolve_device, resolve_dtype
+from apg.setting import SYMBOLS  # noqa: F401 (the widgets' symbols: the labels' own)
+from apg.schedulers import SUPPORTED_SCHEDULERS, _prediction_type, check_scheduler
 
 log = logging.getLogger("apg.app")
 
@@ -48,7 +50,7 @@ SCOPE = ("The app runs text-to-image and class-conditional pipelines; image-to-i
          "and video pipelines work with apg.guide in Python")
 
 
-class InputError(ValueError):
+class InputError(apg.errors.InputError):
     """An input the app refuses; the message names the input and the value."""
 
 
@@ -78,24 +80,6 @@ def defaults() -> dict:
 
 # -- requests -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Side:
-    """One side of the comparison: a registered method, its knobs and its sigma interval."""
-
-    method: str  # key of apg.METHODS
-    params: dict = field(default_factory=dict)  # the method's own knobs, by constructor keyword
-    interval: tuple[float, float] | None = None
-    interval_name: str | None = None  # the apg.INTERVALS entry it came from, if any
-
-    @property
-    def cls(self) -> type[apg.Guidance]:
-        return apg.METHODS[self.method]
-
-    def guidance(self, guidance_scale: float) -> apg.Guidance:
-        """A fresh guidance object: each request owns its momentum state."""
-        return self.cls(guidance_scale, **self.params, interval=self.interval)
-
-
-@dataclass(frozen=True)
 class Request:
     """Validated inputs of one comparison."""
 
@@ -108,8 +92,8 @@ class Request:
     guidance_scale: float
     height: int
     width: int
-    left: Side
-    right: Side
+    left: apg.Setting  # each side's method, knobs and interval, at guidance_scale
+    right: apg.Setting
 
 
 def bounds_text(param: apg.Param) -> str:
@@ -127,7 +111,7 @@ def _number(name: str, value, param: apg.Param):
             raise InputError(f"{name} must be a number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) and not (value == math.inf and param.high == math.inf):
+    if not math.isfinite(value) and not (value == math.inf and param is SIGMA):  # the library's knobs are finite
         raise InputError(f"{name} must be a finite number, got {value!r}")
     if param.kind is int:
         if value != int(value):
@@ -148,11 +132,11 @@ def _size(name, value):
 
 
 def _interval(side, choice, low, high):
-    """(interval, name): None for "off", a sourced preset from apg.INTERVALS, or the two sigma fields."""
+    """None for "off", a sourced preset from apg.INTERVALS, or the two sigma fields."""
     if choice == INTERVAL_OFF:
-        return None, None
+        return None
     if choice in apg.INTERVALS:
-        return tuple(apg.INTERVALS[choice]), choice
+        return tuple(apg.INTERVALS[choice])
     if choice != INTERVAL_CUSTOM:
         raise InputError(f"{side}_interval must be one of {', '.join([INTERVAL_OFF, INTERVAL_CUSTOM, *apg.INTERVALS])}, "
                          f"got {choice!r}")
@@ -160,10 +144,10 @@ def _interval(side, choice, low, high):
     high = _number(f"{side}_sigma_high", math.inf if high is None else high, SIGMA)  # empty: no upper end
     if not low < high:
         raise InputError(f"{side}_sigma_low must be below {side}_sigma_high, got ({low:g}, {high:g}]")
-    return (low, high), None
+    return low, high
 
 
-def _side(side, values) -> Side:
+def _side(side, values, guidance_scale) -> apg.Setting:
     method = values[f"{side}_method"]
     if method not in apg.METHODS:
         raise InputError(f"{side}_method must be one of {', '.join(apg.METHODS)}, got {method!r}")
@@ -171,9 +155,9 @@ def _side(side, values) -> Side:
     for param in apg.METHODS[method].parameters:
         value = values.get(f"{side}_{param.name}")
         params[param.name] = param.default if value is None else _number(f"{side}_{param.name}", value, param)
-    interval, name = _interval(side, values.get(f"{side}_interval", INTERVAL_OFF),
-                               values.get(f"{side}_sigma_low"), values.get(f"{side}_sigma_high"))
-    return Side(method, params, interval, name)
+    interval = _interval(side, values.get(f"{side}_interval", INTERVAL_OFF),
+                         values.get(f"{side}_sigma_low"), values.get(f"{side}_sigma_high"))
+    return apg.Setting(method, params, scale=guidance_scale, interval=interval)
 
 
 def parse_request(**values) -> Request:
@@ -194,6 +178,7 @@ def parse_request(**values) -> Request:
             raise InputError(f"{name} must be text of at most {MAX_PROMPT_CHARS} characters, got {len(str(text))}")
     if values["scheduler"] not in SCHEDULERS:
         raise InputError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {values['scheduler']!r}")
+    guidance_scale = _number("guidance_scale", values["guidance_scale"], apg.SCALE)
     seed = _number("seed", values["seed"], SEED)
     num_seeds = _number("num_seeds", values["num_seeds"], NUM_SEEDS)
     if seed + num_seeds - 1 > SEED.high:
@@ -205,11 +190,11 @@ def parse_request(**values) -> Request:
         seeds=tuple(range(seed, seed + num_seeds)),
         steps=_number("steps", values["steps"], STEPS),
         scheduler=values["scheduler"],
-        guidance_scale=_number("guidance_scale", values["guidance_scale"], apg.SCALE),
+        guidance_scale=guidance_scale,
         height=_size("height", values["height"]),
         width=_size("width", values["width"]),
-        left=_side("left", values),
-        right=_side("right", values),
+        left=_side("left", values, guidance_scale),
+        right=_side("right", values, guidance_scale),
     )
 
 
@@ -221,6 +206,39 @@ class LoadedModel:
     pipe: object
     lock: threading.Lock
     class_conditional: bool
+    schedulers: tuple[str, ...] = (DEFAULT_SCHEDULER,)  # what the scheduler menu offers: fitting_schedulers
+
+
+def _frame(scheduler) -> str:
+    """What the model's output means: 'flow' (velocity), 'edm' (EDM preconditioning) or 'vp' (the rest)."""
+    family = check_scheduler(scheduler)
+    if _prediction_type(scheduler) in ("flow", "flow_prediction"):
+        return "flow"
+    return "edm" if family == "edm" else "vp"
+
+
+def fitting_schedulers(scheduler) -> tuple[str, ...]:
+    """DEFAULT_SCHEDULER, then each supported scheduler that can run the model whose own scheduler this is.
+
+    A candidate fits when Diffusers lists it as compatible, its `from_config` of the model's scheduler config is
+    one apg supports (apg.schedulers' table, with the prediction type that config gives it), and it reads the
+    model output in the same frame: a flow-matching model gets no DDIM, an epsilon model no FlowMatch.
+    """
+    import diffusers
+
+    compatible = {cls.__name__ for cls in scheduler.compatibles} | {type(scheduler).__name__}
+    frame, fits = _frame(scheduler), [DEFAULT_SCHEDULER]
+    for name in SUPPORTED_SCHEDULERS:
+        if name not in compatible:
+            continue
+        try:
+            with _quiet():  # from_config logs every config key the candidate ignores
+                candidate = getattr(diffusers, name).from_config(scheduler.config)
+            if _frame(candidate) == frame:
+                fits.append(name)
+        except (ValueError, TypeError, NotImplementedError):  # the candidate's constructor or check_scheduler refuses
+            continue
+    return tuple(fits)
 
 
 def _load(model_id):
@@ -260,7 +278,7 @@ class ModelCache:
         try:
             with apg.guide(pipe, apg.CFG(1.0)):  # apg.guide refuses pipelines it cannot guide
                 pass
-        except (ValueError, TypeError) as exc:
+        except ApgError as exc:
             raise ModelLoadError(f"model {model_id!r} ({name}) is not supported by apg.guide: {exc}") from None
         params = inspect.signature(pipe.__call__).parameters
         needs = [what for arg, what in UNSUPPORTED_INPUTS.items() if arg in params]
@@ -269,22 +287,34 @@ class ModelCache:
         class_conditional = "class_labels" in params and hasattr(pipe, "get_label_ids")
         if not class_conditional and "prompt" not in params:
             raise ModelLoadError(f"model {model_id!r} ({name}) takes neither a prompt nor class labels. {SCOPE}.")
-        return LoadedModel(pipe, threading.Lock(), class_conditional)
+        return LoadedModel(pipe, threading.Lock(), class_conditional, fitting_schedulers(pipe.scheduler))
 
 
 # -- generation -----------------------------------------------------------------------------------
-def _scheduler(pipe, name):
-    """A fresh scheduler of the chosen kind for this request, configured like the model's own."""
-    if name == DEFAULT_SCHEDULER:
-        return pipe.scheduler
-    compatible = {cls.__name__ for cls in pipe.scheduler.compatibles} | {type(pipe.scheduler).__name__}
-    if name not in compatible:
-        usable = [key for key in SCHEDULERS if key == DEFAULT_SCHEDULER or key in compatible]
-        raise InputError(f"scheduler {name!r} does not fit this model ({type(pipe.scheduler).__name__}); "
-                         f"choose one of {', '.join(usable)}")
+def seeded_config(name: str, seeds) -> dict:
+    """Config that makes a scheduler's own noise follow the request's seeds, one per sample.
+
+    DPM-Solver SDE draws its Brownian noise from `noise_sampler_seed` (a random one when unset), not from the
+    pipeline's generator: without this, the two sides of a comparison would get different noise.
+    """
     import diffusers
 
-    return getattr(diffusers, name).from_config(pipe.scheduler.config)
+    takes_seed = "noise_sampler_seed" in inspect.signature(getattr(diffusers, name).__init__).parameters
+    return {"noise_sampler_seed": list(seeds)} if takes_seed else {}
+
+
+def _scheduler(model: LoadedModel, request: Request):
+    """A fresh scheduler of the chosen kind for this request, configured like the model's own."""
+    pipe, name = model.pipe, request.scheduler
+    if name == DEFAULT_SCHEDULER:
+        return pipe.scheduler
+    if name not in model.schedulers:
+        raise InputError(f"scheduler {name!r} does not fit this model ({type(pipe.scheduler).__name__}); "
+                         f"choose one of {', '.join(model.schedulers)}")
+    import diffusers
+
+    with _quiet():
+        return getattr(diffusers, name).from_config(pipe.scheduler.config, **seeded_config(name, request.seeds))
 
 
 def _call_kwargs(model: LoadedModel, request: Request, notes: list) -> dict:
@@ -345,11 +375,11 @@ def run(request: Request, cache: ModelCache, progress=None) -> Result:
         pipe = model.pipe
         own_scheduler, own_bar = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
         try:
-            pipe.scheduler = _scheduler(pipe, request.scheduler)
+            pipe.scheduler = _scheduler(model, request)
             for side in SIDES:
-                method = getattr(request, side)
-                pipe.set_progress_bar_config(**{**own_bar, "desc": f"{side}: {method.cls.label}"})
-                with apg.guide(pipe, method.guidance(request.guidance_scale)):
+                setting = getattr(request, side)
+                pipe.set_progress_bar_config(**{**own_bar, "desc": f"{side}: {setting.cls.label}"})
+                with apg.guide(pipe, setting.build()):
                     images[side] = pipe(generator=_generators(request.seeds), **kwargs).images
         finally:
             pipe.scheduler = own_scheduler
@@ -361,19 +391,6 @@ def run(request: Request, cache: ModelCache, progress=None) -> Result:
 
 
 # -- presentation ---------------------------------------------------------------------------------
-SYMBOLS = {"guidance_scale": "w", "eta": "η", "norm_threshold": "r", "momentum": "β", "zero_init_steps": "k"}
-
-
-def label(side: Side, guidance_scale: float) -> str:
-    """'APG w=7.5 η=0 r=0 β=-0.5 σ∈(0.28, 5.42]': the method and the settings it uses."""
-    config = side.guidance(guidance_scale).to_dict()
-    parts = [side.cls.label] + [f"{SYMBOLS.get(key, key)}={value:g}" for key, value in config.items()
-                                if key not in ("type", "interval") and isinstance(value, numbers.Real)]
-    if side.interval is not None:
-        parts.append(f"σ∈({side.interval[0]:g}, {side.interval[1]:g}]")
-    return " ".join(parts)
-
-
 def percent(fraction: float) -> str:
     """A clipped fraction for people: '0 %', '0.02 %', '12.3 %'."""
     value = 100 * fraction
@@ -385,7 +402,7 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
     scheduler = None if request.scheduler == DEFAULT_SCHEDULER else request.scheduler
     classes = ([] if request.model == BUILTIN else ["DiffusionPipeline"]) + ([scheduler] if scheduler else [])
     lines = ["import torch"] + ([f"from diffusers import {', '.join(classes)}"] if classes else [])
-    lines += ["", "import apg", ""]
+    lines += ["", "import apg", "", f"seeds = {list(request.seeds)}"]
     if request.model == BUILTIN:
         lines.append("pipe = apg.load_builtin()")
     else:
@@ -394,7 +411,8 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
         # dtype=, the keyword of the installed Diffusers (torch_dtype= is deprecated since 0.36).
         lines.append(f"pipe = DiffusionPipeline.from_pretrained({request.model!r}, dtype={dtype}).to({device.type!r})")
     if scheduler:
-        lines.append(f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config)")
+        seeded = ", noise_sampler_seed=seeds" if seeded_config(scheduler, request.seeds) else ""
+        lines.append(f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config{seeded})")
     if class_conditional:
         condition = f"class_labels=pipe.get_label_ids([{request.prompt!r}]) * len(seeds)"
     else:
@@ -402,11 +420,12 @@ def reproduction_code(request: Request, class_conditional: bool) -> str:
         if request.negative_prompt:
             condition += f", negative_prompt=[{request.negative_prompt!r}] * len(seeds)"
     size = "".join(f", {name}={getattr(request, name)}" for name in ("height", "width") if getattr(request, name))
-    lines += ["", f"seeds = {list(request.seeds)}", "methods = {"]
+    lines += ["", "methods = {"]
     for side in SIDES:
-        method = getattr(request, side)
-        source = f"  # apg.INTERVALS[{method.interval_name!r}]" if method.interval_name else ""
-        lines.append(f"    {side!r}: apg.{method.guidance(request.guidance_scale)!r},{source}")
+        setting = getattr(request, side)
+        name = next((k for k, v in apg.INTERVALS.items() if tuple(v) == setting.interval), None)
+        source = f"  # apg.INTERVALS[{name!r}]" if name else ""
+        lines.append(f"    {side!r}: {setting.code()},{source}")
     lines += [
         "}",
         "images = {}",
@@ -429,7 +448,7 @@ def summary(request: Request, result: Result) -> str:
     n, lines = len(request.seeds), []
     for side, arrow in zip(SIDES, ("◀", "▶")):
         sat, clip = result.saturation[side], result.clipping[side]
-        name = escape_markdown(label(getattr(request, side), request.guidance_scale))
+        name = escape_markdown(getattr(request, side).label())
         line = (f"**{side.capitalize()} {arrow} {name}** — "
                 f"seed {request.seeds[0]}: saturation **{sat[0]:.3f}**, clipped **{percent(clip[0])}**")
         if n > 1:

@@ -11,6 +11,7 @@ import torch
 from diffusers import DiffusionPipeline, EulerDiscreteScheduler, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..errors import InputError
 from ..integration import register_pipeline
 from .model import GaussianMixtureDenoiser
 
@@ -45,7 +46,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
         names = [label] if isinstance(label, str) else list(label)
         unknown = [name for name in names if name not in self.labels]
         if unknown:
-            raise ValueError(f"unknown class name(s) {unknown}; known: {sorted(self.labels)}")
+            raise InputError(f"unknown class name(s) {unknown}; known: {sorted(self.labels)}")
         return [self.labels[name] for name in names]
 
     def _label_tensor(self, class_labels) -> torch.Tensor:
@@ -54,14 +55,14 @@ class ClassConditionalPipeline(DiffusionPipeline):
         if isinstance(class_labels, torch.Tensor):
             class_labels = class_labels.tolist()
         if not isinstance(class_labels, (list, tuple)) or not class_labels:
-            raise ValueError(f"class_labels must be a non-empty list of label ids or class names, got {class_labels!r}")
+            raise InputError(f"class_labels must be a non-empty list of label ids or class names, got {class_labels!r}")
         num_classes = self.unet.config.num_classes
         ids = []
         for label in class_labels:
             if isinstance(label, str):
                 label = self.get_label_ids(label)[0]
             if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < num_classes:
-                raise ValueError(f"class label {label!r} is out of range: expected an int in [0, {num_classes - 1}]")
+                raise InputError(f"class label {label!r} is out of range: expected an int in [0, {num_classes - 1}]")
             ids.append(int(label))
         return torch.tensor(ids, device=self._execution_device)
 
@@ -89,19 +90,19 @@ class ClassConditionalPipeline(DiffusionPipeline):
     ):
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral) \
                 or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
+            raise InputError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) \
                 or not np.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite real number, got {guidance_scale!r}")
+            raise InputError(f"guidance_scale must be a finite real number, got {guidance_scale!r}")
         if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+            raise InputError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}")
+            raise InputError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}")
         labels = self._label_tensor(class_labels)  # [B]
         batch = labels.shape[0]
         if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} generators for {batch} class labels")
+            raise InputError(f"got {len(generator)} generators for {batch} class labels")
 
         device = self._execution_device
         config = self.unet.config

@@ -19,7 +19,7 @@ _LAZY = {
     "score": ".scoring", "METRICS": ".scoring",
     "open_images": ".sources", "open_reference": ".sources", "UnknownImagesError": ".sources",
     "extract_features": ".features", "save_reference_statistics": ".features", "FeatureWeightsError": ".features",
-    "generate": ".generation", "make_guidance": ".generation", "load_pipeline": ".generation",
+    "generate": ".generation", "load_pipeline": ".generation",
     "read_image_metadata": ".generation",
     "sweep": ".sweeps", "plot_sweep": ".sweeps", "sample_grid": ".sweeps", "collect_scores": ".sweeps",
     "write_report": ".sweeps", "clip_score": ".clip",

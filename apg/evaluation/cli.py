@@ -1,7 +1,9 @@
-"""apg-eval: generate, score, stats, sweep, report. Run under `accelerate launch` to use several processes.
+"""apg eval (also apg-eval): generate, score, stats, sweep, report. Run under `accelerate launch` to use several
+processes.
 
 Lists are space-separated (--scales 1 2 4 8, --methods cfg apg); methods and their options come from
-apg.METHODS, as in `apg compare`.
+apg.METHODS, as in `apg compare`. Every value is checked before a model loads or an image is made; an error
+is one line with exit code 2 (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import sys
 from pathlib import Path
 
 from .. import _options
-from .._options import CommandError, listed
+from .._options import CommandError, at_least, listed
 from .files import process_state
 
-PROG = "apg-eval"
+PROG = "apg-eval"  # the name as its own script; `apg eval` passes its own
 
 
 def _metric_option(p, default: str):
@@ -27,19 +29,16 @@ def _metric_option(p, default: str):
 
 
 def _add_model(p, out_required=True):
-    from ..runtime import DTYPES
-
     p.add_argument("--model", default="builtin", help="'builtin' (offline CIFAR-10 model), a hub id or a folder")
     cond = p.add_mutually_exclusive_group()
     cond.add_argument("--classes", nargs="+", type=listed(str, "a class name or id"),
                       help="class names or ids, space-separated; 'all' (the default) for every class")
     cond.add_argument("--prompts-file", type=Path, help="text file, one prompt per line (text-to-image models)")
-    p.add_argument("--num-images", type=int, required=True, help="images per setting (N)")
+    p.add_argument("--num-images", type=at_least(1), required=True, help="images per setting (N)")
     p.add_argument("--seed", type=_options.seed, default=0, help="image i uses seed + i")
-    p.add_argument("--batch-size", type=int, default=16, help="images per pipeline call")
-    p.add_argument("--steps", type=int, default=32, help="num_inference_steps")
-    p.add_argument("--dtype", choices=list(DTYPES),
-                   help="compute dtype (default: float32 on the CPU, bfloat16 or float16 on CUDA; builtin float32)")
+    p.add_argument("--batch-size", type=at_least(1), default=16, help="images per pipeline call")
+    p.add_argument("--steps", type=at_least(1), default=32, help="num_inference_steps")
+    _options.add_runtime_options(p, "this process's accelerate device: cuda if available, else cpu")
     p.add_argument("--out", type=Path, required=out_required,
                    help="output folder" + ("" if out_required else " (default: runs/sweep-MODEL-HASH, named after "
                                                                    "the settings and printed; the same command "
@@ -60,16 +59,16 @@ def _add_scoring(p):
     p.add_argument("--feature-weights", action="append", metavar="[NAME=]PATH",
                    help="local weights file of the feature extractor (offline use); with several extractors "
                         "(fid and prc), NAME=PATH once per extractor")
-    p.add_argument("--resize", type=int, help="resize and centre-crop both sets to this size first")
-    p.add_argument("--feature-batch-size", type=int, default=64, help="images per feature-extractor batch")
+    p.add_argument("--resize", type=at_least(1), help="resize and centre-crop both sets to this size first")
+    p.add_argument("--feature-batch-size", type=at_least(1), default=64, help="images per feature-extractor batch")
     p.add_argument("--cache-dir", type=Path, help="feature cache (default: $APG_CACHE or ~/.cache/apg/eval)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     p.add_argument("--clip-model", help="CLIP model id or folder for the clip metric "
                                         "(default: openai/clip-vit-large-patch14)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _options.ArgumentParser(prog=PROG, description=__doc__)
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = _options.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_options.ArgumentParser)
 
     p = sub.add_parser("generate", help="generate N images with one guidance setting (resumable)")
@@ -89,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-extractor", default="inception-v3-compat", help="torch-fidelity extractor")
     p.add_argument("--feature-weights", type=Path, metavar="PATH",
                    help="local weights file of the feature extractor (offline use)")
-    p.add_argument("--resize", type=int, help="resize and centre-crop to this size first")
-    p.add_argument("--feature-batch-size", type=int, default=64, help="images per feature-extractor batch")
+    p.add_argument("--resize", type=at_least(1), help="resize and centre-crop to this size first")
+    p.add_argument("--feature-batch-size", type=at_least(1), default=64, help="images per feature-extractor batch")
 
     p = sub.add_parser("sweep", help="methods x intervals x scales: CSV, plot and sample grid")
     _add_model(p, out_required=False)
@@ -106,16 +105,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="collect score.json files into one table")
     p.add_argument("paths", nargs="+", type=Path, help="score.json files or folders to search")
     p.add_argument("--output", type=Path, help="CSV file to write")
+    for command in sub.choices.values():
+        _options.add_traceback_option(command)
     return parser
 
 
-def _pipeline(args):
+def _prompts(args) -> list[str] | None:
+    """The prompts of --prompts-file, read before any model loads."""
+    if args.prompts_file is None:
+        return None
+    try:
+        text = args.prompts_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"--prompts-file {str(args.prompts_file)!r}: cannot read it "
+                           f"({getattr(error, 'strerror', None) or error})") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise CommandError(f"--prompts-file {str(args.prompts_file)!r} holds no prompt (one per line)")
+    return prompts
+
+
+def _check_model_args(args) -> list[str] | None:
+    """What every generating command checks before it loads a model: device, output folder, prompts."""
+    _options.check_runtime_options(args)
+    if args.out is not None:
+        _options.output_folder("--out", args.out)
+    return _prompts(args)
+
+
+def _pipeline(args, prompts):
     from .generation import load_pipeline
 
-    # accelerate's device (one per process); apg.runtime's dtype policy when --dtype is not given.
-    pipe = load_pipeline(args.model, device=process_state().device, dtype=args.dtype)
-    if args.prompts_file is not None:
-        prompts = [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
+    # --device, else accelerate's device (one per process); apg.runtime's dtype policy when --dtype is not given.
+    pipe = load_pipeline(args.model, device=args.device or process_state().device, dtype=args.dtype)
+    if prompts is not None:
         return pipe, None, prompts
     classes = args.classes or ["all"]
     if classes == ["all"]:
@@ -159,9 +182,12 @@ def _default_sweep_dir(args) -> Path:
     import hashlib
     import json
 
-    # What makes the images: not the scoring options, nor the batch size (the images do not depend on it).
-    ignored = {"command", "out", "batch_size", "metrics", "reference", "resize", "no_cache", "cache_dir", "clip_model"}
-    settings = {k: v for k, v in vars(args).items() if k not in ignored and not k.startswith("feature")}
+    # What makes the images: not the scoring options, nor the batch size (the images do not depend on it). A
+    # --device left out is left out of the hash too, so the folders of runs from before it existed still resume.
+    ignored = {"command", "out", "batch_size", "metrics", "reference", "resize", "no_cache", "cache_dir", "clip_model",
+               "traceback", "prog"}
+    settings = {k: v for k, v in vars(args).items() if k not in ignored and not k.startswith("feature")
+                and not (k == "device" and v is None)}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     model = Path(args.model).name if Path(args.model).exists() else args.model.replace("/", "-")
     return Path("runs") / f"sweep-{model}-{digest}"
@@ -171,13 +197,13 @@ def _generate(args, state):
     from .generation import generate
 
     _options.check_guidance_options(args, [args.method])
-    guidance = _options.make_guidance(args, args.method, args.scale)
-    pipe, classes, prompts = _pipeline(args)
-    done = generate(pipe, guidance, args.out, num_images=args.num_images, classes=classes, prompts=prompts,
+    setting = _options.setting(args, args.method, args.scale)
+    pipe, classes, prompts = _pipeline(args, _check_model_args(args))
+    done = generate(pipe, setting, args.out, num_images=args.num_images, classes=classes, prompts=prompts,
                     seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps, model=args.model)
     if state.is_main_process:
         if done["missing"] == 0:
-            print(f"{PROG} generate: {args.out} is already complete ({args.num_images} images)")
+            print(f"{args.prog} generate: {args.out} is already complete ({args.num_images} images)")
         else:
             print(f"{args.out}: {args.num_images} images ({done['missing']} made by this run)")
 
@@ -187,14 +213,15 @@ def _score(args, state):
     from .scoring import score
 
     metrics = args.metrics or (("fid",) if args.reference else ()) + ("saturation", "clipping")
+    output = _options.output_file("--output", args.output or Path(args.images) / "score.json")
     result = score(args.images, args.reference, metrics=metrics, **_scoring(args))
     if state.is_main_process:
         ignored = result["images"]["ignored"]
         if ignored:
-            print(f"{PROG} score: scored the {result['images']['count']} samples of the run folder; left out "
+            print(f"{args.prog} score: scored the {result['images']['count']} samples of the run folder; left out "
                   f"{', '.join(ignored)}", file=sys.stderr)
-        output = args.output or Path(args.images) / "score.json"
-        write_json(output, result)
+        with _options.writing("--output", output):
+            write_json(output, result)
         print(f"{output}: {result['metrics']}")
 
 
@@ -203,6 +230,7 @@ def _stats(args, state):
 
     if args.feature_weights is not None:
         _check_file("--feature-weights", args.feature_weights)
+    _options.output_file("output", args.output)
     meta = save_reference_statistics(args.reference, args.output, feature_extractor=args.feature_extractor,
                                      feature_weights=args.feature_weights, resize=args.resize,
                                      batch_size=args.feature_batch_size)
@@ -211,26 +239,29 @@ def _stats(args, state):
 
 
 def _sweep(args, state):
-    from ..guidance import METHODS
-    from .sweeps import sweep, write_report
+    from .scoring import check_metrics
+    from .sweeps import plan, sweep, write_report
 
     _options.check_guidance_options(args, args.methods)
     if args.interval is not None and args.intervals is not None:
         raise CommandError("give --interval (one for every setting) or --intervals (a dimension), not both")
-    # Each method's parameters as the shared options resolve them (defaults, preset, bounds checked).
-    method_params = {}
-    for method in args.methods:
-        guidance = _options.make_guidance(args, method, 1.0)
-        method_params[method] = {p.name: getattr(guidance, p.name) for p in METHODS[method].parameters}
+    # Each method's parameters as the shared options resolve them (defaults, preset, bounds checked), then every
+    # setting of the sweep and the metrics: all refused before the model loads.
+    method_params = {m: dict(_options.setting(args, m, 1.0).params) for m in args.methods}
+    intervals = args.intervals or [args.interval]
+    plan(args.methods, args.scales, intervals, method_params)
+    if args.metrics is not None:
+        check_metrics(args.metrics, args.reference)
+    scoring = _scoring(args)
     if args.out is None:
         args.out = _default_sweep_dir(args)
         if state.is_main_process:
-            print(f"{PROG} sweep: writing to {args.out} (no --out given; the same command resumes there)")
-    pipe, classes, prompts = _pipeline(args)
+            print(f"{args.prog} sweep: writing to {args.out} (no --out given; the same command resumes there)")
+    pipe, classes, prompts = _pipeline(args, _check_model_args(args))
     rows = sweep(pipe, args.out, methods=args.methods, scales=args.scales, method_params=method_params,
-                 intervals=args.intervals or [args.interval], num_images=args.num_images, classes=classes,
+                 intervals=intervals, num_images=args.num_images, classes=classes,
                  prompts=prompts, seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps,
-                 reference=args.reference, metrics=args.metrics, model=args.model, score_options=_scoring(args))
+                 reference=args.reference, metrics=args.metrics, model=args.model, score_options=scoring)
     if state.is_main_process:
         print(write_report(rows))
 
@@ -238,19 +269,22 @@ def _sweep(args, state):
 def _report(args, state):
     from .sweeps import collect_scores, write_report
 
-    print(write_report(collect_scores(args.paths), args.output))
+    if args.output is not None:
+        _options.output_file("--output", args.output)
+    rows = collect_scores(args.paths)
+    with _options.writing("--output", args.output):
+        print(write_report(rows, args.output))
 
 
 COMMANDS = {"generate": _generate, "score": _score, "stats": _stats, "sweep": _sweep, "report": _report}
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        COMMANDS[args.command](args, process_state())
-    except (CommandError, ValueError, TypeError, OSError, RuntimeError) as error:
-        return _options.report(f"{PROG} {args.command}", error)
-    return 0
+def main(argv=None, prog: str = PROG) -> int:
+    """`apg-eval ...` (or `apg eval ...`, with prog="apg eval"); an apg.errors.ApgError is one line, exit code 2."""
+    args = build_parser(prog).parse_args(argv)
+    args.prog = prog
+    return _options.run_guarded(f"{prog} {args.command}", lambda: COMMANDS[args.command](args, process_state()),
+                                args.traceback)
 
 
 if __name__ == "__main__":

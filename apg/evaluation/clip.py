@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError, ResourceError
 from .files import list_images, process_state
 
 __all__ = ["clip_score", "DEFAULT_CLIP_MODEL"]
@@ -21,7 +22,7 @@ def _load(model: str):
     try:
         return CLIPModel.from_pretrained(model), CLIPProcessor.from_pretrained(model)
     except OSError as error:
-        raise OSError(
+        raise ResourceError(
             f"CLIP score needs the CLIP model {model!r} (weights and processor) from the Hugging Face hub or a local "
             f"folder; it could not be loaded ({error}). Offline, download it elsewhere (huggingface-cli download "
             f"{model}) and pass the folder (--clip-model PATH, Python: clip_model=PATH)."
@@ -36,7 +37,7 @@ def _prompts_from_metadata(files) -> list[str]:
         with Image.open(path) as image:
             record = json.loads(getattr(image, "text", {}).get("apg", "{}"))
         if "prompt" not in record:
-            raise ValueError(f"{path} has no prompt in its 'apg' metadata; pass prompts explicitly")
+            raise InputError(f"{path} has no prompt in its 'apg' metadata; pass prompts explicitly")
         prompts.append(record["prompt"])
     return prompts
 
@@ -61,7 +62,7 @@ def clip_score(images, prompts=None, *, clip_model=DEFAULT_CLIP_MODEL, batch_siz
         load, count = (lambda i: images[i].convert("RGB")), len(images)
     if prompts is None or len(prompts) != count:
         got = None if prompts is None else len(prompts)
-        raise ValueError(f"prompts: need one prompt per image ({count}), got {got}")
+        raise InputError(f"prompts: need one prompt per image ({count}), got {got}")
     state = process_state()
     model, processor = _load(str(clip_model))
     model = model.to(state.device).eval()

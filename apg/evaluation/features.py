@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import FeatureWeightsError, InputError
 from .files import atomic_open, process_state, versions
 from .metrics import feature_statistics, per_image_clipping, per_image_saturation
 from .sources import ImageSource, open_images
@@ -31,10 +32,6 @@ DEFAULT_EXTRACTORS = {"fid": "inception-v3-compat", "kid": "inception-v3-compat"
                       "prc": "vgg16"}
 # Pixel metrics computed per image in the same pass as the features: name -> function of a uint8 batch.
 PER_IMAGE = {"saturation": per_image_saturation, "clipping": per_image_clipping}
-
-
-class FeatureWeightsError(RuntimeError):
-    """The feature extractor's weights are neither given nor downloadable, or the given file does not load."""
 
 
 def _weights_source(extractor: str) -> tuple[str, str] | None:
@@ -55,7 +52,7 @@ def feature_layer(extractor: str, metric: str) -> str:
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     if extractor not in FEATURE_EXTRACTORS_REGISTRY:
-        raise ValueError(f"feature_extractor {extractor!r} is not registered with torch-fidelity "
+        raise InputError(f"feature_extractor {extractor!r} is not registered with torch-fidelity "
                          f"(registered: {', '.join(FEATURE_EXTRACTORS_REGISTRY)})")
     return FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric(metric)
 
@@ -63,7 +60,7 @@ def feature_layer(extractor: str, metric: str) -> str:
 def check_weights(weights):
     """`weights` (a path or None) names a file; else a ValueError naming it."""
     if weights is not None and not Path(weights).is_file():
-        raise ValueError(f"feature_weights {str(weights)!r} is not a file")
+        raise InputError(f"feature_weights {str(weights)!r} is not a file")
 
 
 def _create_extractor(extractor, layers, weights, device):

@@ -11,6 +11,8 @@ import secrets
 from importlib import metadata
 from pathlib import Path
 
+from ..errors import InputError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TMP_PREFIX = ".tmp-"  # partial files: skipped by every folder listing, removed on resume
 RUN_FILE = "run.json"  # what `generate` made in a folder; its samples are image_name(i, num_images)
@@ -87,7 +89,7 @@ def list_images(folder) -> list[Path]:
     """Image files directly in `folder`, sorted by name; temporary files of interrupted writes are skipped."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"image folder {str(folder)!r} does not exist or is not a directory")
+        raise InputError(f"image folder {str(folder)!r} does not exist or is not a directory")
     return sorted(
         p for p in folder.iterdir()
         if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(TMP_PREFIX) and p.is_file()

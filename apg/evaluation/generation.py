@@ -15,32 +15,15 @@ from pathlib import Path
 
 import torch
 
-from ..guidance import METHODS, Guidance
+from ..errors import InputError, InputTypeError
+from ..guidance import Guidance
+from ..setting import Setting
 from .files import RUN_FILE, TMP_PREFIX, image_name, process_state, read_json, save_png, versions, write_json
 
-__all__ = ["make_guidance", "load_pipeline", "generate", "image_name", "read_image_metadata", "RUN_FILE"]
+__all__ = ["load_pipeline", "generate", "image_name", "read_image_metadata", "RUN_FILE"]
 
 # Fields of run.json that define the image set: a resume must agree on all of them.
 _IDENTITY = ("model", "pipeline", "scheduler", "num_inference_steps", "guidance", "seed", "conditioning", "call")
-
-
-def make_guidance(method: str, guidance_scale: float, *, preset=None, interval=None, **params) -> Guidance:
-    """Guidance from a method name of apg.METHODS, a scale, and a preset or the class's own parameters."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    cls = METHODS[method]
-    params = {k: v for k, v in params.items() if v is not None}
-    takes = [p.name for p in cls.parameters]
-    unknown = sorted(set(params) - set(takes))
-    if unknown:
-        raise ValueError(f"method {method!r} takes {', '.join(takes) or 'only a scale'}, not {', '.join(unknown)}")
-    if preset is not None:
-        if not hasattr(cls, "from_preset"):
-            raise ValueError(f"preset {preset!r} applies to method 'apg', not {method!r}")
-        if params:
-            raise ValueError(f"give either a preset or explicit parameters, got preset {preset!r} and {params}")
-        return cls.from_preset(preset, guidance_scale, interval=interval)
-    return cls(guidance_scale, **params, interval=interval)
 
 
 def apply_guidance(pipe, guidance: Guidance):
@@ -73,7 +56,7 @@ def _check_or_write_run(out_dir: Path, run: dict, is_main: bool):
         existing = read_json(run_file)
         differing = [k for k in _IDENTITY if existing.get(k) != run.get(k)]
         if differing:
-            raise ValueError(
+            raise InputError(
                 f"{out_dir} holds a different run ({', '.join(differing)} differ from this command's); resume with "
                 f"the same settings or choose another output folder"
             )
@@ -83,7 +66,7 @@ def _check_or_write_run(out_dir: Path, run: dict, is_main: bool):
         write_json(run_file, run)
 
 
-def generate(pipe, guidance: Guidance, out_dir, *, num_images: int, classes=None, prompts=None, seed: int = 0,
+def generate(pipe, guidance: Guidance | Setting, out_dir, *, num_images: int, classes=None, prompts=None, seed: int = 0,
              batch_size: int = 16, num_inference_steps: int = 32, model: str = "unknown", call_kwargs=None,
              progress: bool = True) -> dict:
     """Generate images 0..num_images-1 into out_dir as PNGs (skipping those already there); returns a summary.
@@ -94,19 +77,21 @@ def generate(pipe, guidance: Guidance, out_dir, *, num_images: int, classes=None
     """
     from tqdm.auto import tqdm
 
+    if isinstance(guidance, Setting):
+        guidance = guidance.build()
     if not isinstance(guidance, Guidance):
-        raise TypeError(f"guidance must be an apg.Guidance, got {type(guidance).__name__}")
+        raise InputTypeError(f"guidance must be an apg.Guidance or apg.Setting, got {type(guidance).__name__}")
     for name, value in (("num_images", num_images), ("batch_size", batch_size),
                         ("num_inference_steps", num_inference_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            raise InputError(f"{name} must be an int >= 1, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        raise InputError(f"seed must be an int >= 0, got {seed!r}")
     if (classes is None) == (prompts is None):
-        raise ValueError("give exactly one of classes (class-conditional models) or prompts (text-to-image)")
+        raise InputError("give exactly one of classes (class-conditional models) or prompts (text-to-image)")
     key, conditions = ("class_labels", list(classes)) if classes is not None else ("prompt", list(prompts))
     if not conditions:
-        raise ValueError(f"{'classes' if key == 'class_labels' else 'prompts'} is empty")
+        raise InputError(f"{'classes' if key == 'class_labels' else 'prompts'} is empty")
     # Class names are recorded as given and passed to the pipeline as ids (DiT takes ids only).
     labels = [pipe.get_label_ids([c])[0] if key == "class_labels" and isinstance(c, str) else c for c in conditions]
 
@@ -170,7 +155,7 @@ def read_image_metadata(path) -> dict:
     with Image.open(path) as image:
         text = image.text.get("apg") if hasattr(image, "text") else None
     if text is None:
-        raise ValueError(f"{path} carries no 'apg' metadata (not written by apg-eval generate)")
+        raise InputError(f"{path} carries no 'apg' metadata (not written by apg-eval generate)")
     return json.loads(text)
 
 

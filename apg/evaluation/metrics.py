@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import InputError, InputTypeError
+
 __all__ = ["saturation", "per_image_saturation", "clipping", "per_image_clipping", "frechet_distance",
            "feature_statistics"]
 
@@ -21,27 +23,27 @@ def _to_rgb_float64(image) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.float64)[None] / 255.0
     if isinstance(image, torch.Tensor):
         if image.ndim not in (3, 4):
-            raise ValueError(f"images: a tensor must be [C, H, W] or [N, C, H, W], got shape {tuple(image.shape)}")
+            raise InputError(f"images: a tensor must be [C, H, W] or [N, C, H, W], got shape {tuple(image.shape)}")
         array = image.detach().cpu()
         array = (array[None] if array.ndim == 3 else array).movedim(1, -1).numpy()
     elif isinstance(image, np.ndarray):
         if image.ndim not in (3, 4):
-            raise ValueError(f"images: an array must be [H, W, C] or [N, H, W, C], got shape {image.shape}")
+            raise InputError(f"images: an array must be [H, W, C] or [N, H, W, C], got shape {image.shape}")
         array = image[None] if image.ndim == 3 else image
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"images: expected a PIL image, a tensor, an array or a list of them, got {type(image).__name__}"
         )
     if array.shape[-1] != 3:
-        raise ValueError(f"images: expected 3 colour channels (RGB), got shape {array.shape} (channels last here)")
+        raise InputError(f"images: expected 3 colour channels (RGB), got shape {array.shape} (channels last here)")
     if array.dtype == np.uint8:
         return array.astype(np.float64) / 255.0
     if not np.issubdtype(array.dtype, np.floating):
-        raise TypeError(f"images: expected uint8 or floating point pixels, got dtype {array.dtype}")
+        raise InputTypeError(f"images: expected uint8 or floating point pixels, got dtype {array.dtype}")
     array = array.astype(np.float64)
     low, high = float(array.min()), float(array.max())
     if low < 0.0 or high > 1.0:
-        raise ValueError(
+        raise InputError(
             f"images: float pixels must lie in [0, 1], got range [{low:.4g}, {high:.4g}] "
             "(for pixels in [-1, 1] pass (x + 1) / 2)"
         )
@@ -52,7 +54,7 @@ def _per_image(images, per_batch) -> np.ndarray:
     """per_batch([N, H, W, 3] float64 in [0, 1]) -> [N], over one image, a batch, or a list of them."""
     if isinstance(images, (list, tuple)):
         if not images:
-            raise ValueError("images: got an empty list")
+            raise InputError("images: got an empty list")
         return np.concatenate([_per_image(image, per_batch) for image in images])
     return per_batch(_to_rgb_float64(images))
 
@@ -104,7 +106,7 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     """Mean [D] and unbiased covariance [D, D] of features [N, D], in float64."""
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"features must be [N, D] with N >= 2, got shape {features.shape}")
+        raise InputError(f"features must be [N, D] with N >= 2, got shape {features.shape}")
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
@@ -126,9 +128,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     for name, value, shape in (("mu1", mu1, (dim,)), ("mu2", mu2, (dim,)),
                                ("sigma1", sigma1, (dim, dim)), ("sigma2", sigma2, (dim, dim))):
         if value.shape != shape:
-            raise ValueError(f"{name} must have shape {shape} to match mu1, got {value.shape}")
+            raise InputError(f"{name} must have shape {shape} to match mu1, got {value.shape}")
         if not np.isfinite(value).all():
-            raise ValueError(f"{name} contains NaN or infinite values")
+            raise InputError(f"{name} contains NaN or infinite values")
     sqrt_sigma1 = _psd_sqrt(sigma1)
     inner = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)).sum()

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
 from .clip import DEFAULT_CLIP_MODEL, clip_score
 from .features import DEFAULT_EXTRACTORS, PER_IMAGE, check_weights, extract_features, feature_layer
 from .files import RUN_FILE, versions
 from .metrics import feature_statistics, frechet_distance
 from .sources import ImageSource, Reference, open_images, open_reference
 
-__all__ = ["score", "METRICS", "FEATURE_METRICS", "NEEDS_REFERENCE"]
+__all__ = ["score", "check_metrics", "METRICS", "FEATURE_METRICS", "NEEDS_REFERENCE"]
 
 FEATURE_METRICS = tuple(DEFAULT_EXTRACTORS)  # the metrics that read network features
 NEEDS_REFERENCE = ("fid", "kid", "prc")
@@ -51,7 +52,7 @@ def _fid(x: _Inputs) -> dict:
         mu_ref, sigma_ref = ref.statistics["mu"], ref.statistics["sigma"]
         if mu_ref.shape[0] != fake.shape[1]:
             name, layer = x.plan["fid"]
-            raise ValueError(f"reference {ref.spec!r} statistics have dimension {mu_ref.shape[0]}, "
+            raise InputError(f"reference {ref.spec!r} statistics have dimension {mu_ref.shape[0]}, "
                              f"expected {fake.shape[1]} ({name} layer {layer})")
     else:
         mu_ref, sigma_ref = feature_statistics(x.features("fid", real=True))
@@ -100,7 +101,7 @@ def _pixel_mean(metric):
 
 def _clip(x: _Inputs) -> dict:
     if isinstance(x.images, ImageSource):
-        raise ValueError("metrics: 'clip' needs a folder of generated images (their PNGs carry the prompts)")
+        raise InputError("metrics: 'clip' needs a folder of generated images (their PNGs carry the prompts)")
     clip = clip_score(x.images, clip_model=x.options["clip_model"], batch_size=x.options["batch_size"],
                       progress=x.options["progress"])
     return {"clip_score": clip["clip_score"], "clip_score_std": clip["clip_score_std"]}
@@ -118,10 +119,10 @@ def _weights_per_extractor(feature_weights, extractors) -> dict:
     if isinstance(feature_weights, dict):
         unused = set(feature_weights) - set(extractors)
         if unused:
-            raise ValueError(f"feature_weights names {sorted(unused)}, but these metrics use {sorted(extractors)}")
+            raise InputError(f"feature_weights names {sorted(unused)}, but these metrics use {sorted(extractors)}")
         weights = dict(feature_weights)
     elif len(extractors) != 1:
-        raise ValueError(
+        raise InputError(
             f"feature_weights: these metrics use {len(extractors)} feature extractors ({', '.join(sorted(extractors))})"
             f"; give one weights file per extractor as {{name: path}} (CLI: --feature-weights NAME=PATH, repeated)"
         )
@@ -132,17 +133,21 @@ def _weights_per_extractor(feature_weights, extractors) -> dict:
     return weights
 
 
-def _check_metrics(metrics):
+def check_metrics(metrics, reference=None) -> tuple[str, ...]:
+    """The metrics as a tuple; an InputError for an unknown one, or for one that needs a reference without it."""
     metrics = tuple(metrics)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
-        raise ValueError(f"metrics: unknown {unknown or metrics!r}; choose from {', '.join(METRICS)}")
+        raise InputError(f"metrics: unknown {unknown or metrics!r}; choose from {', '.join(METRICS)}")
+    needs_reference = [m for m in metrics if m in NEEDS_REFERENCE]
+    if needs_reference and reference is None:
+        raise InputError(f"reference is required for {', '.join(needs_reference)}")
     return metrics
 
 
 def _check_reference(ref: Reference, plan: dict, needs_reference, generated: ImageSource):
     if ref.images is not None and ref.images.output_size != generated.output_size:
-        raise ValueError(
+        raise InputError(
             f"reference {ref.spec!r} has images of {ref.images.output_size[1]}x{ref.images.output_size[0]} but "
             f"the scored images are {generated.output_size[1]}x{generated.output_size[0]}; expected a reference "
             f"of the same size (or pass resize=N to resize and centre-crop both)"
@@ -150,14 +155,14 @@ def _check_reference(ref: Reference, plan: dict, needs_reference, generated: Ima
     if ref.statistics is not None:
         other = [m for m in needs_reference if m != "fid"]
         if other:
-            raise ValueError(f"reference {ref.spec!r} is a statistics file, which serves FID only; "
+            raise InputError(f"reference {ref.spec!r} is a statistics file, which serves FID only; "
                              f"{', '.join(other)} need a reference of images")
         meta, (name, layer) = ref.statistics["meta"], plan["fid"]
         if (meta["extractor"], meta["layer"]) != (name, layer):
-            raise ValueError(f"reference {ref.spec!r} holds statistics of {meta['extractor']} layer {meta['layer']}, "
+            raise InputError(f"reference {ref.spec!r} holds statistics of {meta['extractor']} layer {meta['layer']}, "
                              f"expected {name} layer {layer} to score with")
         if meta.get("size") and tuple(meta["size"]) != generated.output_size:
-            raise ValueError(f"reference {ref.spec!r} was computed on {meta['size'][1]}x{meta['size'][0]} images, "
+            raise InputError(f"reference {ref.spec!r} was computed on {meta['size'][1]}x{meta['size'][0]} images, "
                              f"the scored images are {generated.output_size[1]}x{generated.output_size[0]}")
 
 
@@ -171,13 +176,11 @@ def score(images, reference=None, *, metrics=("fid", "saturation", "clipping"), 
     hub). feature_extractor: one torch-fidelity extractor name for every metric, default InceptionV3 (fid,
     kid, isc) and VGG16 (prc). A run folder (with run.json) is scored on its samples only.
     """
-    metrics = _check_metrics(metrics)
+    metrics = check_metrics(metrics, reference)
     generated = images if isinstance(images, ImageSource) else open_images(images, resize, datasets_root)
     needs_reference = [m for m in metrics if m in NEEDS_REFERENCE]
     ref = None
     if needs_reference:
-        if reference is None:
-            raise ValueError(f"reference is required for {', '.join(needs_reference)}")
         ref = reference if isinstance(reference, Reference) else open_reference(reference, resize, datasets_root)
 
     # metric -> (extractor, layer); each extractor runs once per image set with all the layers it serves.

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError, ResourceError
 from .files import IMAGE_SUFFIXES, RUN_FILE, image_name, list_images, read_json
 
 __all__ = ["ImageSource", "open_images", "Reference", "open_reference", "UnknownImagesError"]
 
 
-class UnknownImagesError(ValueError):
+class UnknownImagesError(InputError):
     """A spec that is neither a folder, an archive nor a registered dataset name."""
 
 
@@ -31,7 +32,7 @@ class ImageSource(torch.utils.data.Dataset):
 
     def __init__(self, names, read, description, fingerprint, resize=None, ignored=()):
         if not names:
-            raise ValueError(f"{description} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise InputError(f"{description} contains no images ({', '.join(IMAGE_SUFFIXES)})")
         self.names, self._read, self.description, self.resize = list(names), read, description, resize
         self.fingerprint, self.ignored = fingerprint, list(ignored)
         self.size = None  # (H, W) every image must have; None when each one is resized and cropped anyway
@@ -50,9 +51,9 @@ class ImageSource(torch.utils.data.Dataset):
             with Image.open(self._read(i)) as image:
                 rgb = np.asarray(image.convert("RGB"))  # [H, W, 3], uint8
         except Exception as error:
-            raise ValueError(f"cannot read image {name} in {self.description}: {error}") from error
+            raise InputError(f"cannot read image {name} in {self.description}: {error}") from error
         if self.size is not None and rgb.shape[:2] != self.size:
-            raise ValueError(
+            raise InputError(
                 f"image {name} is {rgb.shape[1]}x{rgb.shape[0]} but the images of {self.description} are "
                 f"{self.size[1]}x{self.size[0]}: a scored set must have one size; move {name} out of it "
                 f"(or pass resize=N, --resize N)"
@@ -94,11 +95,11 @@ def _run_samples(folder: Path) -> tuple[list[Path], list[Path]] | None:
     try:
         num_images = int(read_json(run_file)["num_images"])
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{run_file} is not a run file written by apg-eval generate ({error})") from None
+        raise InputError(f"{run_file} is not a run file written by apg-eval generate ({error})") from None
     samples = [folder / image_name(i, num_images) for i in range(num_images)]
     missing = [p.name for p in samples if not p.is_file()]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"run folder {str(folder)!r} is incomplete: {len(missing)} of its {num_images} samples are missing "
             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); finish it by rerunning the same "
             "`apg-eval generate` command"
@@ -143,7 +144,7 @@ def _registered_source(name, resize, datasets_root):
     try:
         dataset = DATASETS_REGISTRY[name](root, True)
     except Exception as error:
-        raise OSError(
+        raise ResourceError(
             f"could not load or download the registered reference {name!r} into {root!r} ({error}); offline, pass "
             "a folder of images, a tar archive or a statistics file (.npz) as the reference instead"
         ) from error
@@ -193,13 +194,13 @@ def _load_statistics(path) -> dict:
             arrays = {name: data[name] for name in ("mu", "sigma", "meta") if name in data.files}
             found = list(data.files)
     except Exception as error:
-        raise ValueError(f"reference statistics {str(path)!r} cannot be read as .npz: {error}") from error
+        raise InputError(f"reference statistics {str(path)!r} cannot be read as .npz: {error}") from error
     if "mu" not in arrays or "sigma" not in arrays:
-        raise ValueError(f"reference statistics {str(path)!r} must hold arrays 'mu' and 'sigma' "
+        raise InputError(f"reference statistics {str(path)!r} must hold arrays 'mu' and 'sigma' "
                          f"(as written by `apg-eval stats` or pytorch-fid), found {sorted(found)}")
     mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"reference statistics {str(path)!r}: expected mu [D] and sigma [D, D], "
+        raise InputError(f"reference statistics {str(path)!r}: expected mu [D] and sigma [D, D], "
                          f"got {mu.shape} and {sigma.shape}")
     # Files without our metadata (pytorch-fid, clean-fid) hold InceptionV3 pool features.
     default_meta = {"extractor": "inception-v3-compat", "layer": "2048", "size": None, "count": None}
@@ -211,7 +212,7 @@ def open_reference(spec, resize=None, datasets_root=None) -> Reference:
     """A statistics file (.npz), or images: a folder, a tar archive (`a.tar.gz#sub/`), a registered name."""
     if str(spec).endswith(".npz"):
         if not Path(spec).is_file():
-            raise ValueError(f"reference statistics file {str(spec)!r} does not exist")
+            raise InputError(f"reference statistics file {str(spec)!r} does not exist")
         return Reference(spec, statistics=_load_statistics(spec))
     try:
         return Reference(spec, images=open_images(spec, resize, datasets_root))

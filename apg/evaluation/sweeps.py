@@ -7,57 +7,49 @@ import io
 import json
 from pathlib import Path
 
+from .._fonts import font as _font
+from ..errors import InputError
 from ..guidance import METHODS
+from ..setting import Setting
 from .files import atomic_open, list_images, process_state, read_json, save_png, versions, write_json, write_text
-from .generation import generate, make_guidance, read_image_metadata
-from .scoring import score
+from .generation import generate, read_image_metadata
+from .scoring import check_metrics, score
 
-__all__ = ["sweep", "plot_sweep", "sample_grid", "collect_scores", "write_report", "setting_label", "SCORE_FILE"]
+__all__ = ["sweep", "plan", "plot_sweep", "sample_grid", "collect_scores", "write_report", "setting_label",
+           "SCORE_FILE"]
 
 SCORE_FILE = "score.json"
 # Report columns after the method, the scale and the parameters of every registered method.
 COLUMNS = ("interval", "num_images", "num_inference_steps", "model", "saturation", "reference_saturation",
            "clipping", "reference_clipping", "fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision",
            "recall", "f_score", "clip_score", "clip_score_std")
-# How the labels of plots and grids write a parameter.
-SYMBOLS = {"eta": "η", "norm_threshold": "r", "momentum": "β", "zero_init_steps": "zero-init"}
 # (metric, axis label) of the per-scale panels of sweep.png.
 PANELS = (("saturation", "saturation (mean HSV S)"), ("clipping", "clipping (fraction at 0 or 255)"),
           ("fid", "FID"))
 
 
-def _method_name(type_name):
-    return next((name for name, cls in METHODS.items() if cls.__name__ == type_name), type_name)
+def _setting_fields(guidance) -> dict:
+    """The row's setting from a run.json guidance record (apg.Setting.from_dict); empty for images not generated."""
+    if guidance is None:  # a scored folder of other images (a reference)
+        return {"method": None, "guidance_scale": None, "interval": None, "setting": ""}
+    setting = Setting.from_dict(guidance)
+    return {"method": setting.method, "guidance_scale": setting.scale, **setting.params,
+            "interval": None if setting.interval is None else ",".join(f"{v:g}" for v in setting.interval),
+            "setting": setting.label(scale=False)}
 
 
 def _row(result: dict, path) -> dict:
-    """One report row from a score() result (and the run.json it carries)."""
+    """One report row from a score() result and the run.json it carries."""
     run = result.get("run") or {}
-    guidance = dict(run.get("guidance") or {})
-    interval = guidance.pop("interval", None)
-    row = {"run": str(path), "method": _method_name(guidance.pop("type", None)),
-           "guidance_scale": guidance.pop("guidance_scale", None), **guidance,
-           "interval": None if interval is None else ",".join(f"{v:g}" for v in interval),
-           "num_images": result["images"]["count"], "num_inference_steps": run.get("num_inference_steps"),
-           "model": run.get("model")}
+    row = {"run": str(path), **_setting_fields(run.get("guidance")), "num_images": result["images"]["count"],
+           "num_inference_steps": run.get("num_inference_steps"), "model": run.get("model")}
     row.update(result["metrics"])
     return row
 
 
-def _describe(row: dict) -> tuple[str, str]:
-    """('APG', 'η=0 r=2.5 β=-0.75 σ∈(0.28, 5.42]'): the method's label and its settings, for a report row."""
-    cls = METHODS.get(row["method"])
-    names = [p.name for p in cls.parameters] if cls is not None else []
-    parts = [f"{SYMBOLS.get(n, n)}={row[n]:g}" for n in names if row.get(n) is not None]
-    if row.get("interval"):
-        low, high = row["interval"].split(",")
-        parts.append(f"σ∈({low}, {high}]")
-    return (cls.label if cls is not None else str(row["method"])), " ".join(parts)
-
-
 def setting_label(row: dict) -> str:
     """'APG η=0 r=2.5 β=-0.75 σ∈(0.28, 5.42]': a row's method with its settings, without the scale."""
-    return " ".join(part for part in _describe(row) if part)
+    return row["setting"]
 
 
 def _fields(rows: list[dict]) -> list[str]:
@@ -113,18 +105,6 @@ def plot_sweep(rows: list[dict], path, title: str = ""):
         fig.savefig(file, format="png", dpi=110)
 
 
-def _font(size):
-    """DejaVu Sans (matplotlib ships it: Greek letters for η, β, σ), else Pillow's own font."""
-    from PIL import ImageFont
-
-    try:
-        from matplotlib import font_manager
-
-        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
-    except (ImportError, OSError):
-        return ImageFont.load_default(size)
-
-
 def sample_grid(folders: dict[str, Path], path, count: int = 8, min_size: int = 96):
     """PNG grid: one row per setting, labelled with it; the first `count` samples, a column per seed.
 
@@ -167,9 +147,18 @@ def sample_grid(folders: dict[str, Path], path, count: int = 8, min_size: int = 
     save_png(path, grid)
 
 
-def _folder_name(method, interval, scale):
-    where = "" if interval is None else f"_s{interval[0]:g}-{interval[1]:g}"
-    return f"{method}{where}_w{float(scale):g}"
+def _folder_name(setting: Setting) -> str:
+    where = "" if setting.interval is None else f"_s{setting.interval[0]:g}-{setting.interval[1]:g}"
+    return f"{setting.method}{where}_w{setting.scale:g}"
+
+
+def plan(methods, scales, intervals=(None,), method_params=None) -> list[Setting]:
+    """The settings of a sweep, method by method, interval by interval, scale by scale; each one checked."""
+    if not methods or not scales or not intervals:
+        raise InputError(f"methods, scales and intervals must be non-empty, got {methods!r}, {scales!r} and "
+                         f"{intervals!r}")
+    return [Setting.from_options(m, w, interval=i, **(method_params or {}).get(m, {}))
+            for m in methods for i in intervals for w in scales]
 
 
 def sweep(pipe, out_dir, *, methods=("cfg", "apg"), scales=(1.0, 2.0, 4.0, 8.0), method_params=None,
@@ -184,36 +173,34 @@ def sweep(pipe, out_dir, *, methods=("cfg", "apg"), scales=(1.0, 2.0, 4.0, 8.0),
     """
     out_dir = Path(out_dir)
     method_params = method_params or {}
-    intervals = [None if i is None else tuple(float(v) for v in i) for i in intervals]
-    if not methods or not scales or not intervals:
-        raise ValueError(f"methods, scales and intervals must be non-empty, got {methods!r}, {scales!r} and "
-                         f"{intervals!r}")
-    metrics = metrics or (("saturation", "clipping", "fid") if reference is not None else ("saturation", "clipping"))
-    settings = [(m, i, float(w)) for m in methods for i in intervals for w in scales]
-    guidances = {s: make_guidance(s[0], s[2], interval=s[1], **method_params.get(s[0], {})) for s in settings}
+    # All checked before any work: a bad setting or metric fails before the first image.
+    settings = plan(methods, scales, intervals, method_params)
+    metrics = check_metrics(metrics or (("saturation", "clipping", "fid") if reference is not None
+                                        else ("saturation", "clipping")), reference)
     rows, folders = [], {}
-    for setting, guidance in guidances.items():  # all built first: a bad setting fails before any work
-        folder = out_dir / _folder_name(*setting)
-        generate(pipe, guidance, folder, num_images=num_images, classes=classes, prompts=prompts, seed=seed,
+    for setting in settings:
+        folder = out_dir / _folder_name(setting)
+        generate(pipe, setting, folder, num_images=num_images, classes=classes, prompts=prompts, seed=seed,
                  batch_size=batch_size, num_inference_steps=num_inference_steps, model=model, progress=progress)
         result = score(folder, reference, metrics=metrics, progress=progress, **(score_options or {}))
         if process_state().is_main_process:
             write_json(folder / SCORE_FILE, result)
         rows.append(_row(result, folder))
-        folders[rows[-1]["run"]] = folder
+        folders[rows[-1]["run"]] = (folder, setting)
     if process_state().is_main_process:
         write_text(out_dir / "sweep.csv", _csv(rows))
         title = f"{model}: {num_images} images/setting, {num_inference_steps} steps, seed {seed}"
         plot_sweep(rows, out_dir / "sweep.png", title)
         # Grid rows by scale, then setting: the methods at one scale sit next to each other.
         by_scale = sorted(rows, key=lambda r: r["guidance_scale"])
-        labels = {r["run"]: "{} w={:g}\n{}".format(_describe(r)[0], r["guidance_scale"], _describe(r)[1]).strip()
-                  for r in by_scale}
-        sample_grid({labels[r["run"]]: folders[r["run"]] for r in by_scale}, out_dir / "grid.png",
-                    count=min(grid_count, num_images))
-        write_json(out_dir / "sweep.json", {"rows": rows, "methods": list(methods), "scales": list(scales),
-                                             "intervals": intervals, "method_params": method_params,
-                                             "versions": versions()})
+        grid = {}
+        for r in by_scale:
+            folder, setting = folders[r["run"]]
+            grid[f"{setting.cls.label} w={setting.scale:g}\n{setting.describe()}".strip()] = folder
+        sample_grid(grid, out_dir / "grid.png", count=min(grid_count, num_images))
+        write_json(out_dir / "sweep.json", {
+            "rows": rows, "methods": list(methods), "scales": list(scales), "method_params": method_params,
+            "intervals": [None if i is None else [float(v) for v in i] for i in intervals], "versions": versions()})
     return rows
 
 
@@ -226,16 +213,18 @@ def collect_scores(paths) -> list[dict]:
         elif path.is_dir():
             files.extend(sorted(path.rglob(SCORE_FILE)))
         else:
-            raise ValueError(f"report input {str(path)!r} is neither a score file nor a folder")
+            raise InputError(f"report input {str(path)!r} is neither a score file nor a folder")
     if not files:
-        raise ValueError(f"no {SCORE_FILE} found in {[str(p) for p in paths]}")
+        raise InputError(f"no {SCORE_FILE} found in {[str(p) for p in paths]}")
     rows = []
     for file in files:
         try:
             result = read_json(file)
             rows.append(_row(result, file.parent))
         except (json.JSONDecodeError, KeyError) as error:
-            raise ValueError(f"{file} is not a score file written by apg-eval ({error})") from error
+            raise InputError(f"{file} is not a score file written by apg-eval ({error})") from error
+        except InputError as error:  # a guidance record of a rule not registered now
+            raise InputError(f"{file}: {error}") from None
     return sorted(rows, key=lambda r: (str(r["model"]), str(r["method"]), r["guidance_scale"] or 0.0, r["run"]))
 
 
