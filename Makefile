@@ -1,15 +1,23 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    the main job (see README); `make run PORT=7861` serves the app on another port
+#   make run    the main job (see README); `make run PORT=7861` serves the app on another port, until Ctrl-C
 #   make test   the test suite
+# Another Python or venv: `make test PYTHON=python3.10 VENV=.venv-3.10`. A machine without a GPU can take torch's
+# CPU wheels instead of the CUDA ones: `make TORCH_INDEX=https://download.pytorch.org/whl/cpu run`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 7860
+TORCH_INDEX ?=
 
 .PHONY: run test bench gpu-check browser compiler
 
 $(BIN)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || \
+		{ echo "make: $(PYTHON) not found: install Python >= 3.10 (Debian: apt-get install python3 python3-venv)" >&2; exit 1; }
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
+		{ echo "make: $(PYTHON) -m venv does not work: install Debian's python3-venv (apt-get install python3-venv)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet torch torchvision --index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 

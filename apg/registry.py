@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -161,16 +162,44 @@ def register_pipeline(
 
 
 def registered() -> dict[type, PipelineSpec]:
-    """A copy of the table: pipeline class -> spec."""
+    """A copy of the table: pipeline class -> spec, with every stock class the installed Diffusers has."""
+    import warnings
+
+    import diffusers
+
+    for name in _stock_names():
+        with warnings.catch_warnings():
+            # Kolors' text encoder module calls torch.jit.script at import; torch >= 2.9 warns about it.
+            warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+            _stock_spec(getattr(diffusers, name))
     return dict(_REGISTRY)
+
+
+def _stock_names() -> list[str]:
+    """The STOCK_PIPELINES classes that the installed Diffusers has (none imported: its lazy module lists them)."""
+    import diffusers
+
+    return [name for name in STOCK_PIPELINES if name in dir(diffusers)]
+
+
+def _stock_spec(cls) -> PipelineSpec | None:
+    """The spec of a stock Diffusers class, registered on first use; None for any other class."""
+    diffusers = sys.modules.get("diffusers")
+    name = cls.__name__
+    if name not in STOCK_PIPELINES or diffusers is None or getattr(diffusers, name, None) is not cls:
+        return None
+    if cls not in _REGISTRY:  # an explicit register_pipeline of the class wins
+        register_pipeline(cls, **STOCK_PIPELINES[name])
+    return _REGISTRY[cls]
 
 
 def spec_for(pipe) -> PipelineSpec:
     """The spec of `pipe`'s class (or its nearest registered base); UnsupportedError naming the supported ones."""
     for cls in type(pipe).__mro__:
-        if cls in _REGISTRY:
-            return _REGISTRY[cls]
-    supported = sorted(cls.__name__ for cls in _REGISTRY)
+        spec = _REGISTRY.get(cls) or _stock_spec(cls)
+        if spec is not None:
+            return spec
+    supported = sorted({cls.__name__ for cls in _REGISTRY} | set(_stock_names()))
     raise UnsupportedError(
         f"pipeline {type(pipe).__name__} is not supported by apg; supported pipelines: {supported} "
         "(apg.register_pipeline declares another one that follows the standard CFG pattern)"
@@ -208,7 +237,8 @@ _Z_IMAGE_REFUSED = {
     "cfg_truncation": "it drops the uncond pass late in sampling, which the capture does not follow",
 }
 
-# Stock Diffusers pipelines: class name -> register_pipeline keywords (read from each class's __call__).
+# Stock Diffusers pipelines: class name -> register_pipeline keywords (read from each class's __call__). Resolved by
+# name when a pipeline of that class is guided: a class the installed Diffusers lacks is simply unsupported.
 STOCK_PIPELINES: dict[str, dict] = {
     "StableDiffusionPipeline": dict(denoiser="unet", batch="uncond_first", rescale_attr="guidance_rescale"),
     "StableDiffusionImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first"),
@@ -267,19 +297,3 @@ STOCK_PIPELINES: dict[str, dict] = {
                            from_output=_z_image_output, refused_args=_Z_IMAGE_REFUSED,
                            batch_dims={"x": ENTRIES, "cap_feats": ENTRIES}),
 }
-
-
-def _register_stock_pipelines():
-    import warnings
-
-    import diffusers
-
-    for name, spec in STOCK_PIPELINES.items():
-        with warnings.catch_warnings():
-            # Kolors' text encoder module calls torch.jit.script at import; torch >= 2.9 warns about it on
-            # every `import apg` user's stderr, for a pipeline they may never load.
-            warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
-            register_pipeline(getattr(diffusers, name), **spec)
-
-
-_register_stock_pipelines()

@@ -15,31 +15,8 @@ from __future__ import annotations
 import math
 import weakref
 
+import diffusers
 import torch
-from diffusers import (
-    CogVideoXDDIMScheduler,
-    CogVideoXDPMScheduler,
-    DDIMScheduler,
-    DDPMScheduler,
-    DEISMultistepScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSDEScheduler,
-    DPMSolverSinglestepScheduler,
-    EDMDPMSolverMultistepScheduler,
-    EDMEulerScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    FlowMatchHeunDiscreteScheduler,
-    FlowMatchLCMScheduler,
-    HeunDiscreteScheduler,
-    KDPM2AncestralDiscreteScheduler,
-    KDPM2DiscreteScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    SASolverScheduler,
-    UniPCMultistepScheduler,
-)
 
 from .errors import UnsupportedError
 
@@ -56,39 +33,40 @@ _ALL = _EPS_V_SAMPLE + ("flow_prediction",)
 #   edm             as karras_sigma, x0 through EDM preconditioning (c_skip, c_out with sigma_data)
 #   alpha_sigma     _sigma_to_alpha_sigma_t(sigmas[step_index]): VP, or flow with use_flow_sigmas
 #   flow_match      s = sigmas[step_index], sample = (1 - s) * x0 + s * eps, the model predicts v = eps - x0
+# Keyed by class name and resolved only for a scheduler in use: a class the installed Diffusers lacks is unsupported.
 _SUPPORTED = {
-    DDIMScheduler: ("alphas_cumprod", _EPS_V_SAMPLE),
-    DDPMScheduler: ("alphas_cumprod", _EPS_V_SAMPLE),
-    PNDMScheduler: ("alphas_cumprod", _EPS_V),
-    CogVideoXDDIMScheduler: ("alphas_cumprod", _EPS_V_SAMPLE),
-    CogVideoXDPMScheduler: ("alphas_cumprod", _EPS_V_SAMPLE),
-    EulerDiscreteScheduler: ("karras_sigma", _EPS_V_SAMPLE),
-    EulerAncestralDiscreteScheduler: ("karras_sigma", _EPS_V),
-    HeunDiscreteScheduler: ("karras_sigma", _EPS_V_SAMPLE),
-    LMSDiscreteScheduler: ("karras_sigma", _EPS_V_SAMPLE),
-    KDPM2DiscreteScheduler: ("karras_sigma", _EPS_V),
-    KDPM2AncestralDiscreteScheduler: ("karras_sigma", _EPS_V),
-    DPMSolverSDEScheduler: ("karras_sigma", _EPS_V),
-    EDMEulerScheduler: ("edm", _EPS_V),
-    EDMDPMSolverMultistepScheduler: ("edm", _EPS_V),
-    DPMSolverMultistepScheduler: ("alpha_sigma", _ALL),
-    DPMSolverSinglestepScheduler: ("alpha_sigma", _ALL),
-    UniPCMultistepScheduler: ("alpha_sigma", _ALL),
-    DEISMultistepScheduler: ("alpha_sigma", _ALL),
-    SASolverScheduler: ("alpha_sigma", _ALL),
-    FlowMatchEulerDiscreteScheduler: ("flow_match", ("flow",)),
-    FlowMatchHeunDiscreteScheduler: ("flow_match", ("flow",)),
-    FlowMatchLCMScheduler: ("flow_match", ("flow",)),
+    "DDIMScheduler": ("alphas_cumprod", _EPS_V_SAMPLE),
+    "DDPMScheduler": ("alphas_cumprod", _EPS_V_SAMPLE),
+    "PNDMScheduler": ("alphas_cumprod", _EPS_V),
+    "CogVideoXDDIMScheduler": ("alphas_cumprod", _EPS_V_SAMPLE),
+    "CogVideoXDPMScheduler": ("alphas_cumprod", _EPS_V_SAMPLE),
+    "EulerDiscreteScheduler": ("karras_sigma", _EPS_V_SAMPLE),
+    "EulerAncestralDiscreteScheduler": ("karras_sigma", _EPS_V),
+    "HeunDiscreteScheduler": ("karras_sigma", _EPS_V_SAMPLE),
+    "LMSDiscreteScheduler": ("karras_sigma", _EPS_V_SAMPLE),
+    "KDPM2DiscreteScheduler": ("karras_sigma", _EPS_V),
+    "KDPM2AncestralDiscreteScheduler": ("karras_sigma", _EPS_V),
+    "DPMSolverSDEScheduler": ("karras_sigma", _EPS_V),
+    "EDMEulerScheduler": ("edm", _EPS_V),
+    "EDMDPMSolverMultistepScheduler": ("edm", _EPS_V),
+    "DPMSolverMultistepScheduler": ("alpha_sigma", _ALL),
+    "DPMSolverSinglestepScheduler": ("alpha_sigma", _ALL),
+    "UniPCMultistepScheduler": ("alpha_sigma", _ALL),
+    "DEISMultistepScheduler": ("alpha_sigma", _ALL),
+    "SASolverScheduler": ("alpha_sigma", _ALL),
+    "FlowMatchEulerDiscreteScheduler": ("flow_match", ("flow",)),
+    "FlowMatchHeunDiscreteScheduler": ("flow_match", ("flow",)),
+    "FlowMatchLCMScheduler": ("flow_match", ("flow",)),
 }
 # The second evaluation of a two-stage step runs at a sigma between the step's ends (Heun and FlowMatch Heun
 # interleave their sigmas, so sigmas[step_index] is already the one evaluated): the sigma its step() converts with.
 _SECOND_STAGE_SIGMA = {
-    KDPM2DiscreteScheduler: lambda s: s.sigmas_interpol[s.step_index],
-    KDPM2AncestralDiscreteScheduler: lambda s: s.sigmas_interpol[s.step_index - 1],
-    DPMSolverSDEScheduler: lambda s: s.mid_point_sigma,  # sqrt(sigma * sigma_next), the log-midpoint
+    "KDPM2DiscreteScheduler": lambda s: s.sigmas_interpol[s.step_index],
+    "KDPM2AncestralDiscreteScheduler": lambda s: s.sigmas_interpol[s.step_index - 1],
+    "DPMSolverSDEScheduler": lambda s: s.mid_point_sigma,  # sqrt(sigma * sigma_next), the log-midpoint
 }
 
-SUPPORTED_SCHEDULERS = {cls.__name__: predictions for cls, (_, predictions) in _SUPPORTED.items()}
+SUPPORTED_SCHEDULERS = {name: predictions for name, (_, predictions) in _SUPPORTED.items() if name in dir(diffusers)}
 
 
 def _prediction_type(scheduler) -> str:
@@ -99,11 +77,11 @@ def check_scheduler(scheduler) -> str:
     """Family name of a supported scheduler; UnsupportedError (a ValueError) naming what is unsupported otherwise."""
     # Exact class: a subclass may change step(), and then these coefficients would be wrong without a word.
     name = type(scheduler).__name__
-    if type(scheduler) not in _SUPPORTED:
+    if name not in SUPPORTED_SCHEDULERS or type(scheduler) is not getattr(diffusers, name):
         raise UnsupportedError(
             f"scheduler {name} is not supported by apg; supported schedulers: {sorted(SUPPORTED_SCHEDULERS)}"
         )
-    family, predictions = _SUPPORTED[type(scheduler)]
+    family, predictions = _SUPPORTED[name]
     prediction = _prediction_type(scheduler)
     if prediction not in predictions:
         raise UnsupportedError(
@@ -154,7 +132,7 @@ def _upcoming_index(scheduler) -> int:
 
 def _evaluated_sigma(scheduler, index: int) -> float:
     """The sigma of the model evaluation at step index `index` (the second of a two-stage step: its own)."""
-    second_stage = _SECOND_STAGE_SIGMA.get(type(scheduler))
+    second_stage = _SECOND_STAGE_SIGMA.get(type(scheduler).__name__)
     if second_stage is not None and not scheduler.state_in_first_order:
         return float(second_stage(scheduler))
     return float(_on_host(scheduler.sigmas)[index])

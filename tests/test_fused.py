@@ -229,7 +229,7 @@ def test_the_c_source_ships_in_the_wheel():
     import fnmatch
     from pathlib import Path
 
-    import tomllib
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python >= 3.11")
 
     config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     patterns = config["tool"]["setuptools"]["package-data"]["apg"]

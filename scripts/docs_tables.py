@@ -1,7 +1,7 @@
 """Write the tables of supported pipelines, schedulers and guider pipelines from apg's own tables.
 
-    python scripts/readme_tables.py          # rewrite the tables between the marker comments (FILES)
-    python scripts/readme_tables.py --check  # exit 1, naming the stale tables, if a file differs
+    python scripts/docs_tables.py          # rewrite the tables between the marker comments (FILES)
+    python scripts/docs_tables.py --check  # exit 1, naming the stale tables, if a file differs
 
 Pipelines come from apg.registry.STOCK_PIPELINES (each entry's registered PipelineSpec), schedulers from
 apg.schedulers.SUPPORTED_SCHEDULERS, the file column from the classes defined in pipelines/; the guider pipelines
@@ -111,14 +111,14 @@ def guider_table() -> str:
 
 
 TABLES = {"pipelines": pipelines_table, "schedulers": schedulers_table, "guider": guider_table}
-FILES = {"README.md": ("pipelines", "schedulers"), "docs/guider.md": ("guider",)}  # file -> the tables it holds
+FILES = {"docs/pipelines.md": ("pipelines", "schedulers"), "docs/guider.md": ("guider",)}  # file -> the tables it holds
 
 
 def _pattern(name: str):
     return re.compile(re.escape(f"<!-- {name}:start -->") + r".*?" + re.escape(f"<!-- {name}:end -->"), re.S)
 
 
-def render(text: str, names=FILES["README.md"], file: str = "README.md") -> str:
+def render(text: str, names=FILES["docs/pipelines.md"], file: str = "docs/pipelines.md") -> str:
     """`text` (`file`) with its marked tables `names` regenerated; ValueError if a marker pair is missing."""
     for name in names:
         pattern = _pattern(name)
@@ -128,7 +128,7 @@ def render(text: str, names=FILES["README.md"], file: str = "README.md") -> str:
     return text
 
 
-def stale_tables(current: str, wanted: str, names=FILES["README.md"]) -> list[str]:
+def stale_tables(current: str, wanted: str, names=FILES["docs/pipelines.md"]) -> list[str]:
     return [name for name in names if _pattern(name).search(current)[0] != _pattern(name).search(wanted)[0]]
 
 
@@ -158,16 +158,16 @@ def main(argv=None) -> int:
         try:
             wanted = render(current, names, file)
         except ValueError as error:
-            print(f"readme_tables: {error}", file=sys.stderr)
+            print(f"docs_tables: {error}", file=sys.stderr)
             return 2
         if wanted != current:
             stale[file] = stale_tables(current, wanted, names)
             if not args.check:
                 _write_atomically(path, wanted)
-                print(f"readme_tables: {file} updated")
+                print(f"docs_tables: {file} updated")
     if args.check and stale:
         listed = "; ".join(f"{file} ({', '.join(names)})" for file, names in stale.items())
-        print(f"readme_tables: tables out of date in {listed}; run `python scripts/readme_tables.py`", file=sys.stderr)
+        print(f"docs_tables: tables out of date in {listed}; run `python scripts/docs_tables.py`", file=sys.stderr)
         return 1
     return 0
 

@@ -1,4 +1,4 @@
-"""README.md's tables of pipelines and schedulers are what scripts/readme_tables.py generates from the registries."""
+"""The tables in docs/pipelines.md and docs/guider.md are what scripts/docs_tables.py generates from apg's own tables."""
 
 import importlib.util
 import os
@@ -9,13 +9,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("readme_tables", os.path.join(REPO, "scripts", "readme_tables.py"))
+    spec = importlib.util.spec_from_file_location("docs_tables", os.path.join(REPO, "scripts", "docs_tables.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-@pytest.mark.parametrize("file", ["README.md", "docs/guider.md"])
+@pytest.mark.parametrize("file", ["docs/pipelines.md", "docs/guider.md"])
 def test_tables_are_generated(file):
     script = _script()
     names = script.FILES[file]
@@ -24,7 +24,7 @@ def test_tables_are_generated(file):
     wanted = script.render(current, names, file)
     assert wanted == current, (
         f"{file} tables out of date ({', '.join(script.stale_tables(current, wanted, names))}): "
-        "run `python scripts/readme_tables.py`"
+        "run `python scripts/docs_tables.py`"
     )
 
 
