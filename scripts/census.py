@@ -40,7 +40,6 @@ import ast
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -221,7 +220,7 @@ def _nodes(source: _Source, name: str, call) -> list:
         if not isinstance(node, ast.Call):
             continue
         method = None
-        if isinstance(node.func, ast.Attribute) and ast.unparse(node.func.value) == "self":
+        if _self_attr(node.func):
             method = source.method(name, node.func.attr)
         elif isinstance(node.func, ast.Name):
             method = source.function(name, node.func.id)
@@ -244,26 +243,31 @@ def _batch(nodes, uncond: str, calls: dict) -> str:
     return "two passes" if sum(calls.values()) >= 2 else "unclear"
 
 
+def _self_attr(node) -> str | None:
+    """"name" if node is `self.name`."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return node.attr
+    return None
+
+
 def _denoiser_calls(nodes) -> dict[str, int]:
     """Call sites per denoiser attribute, through local aliases too (Wan: `current_model = self.transformer`)."""
     calls, aliases = {}, {}
     for node in nodes:
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            for value in ast.walk(node.value):
-                if isinstance(value, ast.Attribute) and ast.unparse(value.value) == "self" and value.attr in DENOISERS:
-                    aliases.setdefault(node.targets[0].id, value.attr)
+            value = node.value.body if isinstance(node.value, ast.IfExp) else node.value
+            if _self_attr(value) in DENOISERS:
+                aliases.setdefault(node.targets[0].id, _self_attr(value))
     for node in nodes:
-        func = node.func if isinstance(node, ast.Call) else None
-        if isinstance(func, ast.Attribute) and ast.unparse(func.value) == "self" and func.attr in DENOISERS:
-            calls[func.attr] = calls.get(func.attr, 0) + 1
-        elif isinstance(func, ast.Name) and func.id in aliases:
-            calls[aliases[func.id]] = calls.get(aliases[func.id], 0) + 1
+        if isinstance(node, ast.Call):
+            name = _self_attr(node.func) or (aliases.get(node.func.id) if isinstance(node.func, ast.Name) else None)
+            if name in DENOISERS:
+                calls[name] = calls.get(name, 0) + 1
     return calls
 
 
 def _uses_guider(nodes) -> bool:
-    return any(isinstance(node, ast.Attribute) and node.attr == "guider" and ast.unparse(node.value) == "self"
-               for node in nodes)
+    return any(_self_attr(node) == "guider" for node in nodes)
 
 
 def _scale_args(call) -> tuple:
@@ -405,25 +409,6 @@ def render(found: list[Reading], status: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_atomically(path: str, text: str):
-    mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".census.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
@@ -452,7 +437,9 @@ def main(argv=None) -> int:
             return 1
         return 0
     if wanted != current:
-        _write_atomically(CENSUS, wanted)
+        from apg.evaluation.files import write_text  # atomic, with the user's umask
+
+        write_text(CENSUS, wanted)
         print("census: docs/census.md updated")
     if unknown:
         print(f"census: no status for {len(unknown)} classes: {', '.join(unknown)}", file=sys.stderr)
