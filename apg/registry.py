@@ -295,10 +295,6 @@ REFUSED: dict[str, str] = {
         "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
         "distilled checkpoints (`config.is_distilled`)",
     "LDMTextToImagePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "LEditsPPPipelineStableDiffusion":
-        "LEDITS++: masked edit-guidance terms per concept (`edit_guidance_scale`), not the two-way CFG line",
-    "LEditsPPPipelineStableDiffusionXL":
-        "LEDITS++: masked edit-guidance terms per concept (`edit_guidance_scale`), not the two-way CFG line",
     "LTX2ConditionPipeline":
         "LTX-2: spatio-temporal (STG, `stg_scale`) and modality (`modality_scale`) guidance terms, and a separate"
         " audio scale, are added to the CFG line",

@@ -8,21 +8,25 @@ Which classes: the names `diffusers` exports (its lazy import table, dummies of 
 whose class, read statically from diffusers/pipelines/**.py, derives from `DiffusionPipeline`.
 
 The rule for "has a CFG line", read from the source, never by building a pipeline: the class's `__call__`
-(its own, or the nearest base's), or a method it calls as `self.name(...)` (resolved the same way, one level
-deep: PAG's `_apply_perturbed_attention_guidance`, TextToVideoZero's `backward_loop`), contains a
+(its own, or the nearest base's), or a method it calls as `self.name(...)` (resolved the same way: PAG's
+`_apply_perturbed_attention_guidance`, TextToVideoZero's `backward_loop`) or a function of its own file it
+calls by name (LTX-2's guidance helpers), one level deep, contains a
 combination of a conditional and an unconditional prediction in one of the forms Diffusers writes:
 
     u + s * (c - u)   or   u + (c - u) * s       the plain CFG line (either order of the sum)
     c + s * (c - u)                              Krea2, Cosmos 2: CFG at w = s + 1
     x + s * (c - u)                              a term of a longer sum (InstructPix2Pix)
+    delta = s * (c - u)                          a term named before the sum (LTX-2)
     s * c + (1 - s) * u   or   (s + 1) * c - s * u   UniDiffuser, Ideogram4, Kandinsky 3
     torch.lerp(u, c, s)                          Stable Cascade, Wuerstchen
 
-where u and c are not constants and differ and the scale s mentions guidance (a name matching GUIDANCE, or a
-local assigned from one: a mask blend `m * a + (1 - m) * b` is not CFG); or it drives a Diffusers guider (`self.guider`), whose
-ClassifierFreeGuidance is that line. Pipelines whose `__call__` only hands `guidance_scale` to a model as
-an embedding (Flux dev, Flux Fill, LCM, SANA Sprint) or to sub-pipelines (the Kandinsky and Stable Cascade
-"combined" pipelines, whose prior and decoder are listed themselves) have no CFG line and are not counted.
+where u and c are not constants and differ and the scale s mentions guidance (a name matching GUIDANCE, or
+a local assigned from one: a mask blend `m * a + (1 - m) * b` is not CFG), other than `guidance_rescale`
+(Lin et al.'s blend follows a CFG line, it is not one); or it drives a Diffusers guider
+(`self.guider`), whose ClassifierFreeGuidance is that line. Pipelines whose `__call__` only hands
+`guidance_scale` to a model as an embedding (Flux Fill and Control, Flux 2, LCM, SANA Sprint), to
+sub-pipelines (the Kandinsky and Stable Cascade "combined" pipelines, whose prior and decoder are listed
+themselves) or to Diffusers' own APG function (AceStep) have no CFG line and are not counted.
 
 Status: `guided` (in apg's registry, `apg.registry.registered()`), `guider` (the pipeline holds a Diffusers
 guider: guided through that slot by apg.guider, or "see issue 16" where this checkout has none), `refused`
@@ -161,7 +165,9 @@ def _one_minus(node, scale) -> bool:
             and _same(node.right, scale))
 
 
-FORMS = ("u + s(c - u)", "c + s(c - u)", "s c + (1 - s) u", "(s + 1) c - s u", "lerp", "x + s(c - u)")  # preferred first
+# The forms _form recognises, the one a class is listed under first (PAG also has c + s(c - u) for its term).
+FORMS = ("u + s(c - u)", "c + s(c - u)", "s c + (1 - s) u", "(s + 1) c - s u", "lerp", "x + s(c - u)",
+         "c + delta")
 
 
 def _form(node) -> tuple[str, str, ast.AST] | None:
@@ -195,6 +201,14 @@ def _form(node) -> tuple[str, str, ast.AST] | None:
     return None
 
 
+def _delta(node) -> tuple[str, str, ast.AST] | None:
+    """LTX-2 names the term before summing: `delta = (s - 1) * (c - u)`, later `c + delta + stg_delta`."""
+    if isinstance(node, ast.Assign) and _scaled_difference(node.value):
+        term = node.value
+        return "c + delta", ast.unparse(_scaled_difference(term)[1]), term.left if _difference(term.right) else term.right
+    return None
+
+
 def _guidance_names(nodes) -> set[str]:
     """Local names that hold a guidance scale: assigned from an expression mentioning one (to a fixed point)."""
     assigns = [(node.targets[0].id, {ast.unparse(n) for n in ast.walk(node.value) if isinstance(n, ast.Name)})
@@ -208,8 +222,8 @@ def _guidance_names(nodes) -> set[str]:
 
 def _is_scale(scale, names) -> bool:
     """A CFG scale mentions guidance (a mask blend `m * a + (1 - m) * b` does not)."""
-    return any(GUIDANCE.search(ast.unparse(n)) or ast.unparse(n) in names
-               for n in ast.walk(scale) if isinstance(n, (ast.Name, ast.Attribute)))
+    names_in = [ast.unparse(n) for n in ast.walk(scale) if isinstance(n, (ast.Name, ast.Attribute))]
+    return any((GUIDANCE.search(n) or n in names) and "rescale" not in n for n in names_in)  # not Lin's rescale
 
 
 def _nodes(source: _Source, name: str, call) -> list:
@@ -284,7 +298,7 @@ def read(name: str, source: _Source) -> Reading | None:
     nodes = _nodes(source, name, call)
     forms, names = {}, _guidance_names(nodes)
     for node in nodes:
-        found = _form(node)
+        found = _form(node) or _delta(node)
         if found and _is_scale(found[2], names):
             forms.setdefault(ast.unparse(node), found[:2])
     calls = _denoiser_calls(nodes)

@@ -41,7 +41,8 @@ def test_docs_census_is_generated(census):
     found, status = census
     with open(os.path.join(REPO, "docs", "census.md"), encoding="utf-8", newline="") as f:
         current = f.read()
-    assert script.render(list(found.values()), status) == current, "docs/census.md is stale: run `python scripts/census.py`"
+    wanted = script.render(list(found.values()), status)
+    assert wanted == current, "docs/census.md is stale: run `python scripts/census.py`"
 
 
 def test_refused_names_live_cfg_classes_that_are_not_guided(census):
