@@ -10,7 +10,7 @@ import torch
 
 from .errors import UnsupportedError
 
-__all__ = ["PipelineSpec", "register_pipeline", "spec_for", "BATCHES", "registered", "ENTRIES"]
+__all__ = ["PipelineSpec", "register_pipeline", "spec_for", "BATCHES", "registered", "ENTRIES", "REFUSED"]
 
 BATCHES = ("uncond_first", "cond_first", "separate")
 ENTRIES = "entries"  # batch_dims value: a list with one entry per sample (Z-Image)
@@ -199,11 +199,318 @@ def spec_for(pipe) -> PipelineSpec:
         spec = _REGISTRY.get(cls) or _stock_spec(cls)
         if spec is not None:
             return spec
+    name = type(pipe).__name__
+    why = next((REFUSED[cls.__name__] for cls in type(pipe).__mro__ if cls.__name__ in REFUSED), None)
     supported = sorted({cls.__name__ for cls in _REGISTRY} | set(_stock_names()))
     raise UnsupportedError(
-        f"pipeline {type(pipe).__name__} is not supported by apg; supported pipelines: {supported} "
-        "(apg.register_pipeline declares another one that follows the standard CFG pattern)"
+        f"pipeline {name} is not supported by apg" + (f": {why}" if why else "") + f"; supported pipelines: "
+        f"{supported} (apg.register_pipeline declares another one that follows the standard CFG pattern)"
     )
+
+
+# Stock Diffusers classes with a CFG line that apg does not guide: class name -> why (scripts/census.py lists
+# them all in docs/census.md). "not yet verified" names what the class's __call__ does, read from its source.
+REFUSED: dict[str, str] = {
+    "AllegroPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "AnimateDiffControlNetPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "AnimateDiffPAGPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "AnimateDiffPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "AnimateDiffSDXLPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`; `guidance_rescale`, 2 "
+        "combination expressions",
+    "AnimateDiffSparseControlNetPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "AnimateDiffVideoToVideoControlNetPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "AnimateDiffVideoToVideoPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "AnyFlowFARPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "AnyFlowPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "AudioLDM2Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "BriaFibo2Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "BriaFiboEditPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "BriaFiboPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "BriaPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "ChromaImg2ImgPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "ChromaInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "ChronoEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "CogVideoXFunControlPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "CogVideoXImageToVideoPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "CogVideoXVideoToVideoPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "CogView3PlusPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "CogView4ControlPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "ConsisIDPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "Cosmos2TextToImagePipeline":
+        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
+    "Cosmos2VideoToWorldPipeline":
+        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
+    "Cosmos2_5_PredictBasePipeline":
+        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
+    "Cosmos2_5_TransferPipeline":
+        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`; 4 combination "
+        "expressions",
+    "Cosmos3OmniPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 3 combination "
+        "expressions",
+    "CosmosTextToWorldPipeline":
+        "not yet verified: [uncond, cond], c + s(c - u) on `transformer`, scale `guidance_scale`",
+    "CosmosVideoToWorldPipeline":
+        "not yet verified: [uncond, cond], c + s(c - u) on `transformer`, scale `guidance_scale`",
+    "DreamLitePipeline":
+        "three-way guidance with an image scale (`image_guidance_scale`, InstructPix2Pix style), not the two-way "
+        "CFG line",
+    "EasyAnimateControlPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
+        "`guidance_rescale`, 2 combination expressions",
+    "EasyAnimateInpaintPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
+        "`guidance_rescale`, 2 combination expressions",
+    "EasyAnimatePipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
+        "`guidance_rescale`, 2 combination expressions",
+    "ErnieImagePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "Flux2KleinInpaintPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
+        "distilled checkpoints (`config.is_distilled`)",
+    "Flux2KleinPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
+        "distilled checkpoints (`config.is_distilled`)",
+    "FluxControlNetPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "FluxInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "FluxKontextInpaintPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "GlmImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "HeliosPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 3 combination "
+        "expressions",
+    "HeliosPyramidPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 4 combination "
+        "expressions",
+    "HunyuanDiTControlNetPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
+        "`guidance_rescale`, 2 combination expressions",
+    "HunyuanDiTPAGPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "HunyuanSkyreelsImageToVideoPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "HunyuanVideoFramepackPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "HunyuanVideoImageToVideoPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "IFImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "IFImg2ImgSuperResolutionPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "IFInpaintingPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "IFInpaintingSuperResolutionPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "IFPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "IFSuperResolutionPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "Ideogram4Pipeline":
+        "not yet verified: two models, text tokens first, a negated output and a per-step scale schedule "
+        "(`gw[i]`), written s c + (1 - s) u",
+    "JoyImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "JoyImageEditPlusPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "Kandinsky3Img2ImgPipeline":
+        "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
+    "Kandinsky3Pipeline": "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
+    "Kandinsky5I2IPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "Kandinsky5I2VPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "Kandinsky5T2IPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "Kandinsky6TI2VAPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "KandinskyImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "KandinskyInpaintPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "KandinskyPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "KandinskyPriorPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
+    "KandinskyV22ControlnetImg2ImgPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "KandinskyV22ControlnetPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "KandinskyV22Img2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "KandinskyV22InpaintPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "KandinskyV22Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "KandinskyV22PriorEmb2EmbPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
+    "KandinskyV22PriorPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
+    "KolorsImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "KolorsPAGPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "Krea2Pipeline":
+        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
+        "distilled checkpoints (`config.is_distilled`)",
+    "LDMTextToImagePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "LTX2ConditionPipeline":
+        "LTX-2: spatio-temporal (STG, `stg_scale`) and modality (`modality_scale`) guidance terms, and a separate"
+        " audio scale, are added to the CFG line",
+    "LTX2HDRPipeline":
+        "LTX-2: spatio-temporal (STG, `stg_scale`) and modality (`modality_scale`) guidance terms, and a separate"
+        " audio scale, are added to the CFG line",
+    "LTX2ImageToVideoPipeline":
+        "LTX-2: spatio-temporal (STG, `stg_scale`) and modality (`modality_scale`) guidance terms, and a separate"
+        " audio scale, are added to the CFG line",
+    "LTX2InContextPipeline":
+        "LTX-2: spatio-temporal (STG, `stg_scale`) and modality (`modality_scale`) guidance terms, and a separate"
+        " audio scale, are added to the CFG line",
+    "LTX2Pipeline":
+        "LTX-2: spatio-temporal (STG, `stg_scale`) and modality (`modality_scale`) guidance terms, and a separate"
+        " audio scale, are added to the CFG line",
+    "LTXConditionPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
+        "`guidance_rescale`, 5 combination expressions",
+    "LTXI2VLongMultiPromptPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
+        "`guidance_rescale`, 2 combination expressions",
+    "LattePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "LongCatAudioDiTPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "LongCatImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "LongCatImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "LucyEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "LuminaPipeline": "not yet verified: [cond, uncond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "MochiPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "NucleusMoEImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "OmniGenPipeline":
+        "three-way guidance, u + s_i (i - u) + s (c - i) (`img_guidance_scale`), not the two-way CFG line",
+    "OvisImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "PRXPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "PRXPixelPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "PixArtSigmaPAGPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "QwenImage21Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "QwenImageControlNetInpaintPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "QwenImageControlNetPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "QwenImageEditInpaintPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "QwenImageEditPlusPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "QwenImageImg2ImgPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "QwenImageInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "QwenImageLayeredPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
+    "SanaControlNetPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "SanaImageToVideoPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "SanaPAGPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "SanaVideoPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "SanaWMPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "ShapEImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
+    "ShapEPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
+    "SkyReelsV2DiffusionForcingImageToVideoPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "SkyReelsV2DiffusionForcingPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "SkyReelsV2DiffusionForcingVideoToVideoPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "SkyReelsV2ImageToVideoPipeline":
+        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "SkyReelsV2Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "StableAudio3Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "StableAudioPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "StableDiffusion3ControlNetInpaintingPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "StableDiffusion3ControlNetPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "StableDiffusion3InpaintPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "StableDiffusion3PAGImg2ImgPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "StableDiffusion3PAGPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "StableDiffusionAdapterPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "StableDiffusionControlNetImg2ImgPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "StableDiffusionControlNetInpaintPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "StableDiffusionControlNetPAGInpaintPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "StableDiffusionControlNetPAGPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "StableDiffusionDepth2ImgPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "StableDiffusionImageVariationPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "StableDiffusionInstructPix2PixPipeline":
+        "InstructPix2Pix: three-way guidance, u + s (c - i) + s_i (i - u) over three passes "
+        "(`image_guidance_scale`), not the two-way CFG line",
+    "StableDiffusionLatentUpscalePipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "StableDiffusionPAGImg2ImgPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "StableDiffusionPAGInpaintPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "StableDiffusionPAGPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "StableDiffusionUpscalePipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "StableDiffusionXLAdapterPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`; `guidance_rescale`, 2 "
+        "combination expressions",
+    "StableDiffusionXLControlNetImg2ImgPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "StableDiffusionXLControlNetInpaintPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`; `guidance_rescale`, 2 "
+        "combination expressions",
+    "StableDiffusionXLControlNetPAGImg2ImgPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "StableDiffusionXLControlNetPAGPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "StableDiffusionXLControlNetUnionImg2ImgPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "StableDiffusionXLControlNetUnionInpaintPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`; `guidance_rescale`, 2 "
+        "combination expressions",
+    "StableDiffusionXLControlNetUnionPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "StableDiffusionXLInstructPix2PixPipeline":
+        "InstructPix2Pix: three-way guidance, u + s (c - i) + s_i (i - u) over three passes "
+        "(`image_guidance_scale`), not the two-way CFG line",
+    "StableDiffusionXLPAGImg2ImgPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "StableDiffusionXLPAGInpaintPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "StableDiffusionXLPAGPipeline":
+        "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
+        "the CFG line",
+    "StableUnCLIPImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "StableUnCLIPPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`; 2 combination "
+        "expressions",
+    "StableVideoDiffusionPipeline":
+        "per-frame guidance scales (`min_guidance_scale` to `max_guidance_scale`, one per frame), not one scale",
+    "WanAnimatePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "WanVACEPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "WanVideoToVideoPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "ZImageControlNetInpaintPipeline":
+        "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
+    "ZImageControlNetPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
+    "ZImageImg2ImgPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
+    "ZImageInpaintPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
+    "ZImageOmniPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
+}
 
 
 def _ltx_i2v_stepped(pipe, output, model_output):

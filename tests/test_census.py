@@ -1,0 +1,120 @@
+"""docs/census.md is what scripts/census.py reads from the installed Diffusers, and every CFG class has a status."""
+
+import ast
+import importlib.util
+import os
+import sys
+
+import pytest
+
+from apg.errors import UnsupportedError
+from apg.registry import REFUSED, registered, spec_for
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH_READ = {"uncond_first": "[uncond, cond]", "cond_first": "[cond, uncond]", "separate": "two passes"}
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("census", os.path.join(REPO, "scripts", "census.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass resolves annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+script = _load()
+
+
+@pytest.fixture(scope="module")
+def census():
+    found = script.readings()  # static reading of diffusers/pipelines: no pipeline module is imported
+    return {r.name: r for r in found}, script.statuses(found)
+
+
+def test_every_cfg_class_in_diffusers_has_a_status(census):
+    _, status = census
+    unknown = sorted(name for name, (state, _) in status.items() if state == "unknown")
+    assert not unknown, f"CFG classes apg does not know (add them to apg.registry.REFUSED or register them): {unknown}"
+
+
+def test_docs_census_is_generated(census):
+    found, status = census
+    with open(os.path.join(REPO, "docs", "census.md"), encoding="utf-8", newline="") as f:
+        current = f.read()
+    wanted = script.render(list(found.values()), status)
+    assert wanted == current, "docs/census.md is stale: run `python scripts/census.py`"
+
+
+def test_refused_names_live_cfg_classes_that_are_not_guided(census):
+    found, _ = census
+    guided = {cls.__name__ for cls in registered()}
+    assert not set(REFUSED) & guided, "a class both guided and refused: drop its REFUSED entry"
+    stale = sorted(name for name in REFUSED if name not in found or found[name].kind != "live")
+    assert not stale, f"REFUSED names classes without a live CFG line in this Diffusers: {stale}"
+
+
+def test_the_reading_of_each_guided_class_agrees_with_its_registry_entry(census):
+    # Two independent sources: the registry was written by hand from each __call__, the census reads the AST.
+    found, _ = census
+    for cls, spec in registered().items():
+        reading = found[cls.__name__]
+        assert reading.kind == "live" and reading.batch in (BATCH_READ[spec.batch], "unclear"), (cls, reading)
+        assert reading.denoiser in ("", spec.denoiser), (cls, reading)
+
+
+@pytest.mark.parametrize("name, form, batch", [
+    ("StableDiffusionPipeline", "u + s(c - u)", "[uncond, cond]"),
+    ("FluxPipeline", "u + s(c - u)", "two passes"),
+    ("WanPipeline", "u + s(c - u)", "two passes"),  # through `current_model = self.transformer`
+    ("Krea2Pipeline", "c + s(c - u)", "two passes"),
+    ("Kandinsky3Pipeline", "(s + 1) c - s u", "[uncond, cond]"),
+    ("StableCascadePriorPipeline", "lerp", "[cond, uncond]"),
+    ("StableDiffusionInstructPix2PixPipeline", "x + s(c - u)", "unclear"),
+    ("StableDiffusionXLPAGPipeline", "u + s(c - u)", "[uncond, cond]"),  # in PAGMixin, a base's method
+    ("HunyuanVideo15Pipeline", "guider", "guider"),
+])
+def test_known_readings(census, name, form, batch):
+    found, _ = census
+    assert (found[name].form, found[name].batch) == (form, batch)
+
+
+@pytest.mark.parametrize("name", ["FluxFillPipeline", "LatentConsistencyModelPipeline", "KandinskyCombinedPipeline",
+                                  "LTXLatentUpsamplePipeline", "AceStepPipeline"])
+def test_no_cfg_line(census, name):
+    # guidance as an embedding, delegation to sub-pipelines, a mask blend, Diffusers' own APG
+    found, _ = census
+    assert name not in found
+
+
+@pytest.mark.parametrize("source, form", [
+    ("noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)", "u + s(c - u)"),
+    ("(pred - null_pred) * self.guidance_scale + null_pred", "u + s(c - u)"),
+    ("cond + s * (cond - uncond)", "c + s(c - u)"),
+    ("gw * pos + (1.0 - gw) * neg", "s c + (1 - s) u"),
+    ("(guidance_scale + 1.0) * text - guidance_scale * uncond", "(s + 1) c - s u"),
+    ("torch.lerp(uncond, text, self.guidance_scale)", "lerp"),
+    ("a + 2 * (b - c)", "x + s(c - u)"),
+    ("(1 - init_mask) * init_latents + init_mask * latents", None),
+    ("x + s * (x - x)", None),
+])
+def test_forms(source, form):
+    found = script._form(ast.parse(source, mode="eval").body)
+    assert (found and found[0]) == form
+
+
+def test_a_mask_blend_is_not_a_scale():
+    blend = script._form(ast.parse("m * a + (1 - m) * b", mode="eval").body)
+    assert blend and not script._is_scale(blend[2], set())
+    assert script._is_scale(ast.parse("gw_i", mode="eval").body, script._guidance_names(
+        list(ast.walk(ast.parse("gw = schedule(guidance_scale)\ngw_i = gw[i]")))))
+
+
+def test_guide_on_a_refused_class_names_the_reason():
+    import diffusers
+
+    pipe = object.__new__(diffusers.StableVideoDiffusionPipeline)  # no weights, no __init__: spec_for reads the type
+    with pytest.raises(UnsupportedError, match="StableVideoDiffusionPipeline is not supported by apg: per-frame"):
+        spec_for(pipe)
+    subclass = type("MySVD", (diffusers.StableVideoDiffusionPipeline,), {})
+    with pytest.raises(UnsupportedError, match="MySVD is not supported by apg: per-frame guidance scales"):
+        spec_for(object.__new__(subclass))
