@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
-from .errors import InputError, ModelLoadError, UnsupportedError
+from .errors import ApgError, InputError, ModelLoadError, UnsupportedError
 
 __all__ = ["BUILTIN", "DTYPES", "ModelLoadError", "resolve_device", "resolve_dtype", "load_pipeline",
            "call_parameters", "generate", "modular_folder"]
@@ -193,10 +193,20 @@ def call_parameters(pipe) -> frozenset[str]:
 
 
 def generate(pipe, **kwargs):
-    """`pipe` called with `kwargs`: its output, with `.images` (or `.frames` for video)."""
-    if _is_modular(pipe):
-        return SimpleNamespace(images=pipe(**kwargs, output=MODULAR_OUTPUT))
-    return pipe(**kwargs)
+    """`pipe` called with `kwargs`: its output, with `.images` (or `.frames` for video).
+
+    Diffusers checks a call's arguments inside the call (`check_inputs`: a size not divisible by the VAE's
+    factor, a prompt and embeddings together) and raises a plain ValueError; the front ends hand the user's
+    values over only here, so such a refusal becomes an InputError naming the pipeline (one line, exit code 2).
+    """
+    try:
+        if _is_modular(pipe):
+            return SimpleNamespace(images=pipe(**kwargs, output=MODULAR_OUTPUT))
+        return pipe(**kwargs)
+    except ValueError as error:
+        if isinstance(error, ApgError):
+            raise
+        raise InputError(f"{type(pipe).__name__} refused the call: {_first_line(error)}") from error
 
 
 def _is_modular(pipe) -> bool:

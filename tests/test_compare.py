@@ -165,6 +165,19 @@ def test_local_pipeline_folder_with_scheduler_preset_negative_prompt_size_and_dt
     assert record["cells"][0][0][2:] == [32, 64]  # 64 x 32 images keep their aspect ratio in the grid
 
 
+def test_a_size_the_pipeline_refuses_is_one_line_naming_the_pipeline(sd_folder, tmp_path, capsys):
+    """Diffusers' own check_inputs raises a plain ValueError inside the call: one line, exit code 2, no grid."""
+    out = tmp_path / "x.png"
+    capsys.readouterr()
+    argv = ["compare", "--model", str(sd_folder), "--prompt", "a cat", "--height", "60", "--width", "32",
+            "--scales", "3", *FAST, "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("apg compare: error: StableDiffusionPipeline refused the call: `height` and `width` "
+                          "have to be divisible by 8") and "\n" not in err
+    assert not out.exists()
+
+
 def test_img2img_folder_needs_and_takes_an_input_image(tmp_path, capsys):
     folder = tmp_path / "tiny-img2img"
     tiny_sd_pipeline(img2img=True).save_pretrained(folder)
