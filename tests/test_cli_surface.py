@@ -181,6 +181,18 @@ def test_score_and_report_refuse_an_unwritable_output_before_work(tmp_path, caps
     assert f"--output '{tmp_path}' is a folder" in err
 
 
+def test_scoring_an_archive_needs_an_output_and_writes_nothing_beside_it(tmp_path, capsys, monkeypatch):
+    """Regression: `score ARCHIVE#sub/` made a folder named 'ARCHIVE#sub' beside the archive for its score.json."""
+    from apg.evaluation import cli, scoring
+
+    archive = tmp_path / "images.tar.gz"
+    archive.write_bytes(b"")
+    monkeypatch.setattr(scoring, "score", lambda *a, **k: pytest.fail("scored before the output was checked"))
+    err = one_line_exit_2(capsys, cli.main, ["score", f"{archive}#cifar10/test/"], "apg-eval score")
+    assert f"--output is needed: '{archive}#cifar10/test/' is not a folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.tar.gz"]
+
+
 @pytest.mark.parametrize("called, argv, usage", [
     ("apg eval", ["eval", "--help"], "usage: apg eval "),
     ("apg eval", ["eval", "sweep", "--help"], "usage: apg eval sweep "),

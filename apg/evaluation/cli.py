@@ -80,7 +80,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("images", help="folder of images (a run folder: its samples), or an archive")
     _metric_option(p, "saturation clipping, plus fid with a --reference")
     _add_scoring(p)
-    p.add_argument("--output", type=Path, help="JSON file (default: IMAGES/score.json)")
+    p.add_argument("--output", type=Path, help="JSON file (default: IMAGES/score.json; needed for an archive)")
 
     p = sub.add_parser("stats", help="save FID statistics of a reference to an .npz file")
     p.add_argument("reference", help="folder of images, tar archive or registered dataset name")
@@ -213,6 +213,8 @@ def _score(args, state):
     from .scoring import score
 
     metrics = args.metrics or (("fid",) if args.reference else ()) + ("saturation", "clipping")
+    if args.output is None and not Path(args.images).is_dir():  # an archive: never write beside or into it
+        raise CommandError(f"--output is needed: {args.images!r} is not a folder to write score.json into")
     output = _options.output_file("--output", args.output or Path(args.images) / "score.json")
     result = score(args.images, args.reference, metrics=metrics, **_scoring(args))
     if state.is_main_process:
