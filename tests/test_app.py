@@ -322,9 +322,12 @@ def _every_setting():
             for scale in (0.0, apg.SCALE.default):
                 yield apg.Setting(key, scale=scale, interval=interval)
             for param in cls.parameters:
-                for value in {param.low, param.high, param.default}:
-                    value = value if math.isfinite(value) else param.kind(10**9)  # the library's knobs are finite
+                for value in {param.low, param.high}:
+                    value = value if math.isfinite(value) else 10**9  # the library's knobs are finite
+                    # A tuple knob (FDG's per-level scales) holds its bound in each of two entries.
+                    value = (float(value),) * 2 if param.kind is tuple else param.kind(value)
                     yield apg.Setting(key, {param.name: value}, interval=interval)
+                yield apg.Setting(key, {param.name: param.default}, interval=interval)
 
 
 def test_the_code_of_every_setting_is_python_that_builds_the_same_guidance():

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from apg.errors import UnsupportedError
-from apg.registry import REFUSED, registered, spec_for
+from apg.registry import REFUSED, STOCK_PIPELINES, registered, spec_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH_READ = {"uncond_first": "[uncond, cond]", "cond_first": "[cond, uncond]", "separate": "two passes"}
@@ -57,6 +57,8 @@ def test_the_reading_of_each_guided_class_agrees_with_its_registry_entry(census)
     # Two independent sources: the registry was written by hand from each __call__, the census reads the AST.
     found, _ = census
     for cls, spec in registered().items():
+        if cls.__name__ not in STOCK_PIPELINES:  # a class registered by another test (the built-in model's)
+            continue
         reading = found[cls.__name__]
         assert reading.kind == "live" and reading.batch in (BATCH_READ[spec.batch], "unclear"), (cls, reading)
         assert reading.denoiser in ("", spec.denoiser), (cls, reading)

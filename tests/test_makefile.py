@@ -12,8 +12,9 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make on
 
 def _make(tmp_path, *args):
     venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}  # under `make test`
     return subprocess.run(["make", "--no-print-directory", f"VENV={venv}", *args, f"{venv}/bin/.installed"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60), venv
+                          cwd=REPO, capture_output=True, text=True, timeout=60, env=env), venv
 
 
 def test_a_python_without_venv_names_debians_python3_venv(tmp_path):
