@@ -37,7 +37,17 @@ def test_every_cfg_class_in_diffusers_has_a_status(census):
     assert not unknown, f"CFG classes apg does not know (add them to apg.registry.REFUSED or register them): {unknown}"
 
 
+def _census_of_this_diffusers():
+    """docs/census.md reads one Diffusers release; another one (Python 3.10 gets an older one) has other classes."""
+    import diffusers
+
+    with open(os.path.join(REPO, "docs", "census.md"), encoding="utf-8") as f:
+        if f"Diffusers {diffusers.__version__}:" not in f.read():
+            pytest.skip(f"docs/census.md was generated from another Diffusers than the installed {diffusers.__version__}")
+
+
 def test_docs_census_is_generated(census):
+    _census_of_this_diffusers()
     found, status = census
     with open(os.path.join(REPO, "docs", "census.md"), encoding="utf-8", newline="") as f:
         current = f.read()
@@ -49,6 +59,7 @@ def test_refused_names_live_cfg_classes_that_are_not_guided(census):
     found, _ = census
     guided = {cls.__name__ for cls in registered()}
     assert not set(REFUSED) & guided, "a class both guided and refused: drop its REFUSED entry"
+    _census_of_this_diffusers()
     stale = sorted(name for name in REFUSED if name not in found or found[name].kind != "live")
     assert not stale, f"REFUSED names classes without a live CFG line in this Diffusers: {stale}"
 
