@@ -54,6 +54,12 @@ def _active_runs() -> list:
     return _active.runs
 
 
+def innermost(run) -> bool:
+    """Whether `run` is this thread's innermost guided run: model calls and steps now belong to it."""
+    runs = _active_runs()
+    return bool(runs) and runs[-1] is run
+
+
 def _outside_runs(function, *args, **kwargs):
     """function(*args, **kwargs) with no guided run active: a pipeline it runs neither feeds nor steps ours."""
     runs = _active_runs()
@@ -132,8 +138,7 @@ class _GuidedRun:
 
     def active(self) -> bool:
         """Whether a model call now belongs to this run (the innermost guided run of this thread)."""
-        runs = _active_runs()
-        return bool(runs) and runs[-1] is self
+        return innermost(self)
 
     def capture(self, module, args, output):
         if self.active():

@@ -30,10 +30,11 @@ from diffusers.guiders import BaseGuidance, ClassifierFreeGuidance
 from diffusers.guiders.guider_utils import GuiderOutput
 from diffusers.modular_pipelines import ModularPipeline
 
-from ._run import _active_runs, callbacks_outside_runs, guided_call
+from ._run import callbacks_outside_runs, guided_call, innermost
+from ._skip import skipping_enabled
 from ._x0 import guided_output
 from .errors import InputTypeError, UnsupportedError
-from .guidance import CFG, Guidance, in_interval
+from .guidance import CFG, Guidance
 from .schedulers import check_scheduler, noise_level
 
 __all__ = ["ApgGuider", "SLOTS", "QUIRKS", "REFUSED", "PIPELINES", "REFUSED_BY_CHECKS",
@@ -77,8 +78,6 @@ REFUSED: dict[str, str] = {
     "LTX2ModularPipeline": "its guiders combine video and audio x0 predictions, stepped by two schedulers",
     "LTX25ModularPipeline": "its guiders combine video and audio x0 predictions, stepped by two schedulers",
 }
-
-
 
 
 @dataclass(frozen=True)
@@ -212,28 +211,25 @@ class _GuiderRun:
         self.step = 0  # scheduler.step calls so far: the rule's `step`
         self.timestep = None  # of the step about to run, from set_state; None before the first
         self.captured = None  # (pred_cond, pred_uncond or None, what the guider returned) of this step
+        self.skipping = skipping_enabled()  # read once per call, as the classic path does
 
     def active(self) -> bool:
-        runs = _active_runs()
-        return bool(runs) and runs[-1] is self
-
-    def _uses_uncond(self, sigma) -> bool:
-        """Whether the rule reads pred_uncond at noise level sigma: inside its interval and where it guides."""
-        guidance = self.guidance
-        if guidance.at_one():
-            return False
-        return guidance.interval is None or sigma is None or in_interval(sigma, guidance.interval)
+        return innermost(self)
 
     def num_conditions(self) -> int:
-        """2, or 1 where the step about to run does not use the unconditional prediction.
+        """2, or 1 where the step about to run does not use the unconditional prediction (Guidance.needs_uncond).
 
-        Before the call's first set_state the schedule may not be set yet: 2 where any step might need it
-        (HunyuanVideo 1.5 and Motif encode the negative prompt only then).
+        Before the call's first set_state the schedule may not be set yet: 2 unless no step can need it (w = 1),
+        since HunyuanVideo 1.5 and Motif encode the negative prompt only then. `apg.set_skipping(False)`: always 2.
         """
-        sigma = None
-        if self.timestep is not None and self.guidance.interval is not None:
-            sigma = noise_level(self.pipe.scheduler, self.family, self._next_timestep())
-        return 2 if self._uses_uncond(sigma) else 1
+        guidance = self.guidance
+        if not self.skipping:
+            return 2
+        if self.timestep is None:
+            return 1 if guidance.at_one() else 2
+        sigma = None if guidance.interval is None else noise_level(self.pipe.scheduler, self.family,
+                                                                   self._next_timestep())
+        return 2 if guidance.needs_uncond(sigma, self.step) else 1
 
     def _next_timestep(self):
         """The timestep of the scheduler.step about to run (Motif asks before that step's set_state)."""
@@ -280,8 +276,6 @@ class _GuiderRun:
         if quirk is not None:
             pred_cond = quirk.to_stepped(pred_cond, model_output)
             pred_uncond = None if pred_uncond is None else quirk.to_stepped(pred_uncond, model_output)
-        if pred_uncond is None:  # the skipped pass: the rule does not read it here (its interval, or w = 1)
-            pred_uncond = pred_cond
         if pred_cond.shape != model_output.shape or model_output.shape != sample.shape:
             raise RuntimeError(
                 f"{type(self.pipe).__name__}: the guider got predictions {tuple(pred_cond.shape)} and scheduler.step "
@@ -290,8 +284,10 @@ class _GuiderRun:
             )
         step, self.step = self.step, self.step + 1
         dtype = model_output.dtype
+        # pred_uncond None: the skipped pass, which the rule does not read at this step (guided_output's cond_only).
+        pred_uncond = None if pred_uncond is None else pred_uncond.to(dtype)
         guided = guided_output(self.guidance, self.space, self.pipe.scheduler, self.family, timestep, sample,
-                               pred_cond.to(dtype), pred_uncond.to(dtype), step)
+                               pred_cond.to(dtype), pred_uncond, step)
         return guided if quirk is None else quirk.post(guided, pred_cond.to(dtype))
 
 

@@ -273,6 +273,20 @@ def test_scale_one_runs_no_unconditional_pass():
         pipe.update_components(guider=stock)
 
 
+def test_set_skipping_false_runs_both_passes_through_the_guider_slot_too():
+    name = "WanModularPipeline"
+    pipe = _pipe(name)
+    with apg.guide(pipe, apg.APG(1.0)):
+        skipped = run(pipe, name, STEPS)
+        counts, handles = _count_evaluations(pipe, CASES[name][2])
+        with apg.set_skipping(False):
+            both = run(pipe, name, STEPS)
+    for handle in handles:
+        handle.remove()
+    assert sum(counts) == 2 * STEPS
+    assert rel_diff(both, skipped) <= 1e-5
+
+
 def test_an_unknown_change_to_the_guiders_result_is_refused(monkeypatch):
     """Qwen-Image rescales the guider's result before stepping; without its quirk, apg refuses rather than guess."""
     name = "QwenImageModularPipeline"
