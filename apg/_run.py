@@ -33,7 +33,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 from . import _skip
-from ._x0 import guided_output
+from ._x0 import guided_output, renorm_to_cond
 from .errors import InputError, UnsupportedError
 from .guidance import Guidance, _real
 from .registry import PipelineSpec
@@ -226,9 +226,7 @@ class _GuidedRun:
         if rescale > 0:
             guided = rescale_noise_cfg(guided, pred_cond, guidance_rescale=rescale)
         if self.renorm:  # the pipeline's own rescale to the cond prediction's norm, over the last dim as it does
-            norm = torch.norm(guided, dim=-1, keepdim=True)  # 0 at CFG-Zero*'s zeroed steps: stays 0, not 0/0
-            norm = norm.clamp(min=torch.finfo(norm.dtype).tiny)
-            guided = guided * (torch.norm(pred_cond, dim=-1, keepdim=True) / norm)
+            guided = renorm_to_cond(guided, pred_cond)
         return torch.cat([guided, guided]) if self.spec.steps_both_halves else guided
 
 

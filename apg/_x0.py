@@ -10,7 +10,7 @@ import torch
 
 from .schedulers import noise_level, step_coefficients
 
-__all__ = ["guided_output"]
+__all__ = ["guided_output", "renorm_to_cond"]
 
 
 def guided_output(guidance, space, scheduler, family, timestep, sample, pred_cond, pred_uncond, step):
@@ -39,3 +39,12 @@ def guided_output(guidance, space, scheduler, family, timestep, sample, pred_con
     denoised = rule(denoised_cond, None if pred_uncond is None else denoised_anchor, sigma)
     return torch.add(anchor.to(dtype), denoised - denoised_anchor, alpha=1.0 / b).to(pred_cond.dtype)
 
+
+
+def renorm_to_cond(guided, pred_cond):
+    """guided * ||pred_cond|| / ||guided|| over the last dim, as Qwen-Image and Lumina2 rescale their CFG result.
+
+    A zero `guided` (CFG-Zero*'s zeroed steps) stays zero rather than 0/0.
+    """
+    norm = torch.norm(guided, dim=-1, keepdim=True)
+    return guided * (torch.norm(pred_cond, dim=-1, keepdim=True) / norm.clamp(min=torch.finfo(norm.dtype).tiny))

@@ -32,7 +32,7 @@ from diffusers.modular_pipelines import ModularPipeline
 
 from ._run import callbacks_outside_runs, guided_call, innermost
 from ._skip import skipping_enabled
-from ._x0 import guided_output
+from ._x0 import guided_output, renorm_to_cond
 from .errors import InputTypeError, UnsupportedError
 from .guidance import CFG, Guidance
 from .schedulers import check_scheduler, noise_level
@@ -57,13 +57,8 @@ def _first_tokens(prediction, model_output):
     return prediction[:, : model_output.shape[1]]
 
 
-def _renorm_to_cond(guided, pred_cond):
-    """guided * ||pred_cond|| / ||guided|| per token (last dim), as the Qwen-Image loops rescale their CFG."""
-    return guided * (torch.norm(pred_cond, dim=-1, keepdim=True) / torch.norm(guided, dim=-1, keepdim=True))
-
-
 _QWEN = Quirk("slices to the latents' tokens, then rescales to the cond prediction's norm per token",
-              _first_tokens, _renorm_to_cond)
+              _first_tokens, renorm_to_cond)
 
 # Pipeline class -> its quirk; every other pipeline must step the guider's result unchanged (checked every step).
 QUIRKS: dict[str, Quirk] = {

@@ -287,6 +287,13 @@ def test_set_skipping_false_runs_both_passes_through_the_guider_slot_too():
     assert rel_diff(both, skipped) <= 1e-5
 
 
+def test_zeroed_steps_through_qwens_renormalisation_stay_zero_not_nan():
+    """Regression: Qwen-Image's rescale to the cond norm divided 0 by 0 at CFG-Zero*'s zeroed steps."""
+    name = "QwenImageModularPipeline"
+    with apg.guide(_pipe(name), apg.CFGZeroStar(W, zero_init_steps=1)):
+        assert torch.isfinite(run(_pipe(name), name, 2)).all()
+
+
 def test_an_unknown_change_to_the_guiders_result_is_refused(monkeypatch):
     """Qwen-Image rescales the guider's result before stepping; without its quirk, apg refuses rather than guess."""
     name = "QwenImageModularPipeline"
