@@ -1,0 +1,26 @@
+"""One registry of tiny pipelines: stock class name -> how to build one and run it, for the tests, the benchmarks
+and the census. Adding a class is one entry in a family module's CASES, gathered here.
+
+A key is the class name, or "ClassName/variant" for a second case of one class (Wan 2.2's two experts).
+`run(pipe, steps=3, seed=0, **extra)` calls the pipeline with a fresh seeded CPU generator and the case's own
+arguments (prompt embeds, sizes, output_type="latent" where the class has it) plus `extra` (the scale argument,
+`guidance=`), and returns the output as a tensor. It passes no scale argument of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Case:
+    """A tiny pipeline of one class: random components built in code, and one seeded call."""
+
+    build: Callable[[], Any]  # a fresh pipeline of the class, random weights, progress bar off
+    run: Callable[..., torch.Tensor]  # run(pipe, steps=3, seed=0, **extra) -> output tensor
+
+
+TINY: dict[str, Case] = {}
