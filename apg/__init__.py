@@ -5,7 +5,7 @@
 
 from importlib import import_module
 
-from . import errors
+from . import errors, quirks
 from ._fused import status as kernel_status
 from .guidance import (
     APG, CFG, INTERVALS, METHODS, PRESETS, SCALE, CFGZeroStar, Guidance, MomentumCFG, Param, register_method,
@@ -26,7 +26,7 @@ _LAZY = {
 
 __all__ = [
     "APG", "CFG", "MomentumCFG", "CFGZeroStar", "FDG", "TCFG", "MamboG", "Guidance", "Param", "SCALE", "METHODS",
-    "register_method", "PRESETS", "INTERVALS", "Setting", "errors", "kernel_status", *_LAZY,
+    "register_method", "PRESETS", "INTERVALS", "Setting", "errors", "quirks", "kernel_status", *_LAZY,
 ]
 
 

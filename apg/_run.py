@@ -25,17 +25,17 @@ import contextlib
 import copy
 import functools
 import inspect
-import math
 import threading
 
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 from . import _skip
-from ._x0 import guided_output, renorm_to_cond
-from .errors import InputError, UnsupportedError
-from .guidance import Guidance, _real
+from ._verify import check_combination
+from ._x0 import guided_output
+from .errors import InputError
+from .guidance import Guidance
+from .quirks import Conditioners
 from .registry import PipelineSpec
 from .schedulers import check_scheduler, noise_level
 
@@ -121,49 +121,65 @@ def shadow_step(run, scheduler):
 class _GuidedRun:
     """State of one guided pipeline call: its own copy of the guidance and the captured outputs."""
 
-    def __init__(self, pipe, spec: PipelineSpec, guidance: Guidance, space: str):
+    def __init__(self, pipe, spec: PipelineSpec, guidance: Guidance, space: str, call, bound: dict):
         self.pipe, self.spec, self.space = pipe, spec, space
+        self.call, self.bound = call, bound  # the stock __call__ and the arguments as the caller passed them
         self.guidance = copy.deepcopy(guidance)  # the caller's object never carries this run's momentum
         self.guidance.reset()
         self.family = check_scheduler(pipe.scheduler)
         self.outputs: list[torch.Tensor] = []  # denoiser outputs since the last step
         self.scale = self.guidance.guidance_scale  # the guidance's own scale; a step may use another
-        self.scale_2 = None  # scale of the steps spec.denoiser_2 evaluates (None: the guidance's own)
-        self.dynamic = False  # CogVideoX's use_dynamic_cfg
+        self.pipeline_scale = _pipeline_scale(guidance)  # what the pipeline is given: it runs its uncond pass
         self.module = None  # the denoiser that produced self.outputs
-        self.renorm = False  # rescale to the cond prediction's norm (spec.renorm_to_cond), set per call
-        self.trunc_ratio = None  # steps past this fraction run no uncond pass (spec.cfg_trunc_arg), set per call
         self.step = 0  # scheduler.step calls so far: the guidance's `step`
+        self.verified = False  # the pipeline's own combination checked against the registered pattern
         self.skipper = _skip.Skipper(self) if _skip.skipping_enabled() else None
+
+    def call_value(self, name):
+        """Call argument `name` as passed, else its default in the pipeline's signature."""
+        return self.bound[name] if name in self.bound else self.call_default(name)
+
+    def call_default(self, name):
+        """The default of call argument `name`: the nearest `__call__` that names it (a subclass's may take **kwargs)."""
+        for cls in type(self.pipe).__mro__:
+            parameter = inspect.signature(vars(cls).get("__call__", _no_call)).parameters.get(name)
+            if parameter is not None:
+                return parameter.default
+        raise TypeError(f"{type(self.pipe).__name__}.__call__ has no argument {name!r}")
 
     def active(self) -> bool:
         """Whether a model call now belongs to this run (the innermost guided run of this thread)."""
         return innermost(self)
 
+    @property
+    def scale_fixed(self) -> bool:
+        """Whether every step of this call has the guidance's own weight (no second expert's, no dynamic one)."""
+        return not any(quirk.scale_varies(self) for quirk in self.spec.quirks)
+
     def capture(self, module, args, output):
         if self.active():
             output = output[0] if isinstance(output, tuple) else output.sample
-            self.outputs.append(output if self.spec.from_output is None else self.spec.from_output(self.pipe, output))
+            for quirk in self.spec.quirks:
+                output = quirk.captured(self.pipe, output)
+            self.outputs.append(output)
             self.module = module
 
+    def weight(self, module, timestep, scale):
+        """The CFG weight of the step `module` evaluates at `timestep`, from the call's `scale` (quirks')."""
+        for quirk in self.spec.quirks:
+            scale = quirk.scale(self, module, timestep, scale)
+        return scale
+
     def step_scale(self, module, timestep):
-        """The scale of a step `module` evaluates: the second expert's (Wan 2.2), CogVideoX's dynamic one, or the
-        guidance's."""
-        scale = self.scale
-        if self.scale_2 is not None and module is getattr(self.pipe, self.spec.denoiser_2):
-            scale = self.scale_2
-        if self.dynamic:  # CogVideoXPipeline.__call__'s formula, n = its num_inference_steps
-            n, t = len(self.pipe.scheduler.timesteps), timestep.item() if torch.is_tensor(timestep) else timestep
-            scale = 1 + scale * ((1 - math.cos(math.pi * ((n - t) / n) ** 5.0)) / 2)
+        """Set the guidance's weight for the step `module` evaluates; its momentum state carries on."""
+        scale = self.weight(module, timestep, self.scale)
         if scale is not self.guidance.guidance_scale:
-            self.guidance.guidance_scale, self.guidance._scale_cache = scale, None  # momentum state carries on
+            self.guidance.guidance_scale, self.guidance._scale_cache = scale, None
 
     def unguided_step(self) -> bool:
         """Whether the pipeline runs this step without its uncond pass: CFG truncated or cut off."""
-        steps = len(self.pipe.scheduler.timesteps)  # Lumina2's count once it passes its sigmas
-        truncated = self.trunc_ratio is not None and (self.step + 1) / steps > self.trunc_ratio
         # CFG turned off after a guided step (not a pipeline that never runs CFG: that is an error below).
-        return truncated or (self.step > 0 and _cfg_turned_off(self.pipe))
+        return any(quirk.unguided(self) for quirk in self.spec.quirks) or (self.step > 0 and _cfg_turned_off(self.pipe))
 
     def _split(self, model_output):
         outputs, self.outputs = self.outputs, []
@@ -178,25 +194,22 @@ class _GuidedRun:
         if truncated:  # CFG truncated or cut off by the pipeline: it steps the cond prediction alone
             return outputs[0], None
         if spec.batch == "separate":
-            pred_cond, pred_uncond = outputs
-        else:
-            first, second = outputs[0].chunk(2)
-            pred_uncond, pred_cond = (first, second) if spec.batch == "uncond_first" else (second, first)
-        step_batch = pred_cond.shape[0] * (2 if spec.steps_both_halves else 1)
-        if pred_cond.shape != pred_uncond.shape or model_output.shape[0] != step_batch:
-            raise RuntimeError(
-                f"{name}: the {spec.denoiser} ran on batch {sum(o.shape[0] for o in outputs)} and the scheduler "
-                f"steps batch {model_output.shape[0]}; the pipeline did not run its unconditional pass as registered"
-            )
-        if spec.negated_output:  # what the pipeline steps, and so what the scheduler's x0 formula reads
-            pred_cond, pred_uncond = -pred_cond, -pred_uncond
-        return pred_cond, pred_uncond
+            return outputs
+        first, second = outputs[0].chunk(2)
+        return (second, first) if spec.batch == "uncond_first" else (first, second)
+
+    def _after(self, guided, pred_cond):
+        """What the pipeline does after its CFG line (the quirks'), done to `guided`."""
+        for quirk in self.spec.quirks:
+            guided = quirk.after(self, guided, pred_cond)
+        return guided
 
     def guide_output(self, model_output, timestep, sample):
         """Model output whose x0 is the guided x0 (or, in raw space, the guided output itself)."""
+        name = type(self.pipe).__name__
         if model_output.shape != sample.shape:
             raise RuntimeError(
-                f"{type(self.pipe).__name__}: scheduler.step got model_output {tuple(model_output.shape)} "
+                f"{name}: scheduler.step got model_output {tuple(model_output.shape)} "
                 f"for sample {tuple(sample.shape)}; apg guides outputs shaped like the latents"
             )
         plan = self.skipper.take() if self.skipper is not None else None
@@ -204,30 +217,37 @@ class _GuidedRun:
         step, self.step = self.step, self.step + 1
         if pred_uncond is None:
             return model_output  # a truncated step, unguided as stock
-        if self.spec.to_stepped is not None:  # [n, ...] shaped like model_output from here on
-            pred_cond = self.spec.to_stepped(self.pipe, pred_cond, model_output)
-            pred_uncond = self.spec.to_stepped(self.pipe, pred_uncond, model_output)
-        self.step_scale(self.module, timestep)
+        for quirk in self.spec.quirks:  # [n, ...] shaped like model_output from here on
+            pred_cond = quirk.stepped(self.pipe, pred_cond, model_output)
+            pred_uncond = quirk.stepped(self.pipe, pred_uncond, model_output)
         channels = model_output.shape[1]
         # [n, C, ...] each, the model's parameterization; learned-sigma channels beyond C are dropped.
         pred_cond = pred_cond[:, :channels].to(model_output.dtype)
         pred_uncond = pred_uncond[:, :channels].to(model_output.dtype)
-        if pred_cond.shape[1:] != model_output.shape[1:]:
+        if pred_cond.shape != pred_uncond.shape or pred_cond.shape[1:] != model_output.shape[1:]:
             raise RuntimeError(
-                f"{type(self.pipe).__name__}: denoiser output {tuple(pred_cond.shape)} does not match the "
-                f"scheduler's model_output {tuple(model_output.shape)}"
+                f"{name}: the {self.spec.denoiser} outputs {tuple(pred_cond.shape)} and {tuple(pred_uncond.shape)} "
+                f"do not split into halves shaped like the scheduler's model_output {tuple(model_output.shape)}; "
+                "the pipeline did not run its unconditional pass as registered"
             )
-        if plan is not None and not plan.uncond:  # pred_uncond is a stand-in: the rule guides from pred_cond alone
+        skipped = plan is not None and not plan.uncond  # pred_uncond is a stand-in: the rule guides from cond alone
+        if not self.verified and not skipped:
+            pipeline_weight = self.weight(self.module, timestep, self.spec.weight(self.pipeline_scale))
+            check_combination(name, model_output, pred_cond, pred_uncond, pipeline_weight, self._after)
+            self.verified = True
+        self.step_scale(self.module, timestep)
+        if skipped:
             self.skipper.check(plan, noise_level(self.pipe.scheduler, self.family, timestep), step)
             pred_uncond = None
         guided = guided_output(self.guidance, self.space, self.pipe.scheduler, self.family, timestep, sample,
                                pred_cond, pred_uncond, step)
-        rescale = getattr(self.pipe, self.spec.rescale_attr) if self.spec.rescale_attr else 0.0
-        if rescale > 0:
-            guided = rescale_noise_cfg(guided, pred_cond, guidance_rescale=rescale)
-        if self.renorm:  # the pipeline's own rescale to the cond prediction's norm, over the last dim as it does
-            guided = renorm_to_cond(guided, pred_cond)
-        return torch.cat([guided, guided]) if self.spec.steps_both_halves else guided
+        guided = self._after(guided, pred_cond)
+        if guided.shape != model_output.shape:
+            raise RuntimeError(
+                f"{name}: the {self.spec.denoiser} ran on batch {pred_cond.shape[0] * 2} and the scheduler "
+                f"steps batch {model_output.shape[0]}; the pipeline did not run its unconditional pass as registered"
+            )
+        return guided
 
 
 def _pipeline_scale(guidance: Guidance) -> float:
@@ -237,43 +257,43 @@ def _pipeline_scale(guidance: Guidance) -> float:
     return scale if scale > 1.0 else 2.0
 
 
-def _call_value(call, bound, name, default):
-    """Call argument `name` as passed, else its default in the signature of `call`; `default` if name is None."""
-    if name is None:
-        return default
-    return bound[name] if name in bound else inspect.signature(call).parameters[name].default
+def _no_call():
+    pass
+
+
+def _arguments(call, args, kwargs) -> dict:
+    """The call's arguments by name, those passed through a **kwargs (a user's subclass's `__call__`) included."""
+    signature = inspect.signature(call)
+    bound = signature.bind_partial(*args, **kwargs).arguments
+    for name, parameter in signature.parameters.items():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            bound.update(bound.pop(name, {}))
+    return bound
 
 
 def run_guided(pipe, spec: PipelineSpec, call, guidance: Guidance, space: str, args, kwargs):
     """Run `call(*args, **kwargs)`, a stock `__call__` of `pipe`, with its CFG result replaced by `guidance`."""
-    bound = inspect.signature(call).bind_partial(*args, **kwargs).arguments
+    bound = _arguments(call, args, kwargs)
     if spec.scale_arg in bound:
         raise InputError(
             f"{spec.scale_arg}={bound[spec.scale_arg]!r} was passed to a {type(pipe).__name__} guided by "
             f"{guidance!r}; the guidance's own scale governs. Set the scale on the guidance object, or call "
             "apg.guide(pipe, None) for stock behaviour"
         )
-    for arg, reason in spec.refused_args.items():
-        if arg in bound and bound[arg] != inspect.signature(call).parameters[arg].default:
-            raise UnsupportedError(f"{arg}={bound[arg]!r} is not supported by apg with {type(pipe).__name__}: {reason}")
-    kwargs = {**kwargs, spec.scale_arg: _pipeline_scale(guidance)}
+    run = _GuidedRun(pipe, spec, guidance, space, call, bound)
+    for quirk in spec.quirks:
+        quirk.start(run)
+    kwargs = {**kwargs, spec.scale_arg: run.pipeline_scale}
     arg = spec.negative_prompt_arg
     if arg and bound.get(arg) is None and bound.get("negative_prompt_embeds") is None:
         kwargs[arg] = ""  # the uncond pass runs only with a negative prompt
-    run = _GuidedRun(pipe, spec, guidance, space)
-    if spec.scale_2_arg and bound.get(spec.scale_2_arg) is not None:
-        run.scale_2 = _real(spec.scale_2_arg, bound[spec.scale_2_arg])  # passed on: the stock call checks it too
-    run.dynamic = bool(spec.dynamic_scale_arg and bound.get(spec.dynamic_scale_arg))
     denoisers = [getattr(pipe, spec.denoiser)]
-    second = getattr(pipe, spec.denoiser_2, None) if spec.denoiser_2 else None
-    if second is not None and second is not denoisers[0]:
-        denoisers.append(second)
-    run.renorm = spec.renorm_to_cond and bool(_call_value(call, bound, spec.renorm_arg, True))
-    run.trunc_ratio = _call_value(call, bound, spec.cfg_trunc_arg, None)
+    denoisers += [module for quirk in spec.quirks for module in quirk.modules(pipe) if module is not denoisers[0]]
     handles = [denoiser.register_forward_hook(run.capture) for denoiser in denoisers]
     restores = []
     if run.skipper is not None:
-        conditioners = [getattr(pipe, name, None) for name in spec.conditioners]
+        declared = spec.quirk(Conditioners)
+        conditioners = [getattr(pipe, name, None) for name in (declared.names if declared else ())]
         restores = [run.skipper.shadow(denoiser) for denoiser in denoisers]
         restores += [run.skipper.shadow(module, conditioner=True) for module in conditioners
                      if isinstance(module, torch.nn.Module)]

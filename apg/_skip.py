@@ -4,9 +4,9 @@ Before the first model call of each step, the rule is asked (Guidance.needs_cond
 and step of the evaluation about to happen, read from the scheduler's state (apg.schedulers.upcoming). Where it
 needs no uncond prediction (outside its interval, at w = 1), a separate-pass pipeline's uncond call returns the
 cond call's output without running the model, and a one-pass pipeline's denoiser runs on the cond half of its
-batch (every per-sample input cut alike: registry batch_dims; a ControlNet too: registry conditioners) and
+batch (every per-sample input cut alike: quirks.BatchDims; a ControlNet too: quirks.Conditioners) and
 hands back [cond, cond]; where it needs no model at all (CFG-Zero*'s zeroed steps) the denoiser returns zeros
-shaped as it would (registry zero_output). Either way the pipeline's own CFG line gives the cond prediction, and apg/_run.py guides from it
+shaped as it would (quirks.ZeroOutput). Either way the pipeline's own CFG line gives the cond prediction, and apg/_run.py guides from it
 with Guidance.cond_only. `set_skipping(False)` turns this off, globally or for a `with` block.
 """
 
@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from .registry import ENTRIES
+from .quirks import ENTRIES, BatchDims, ZeroOutput
 from .schedulers import upcoming
 
 __all__ = ["set_skipping", "skipping_enabled", "Skipper"]
@@ -127,7 +127,7 @@ class Skipper:
         run.step_scale(module, timestep)
         # A later scale other than this one (Wan 2.2's second expert, CogVideoX's dynamic scale) makes a
         # momentum state built at w = 1 count.
-        fixed = not run.dynamic and run.scale_2 in (None, run.scale)
+        fixed = run.scale_fixed
         cond = run.guidance.needs_cond(sigma, step)
         return Plan(cond, cond and run.guidance.needs_uncond(sigma, step, scale_fixed=fixed), sigma, fixed)
 
@@ -145,9 +145,9 @@ class Skipper:
     def _zeros(self, module, signature, arguments):
         """What the denoiser returns at a step whose result needs no model: zeros of its output's shape."""
         first = next(iter(arguments.values()))
-        zero_output = self.run.spec.zero_output
-        if zero_output is not None:
-            zeros = zero_output(module, first)
+        declared = self.run.spec.quirk(ZeroOutput)
+        if declared is not None:
+            zeros = declared.zeros(module, first)
         else:
             zeros = [torch.zeros_like(x) for x in first] if isinstance(first, list) else torch.zeros_like(first)
         return_dict = arguments.get("return_dict", signature.parameters.get("return_dict", None))
@@ -162,8 +162,9 @@ class Skipper:
         """`inner` called on the cond half of every per-sample argument of `call` (a one-pass batch of `batch`)."""
         spec, half = self.run.spec, batch // 2
         start = half if spec.batch == "uncond_first" else 0
+        dims = spec.quirk(BatchDims).dims if spec.quirk(BatchDims) else {}
         for name, value in call.arguments.items():
-            call.arguments[name] = _cut(value, spec.batch_dims.get(name, 0), start, half, batch)
+            call.arguments[name] = _cut(value, dims.get(name, 0), start, half, batch)
         return inner(*call.args, **call.kwargs)
 
     def _denoise(self, module, inner, signature, call):

@@ -10,7 +10,7 @@ import torch
 
 from .schedulers import noise_level, step_coefficients
 
-__all__ = ["guided_output", "renorm_to_cond"]
+__all__ = ["guided_output"]
 
 
 def guided_output(guidance, space, scheduler, family, timestep, sample, pred_cond, pred_uncond, step):
@@ -38,13 +38,3 @@ def guided_output(guidance, space, scheduler, family, timestep, sample, pred_con
     denoised_anchor = denoised_cond if pred_uncond is None else torch.add(scaled_sample, anchor.to(dtype), alpha=b)
     denoised = rule(denoised_cond, None if pred_uncond is None else denoised_anchor, sigma)
     return torch.add(anchor.to(dtype), denoised - denoised_anchor, alpha=1.0 / b).to(pred_cond.dtype)
-
-
-
-def renorm_to_cond(guided, pred_cond):
-    """guided * ||pred_cond|| / ||guided|| over the last dim, as Qwen-Image and Lumina2 rescale their CFG result.
-
-    A zero `guided` (CFG-Zero*'s zeroed steps) stays zero rather than 0/0.
-    """
-    norm = torch.norm(guided, dim=-1, keepdim=True)
-    return guided * (torch.norm(pred_cond, dim=-1, keepdim=True) / norm.clamp(min=torch.finfo(norm.dtype).tiny))

@@ -32,7 +32,8 @@ from diffusers.modular_pipelines import ModularPipeline
 
 from ._run import callbacks_outside_runs, guided_call, innermost
 from ._skip import skipping_enabled
-from ._x0 import guided_output, renorm_to_cond
+from ._x0 import guided_output
+from .quirks import renorm_to_cond
 from .errors import InputTypeError, UnsupportedError
 from .guidance import CFG, Guidance
 from .schedulers import check_scheduler, noise_level

@@ -3,161 +3,106 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
-from typing import Callable
-
+from dataclasses import dataclass
 import torch
 
 from .errors import UnsupportedError
+from .quirks import (ENTRIES, BatchDims, CondPlus, Conditioners, DynamicScale, Negated, Outputs, Quirk, Refuse,
+                     RenormToCond, Rescale, SecondExpert, SteppedPart, StepsBothHalves, Truncation, ZeroOutput)
 
-__all__ = ["PipelineSpec", "register_pipeline", "spec_for", "BATCHES", "registered", "ENTRIES", "REFUSED"]
+__all__ = ["PipelineSpec", "register_pipeline", "spec_for", "BATCHES", "registered", "REFUSED", "STOCK_PIPELINES"]
 
 BATCHES = ("uncond_first", "cond_first", "separate")
-ENTRIES = "entries"  # batch_dims value: a list with one entry per sample (Z-Image)
+
+# The keywords register_pipeline took before quirks: each is now the quirk named here.
+_OLD_KEYWORDS = {
+    "rescale_attr": "Rescale(attr)", "steps_both_halves": "StepsBothHalves()",
+    "denoiser_2": "SecondExpert(denoiser, scale_arg)", "scale_2_arg": "SecondExpert(denoiser, scale_arg)",
+    "dynamic_scale_arg": "DynamicScale(arg)", "to_stepped": "SteppedPart(part)", "refused_args": "Refuse(arg, reason)",
+    "negated_output": "Negated()", "renorm_to_cond": "RenormToCond(arg)", "renorm_arg": "RenormToCond(arg)",
+    "cfg_trunc_arg": "Truncation(arg)", "from_output": "Outputs(batched)", "batch_dims": "BatchDims(dims)",
+    "zero_output": "ZeroOutput(zeros)", "conditioners": "Conditioners(*names)",
+}
 
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """How a pipeline class runs classifier-free guidance; see register_pipeline."""
+    """How a pipeline class runs classifier-free guidance: the core pattern and its quirks (register_pipeline)."""
 
     denoiser: str
     batch: str
     scale_arg: str = "guidance_scale"
-    rescale_attr: str | None = None
     negative_prompt_arg: str | None = None
-    steps_both_halves: bool = False
-    denoiser_2: str | None = None
-    scale_2_arg: str | None = None
-    dynamic_scale_arg: str | None = None
-    to_stepped: Callable | None = None
-    refused_args: dict = field(default_factory=dict)
-    negated_output: bool = False
-    renorm_to_cond: bool = False
-    renorm_arg: str | None = None
-    cfg_trunc_arg: str | None = None
-    from_output: Callable | None = None
-    batch_dims: dict = field(default_factory=dict)
-    zero_output: Callable | None = None
-    conditioners: tuple = ()
+    quirks: tuple = ()
+
+    def quirk(self, kind):
+        """The spec's quirk of type `kind`, or None."""
+        return next((quirk for quirk in self.quirks if isinstance(quirk, kind)), None)
+
+    def pipeline_scale(self, w):
+        """The value of the pipeline's scale argument that means CFG weight w (its CFG line, not apg's)."""
+        return w - 1 if self.quirk(CondPlus) else w
+
+    def weight(self, scale):
+        """The CFG weight w the pipeline's scale argument `scale` means; pipeline_scale's inverse."""
+        return scale + 1 if self.quirk(CondPlus) else scale
 
 
 _REGISTRY: dict[type, PipelineSpec] = {}
 
 
-def register_pipeline(
-    pipeline_cls,
-    *,
-    denoiser: str,
-    batch: str,
-    scale_arg: str = "guidance_scale",
-    rescale_attr: str | None = None,
-    negative_prompt_arg: str | None = None,
-    steps_both_halves: bool = False,
-    denoiser_2: str | None = None,
-    scale_2_arg: str | None = None,
-    dynamic_scale_arg: str | None = None,
-    to_stepped: Callable | None = None,
-    refused_args: dict | None = None,
-    negated_output: bool = False,
-    renorm_to_cond: bool = False,
-    renorm_arg: str | None = None,
-    cfg_trunc_arg: str | None = None,
-    from_output: Callable | None = None,
-    batch_dims: dict | None = None,
-    zero_output: Callable | None = None,
-    conditioners: tuple = (),
-):
-    """Declare a pipeline class that follows the standard CFG pattern, so `apg.guide` supports it.
+def register_pipeline(pipeline_cls, *, denoiser: str, batch: str, scale_arg: str = "guidance_scale",
+                      negative_prompt_arg: str | None = None, quirks=(), **old):
+    """Declare a pipeline class that runs classifier-free guidance in a pattern apg reproduces.
 
-    denoiser: attribute holding the model (`"unet"`, `"transformer"`); its output is `.sample` or `[0]`.
+    The core: denoiser: attribute holding the model (`"unet"`, `"transformer"`); its output is `.sample` or `[0]`.
     batch: `"uncond_first"` (one pass on `[uncond, cond]`, SD-style), `"cond_first"` (one pass on
     `[cond, uncond]`, DiT-style) or `"separate"` (two passes per step, cond then uncond, Flux true CFG).
     scale_arg: the call argument that turns CFG on (`"guidance_scale"`; Flux: `"true_cfg_scale"`).
-    rescale_attr: pipeline attribute holding `guidance_rescale` (Lin et al.), re-applied after guidance.
     negative_prompt_arg: the pipeline runs its uncond pass only with this argument; "" is passed if absent.
-    steps_both_halves: the pipeline steps the latents of both halves together (DiT).
-    denoiser_2: a second expert, hooked too where the pipeline holds one (Wan 2.2 `"transformer_2"`).
-    scale_2_arg: call argument with the scale of the steps denoiser_2 evaluates (Wan 2.2 `"guidance_scale_2"`);
-    it defaults to the guidance's scale; eta, r, beta and the momentum state carry across the switch.
-    dynamic_scale_arg: call argument that turns on CogVideoX's dynamic scale (`"use_dynamic_cfg"`): at
-    timestep t of n steps, w_t = 1 + w (1 - cos(pi ((n - t) / n) ** 5)) / 2, as the pipeline computes it.
-    to_stepped: `f(pipe, output, model_output)` -> the part of a denoiser output the pipeline passes to
-    scheduler.step, where that is not the output itself (LTX image-to-video: unpacked, frames 1:).
-    refused_args: call argument -> reason: apg cannot reproduce the pipeline with it, so a value other than
-    the stock default raises a ValueError.
+    quirks: what the class does beyond the plain line `uncond + scale * (cond - uncond)`, one object per
+    departure, from apg.quirks (`Rescale("guidance_rescale")`, `Negated()`, `SecondExpert("transformer_2")`, ...).
     Only the first `sample.shape[1]` channels of each output are guided (learned-sigma channels are not).
     On packed tokens `[B, N, C]` that is the first N tokens: the image-context tokens that Flux Kontext and
     Qwen-Image-Edit append to the input are dropped, as those pipelines do.
-    negated_output: the pipeline steps `-output` (HiDream, Lumina2); apg converts that one to x0, so the sign
-    of b in x0 = a * sample + b * output is the scheduler's own.
-    renorm_to_cond: after CFG the pipeline rescales the combined prediction to the cond prediction's norm
-    over the last dim (Qwen-Image: per token; Lumina2: per row of the latents); apg does the same to the
-    guided prediction, so APG's output is renormalised too, as stock.
-    renorm_arg: the call argument that switches renorm_to_cond per call (Lumina2: `cfg_normalization`);
-    its default in the pipeline's signature applies when it is not passed.
-    cfg_trunc_arg: the call argument (Lumina2: `cfg_trunc_ratio`) past which, at steps with
-    (i + 1) / steps > value, the pipeline runs no uncond pass: those steps step the cond prediction, as
-    stock, and the guidance (with its momentum) sits them out.
-    from_output: `f(pipe, output)` -> each captured denoiser output as one batched tensor, where it is not one
-    (ZImage: a list of `[C, 1, H, W]` per sample, stacked and squeezed to `[B, C, H, W]` as the pipeline does).
-    batch_dims: denoiser argument -> where its samples are, for the steps at which apg runs the denoiser on the
-    cond half of a one-pass batch only (apg/_skip.py): an int (the batch dim: HiDream's llama embeddings, 1),
-    None (not per-sample: rotary embeddings, position ids), or ENTRIES (a list with one entry per sample,
-    Z-Image). Arguments not named are detected: every tensor, at any depth of dicts, lists and tuples, whose
-    dim 0 is the batch of the denoiser's first argument is cut to the cond half; the rest passes as it is.
-    zero_output: `f(denoiser, first_argument)` -> the output a denoiser call returns at a step whose result
-    needs no model (CFG-Zero*'s zeroed steps), where zeros shaped like the first argument are not what the
-    denoiser returns (more output channels: learned sigma; fewer: inpainting's and image-to-video's inputs).
-    conditioners: attributes of modules the pipeline runs on the same `[uncond, cond]` batch before the denoiser,
-    feeding it (`("controlnet",)`): where a step needs no uncond pass they run on the cond half too.
 
-    Read the class's `__call__` first. It fits when, per `scheduler.step`, the denoiser runs once on the
-    concatenated halves (or twice, cond then uncond), the pipeline combines them with the plain CFG line
-    `uncond + scale * (cond - uncond)` (then at most the post-processing the options above reproduce), and
-    steps an output shaped like the latents. Extra modules (a ControlNet, an image encoder) are fine: only `denoiser`'s output is captured.
+    A class that follows a known pattern is one line: its core and its quirks, read from its `__call__`.
+    Nothing is inferred from the signature: the batch order, the scale's meaning and the post-processing are
+    not visible there. Instead every guided call checks the declaration: at the first step where both passes
+    ran, what the pipeline hands `scheduler.step` must be the registered combination of the captured outputs
+    at the scale apg gave the pipeline (the plain CFG line, then the quirks), or the call raises a RuntimeError
+    naming the class and what differed before that step is taken (apg/_verify.py). A call that breaks the
+    pattern later (another number of denoiser passes per step, a batch that does not split in two) raises too.
+
     ControlNet img2img, for example, batches `[uncond, cond]` through `self.unet`:
 
         import apg
         from diffusers import StableDiffusionControlNetImg2ImgPipeline
 
-        apg.register_pipeline(StableDiffusionControlNetImg2ImgPipeline, denoiser="unet", batch="uncond_first")
+        apg.register_pipeline(StableDiffusionControlNetImg2ImgPipeline, denoiser="unet", batch="uncond_first",
+                              quirks=(apg.quirks.Conditioners("controlnet"),))
         apg.guide(pipe, apg.APG(7.5, norm_threshold=15.0))  # pipe: a loaded pipeline of that class
-
-    A call that breaks the pattern at run time (another number of denoiser passes per step, a batch that
-    does not split in two) raises a RuntimeError. Check parity: `apg.APG(scale, eta=1.0, momentum=0.0)` is CFG.
     """
+    if old:
+        name = next(iter(old))
+        raise TypeError(f"register_pipeline got {name}=; it is now a quirk: quirks=(apg.quirks."
+                        f"{_OLD_KEYWORDS.get(name, '...')},)" if name in _OLD_KEYWORDS else
+                        f"register_pipeline got an unexpected keyword argument {name!r}")
     if not isinstance(pipeline_cls, type):
         raise TypeError(f"pipeline_cls must be a pipeline class, got {pipeline_cls!r}")
     if batch not in BATCHES:
         raise ValueError(f"batch must be one of {BATCHES}, got {batch!r}")
     if not isinstance(denoiser, str) or not denoiser:
         raise TypeError(f"denoiser must be the name of the pipeline's denoiser attribute, got {denoiser!r}")
-    if steps_both_halves and batch == "separate":
-        raise ValueError("steps_both_halves=True needs one concatenated pass, not batch='separate'")
-    if scale_2_arg is not None and denoiser_2 is None:
-        raise ValueError(f"scale_2_arg={scale_2_arg!r} needs denoiser_2, the expert whose steps it scales")
-    if to_stepped is not None and not callable(to_stepped):
-        raise TypeError(f"to_stepped must be callable as f(pipe, output, model_output), got {to_stepped!r}")
-    if from_output is not None and not callable(from_output):
-        raise TypeError(f"from_output must be callable as f(pipe, output), got {from_output!r}")
-    if renorm_arg and not renorm_to_cond:
-        raise ValueError(f"renorm_arg={renorm_arg!r} switches renorm_to_cond, which is False")
-    if cfg_trunc_arg and batch != "separate":
-        raise ValueError(f"cfg_trunc_arg={cfg_trunc_arg!r} needs batch='separate' (a step without its uncond pass)")
-    for name, where in (batch_dims or {}).items():
-        if not (where is None or where == ENTRIES or (isinstance(where, int) and not isinstance(where, bool))):
-            raise ValueError(f"batch_dims[{name!r}] must be an int, None or {ENTRIES!r}, got {where!r}")
-    if zero_output is not None and not callable(zero_output):
-        raise TypeError(f"zero_output must be callable as f(denoiser, first_argument), got {zero_output!r}")
-    spec = PipelineSpec(
-        denoiser, batch, scale_arg=scale_arg, rescale_attr=rescale_attr, negative_prompt_arg=negative_prompt_arg,
-        steps_both_halves=steps_both_halves, denoiser_2=denoiser_2, scale_2_arg=scale_2_arg,
-        dynamic_scale_arg=dynamic_scale_arg, to_stepped=to_stepped, refused_args=dict(refused_args or {}),
-        negated_output=negated_output, renorm_to_cond=renorm_to_cond, renorm_arg=renorm_arg,
-        cfg_trunc_arg=cfg_trunc_arg, from_output=from_output, batch_dims=dict(batch_dims or {}),
-        zero_output=zero_output, conditioners=tuple(conditioners),
-    )
-    _REGISTRY[pipeline_cls] = spec
+    quirks = tuple(quirks)
+    for quirk in quirks:
+        if not isinstance(quirk, Quirk):
+            raise TypeError(f"quirks must be apg.quirks objects, got {quirk!r}")
+    if any(isinstance(quirk, StepsBothHalves) for quirk in quirks) and batch == "separate":
+        raise ValueError("StepsBothHalves() needs one concatenated pass, not batch='separate'")
+    if any(isinstance(quirk, Truncation) for quirk in quirks) and batch != "separate":
+        raise ValueError("Truncation() needs batch='separate' (a step without its uncond pass)")
+    _REGISTRY[pipeline_cls] = PipelineSpec(denoiser, batch, scale_arg, negative_prompt_arg, quirks)
     return pipeline_cls
 
 
@@ -523,13 +468,13 @@ def _ltx_i2v_stepped(pipe, output, model_output):
 
 def _out_channels(denoiser, first):
     """Zeros [B, out_channels, ...] for a channel-first denoiser whose output channels are not its input's."""
-    channels = getattr(denoiser, "out_channels", None) or denoiser.config.out_channels  # DiT-style: resolved
+    channels = vars(denoiser).get("out_channels") or denoiser.config.out_channels  # DiT-style: resolved
     return first.new_zeros((first.shape[0], channels, *first.shape[2:]))
 
 
 # Image-to-video Wan feeds [latents, condition] channels (36) for 16 output ones.
-_WAN = dict(denoiser="transformer", batch="separate", denoiser_2="transformer_2", scale_2_arg="guidance_scale_2",
-            zero_output=_out_channels)
+_WAN = dict(denoiser="transformer", batch="separate", quirks=(SecondExpert("transformer_2", "guidance_scale_2"),
+                                                             ZeroOutput(_out_channels)))
 _LTX_I2V_RESCALE = ("its stock rescale takes the std over the image-conditioned frame 0 too, which is not stepped "
                     "and so not guided")
 
@@ -539,68 +484,79 @@ def _z_image_output(pipe, output):
     return torch.stack(output).squeeze(2)
 
 
-_Z_IMAGE_REFUSED = {
-    "cfg_normalization": "it clips the combined prediction to the cond prediction's norm, not reproduced",
-    "cfg_truncation": "it drops the uncond pass late in sampling, which the capture does not follow",
-}
+_Z_IMAGE_REFUSED = (
+    Refuse("cfg_normalization", "it clips the combined prediction to the cond prediction's norm, not reproduced"),
+    Refuse("cfg_truncation", "it drops the uncond pass late in sampling, which the capture does not follow"),
+)
+_RESCALE = (Rescale("guidance_rescale"),)
+_CONTROLNET = (Conditioners("controlnet"),)
+_LEARNED_SIGMA = (ZeroOutput(_out_channels),)
+_TRUE_CFG = dict(batch="separate", scale_arg="true_cfg_scale", negative_prompt_arg="negative_prompt")
 
 # Stock Diffusers pipelines: class name -> register_pipeline keywords (read from each class's __call__). Resolved by
 # name when a pipeline of that class is guided: a class the installed Diffusers lacks is simply unsupported.
 STOCK_PIPELINES: dict[str, dict] = {
-    "StableDiffusionPipeline": dict(denoiser="unet", batch="uncond_first", rescale_attr="guidance_rescale"),
+    "StableDiffusionPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_RESCALE),
     "StableDiffusionImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first"),
-    "StableDiffusionXLPipeline": dict(denoiser="unet", batch="uncond_first", rescale_attr="guidance_rescale"),
-    "StableDiffusionXLImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", rescale_attr="guidance_rescale"),
+    "StableDiffusionXLPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_RESCALE),
+    "StableDiffusionXLImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_RESCALE),
     "StableDiffusion3Pipeline": dict(denoiser="transformer", batch="uncond_first"),
-    "PixArtSigmaPipeline": dict(denoiser="transformer", batch="uncond_first", zero_output=_out_channels),
+    "PixArtSigmaPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "SanaPipeline": dict(denoiser="transformer", batch="uncond_first"),
-    "DiTPipeline": dict(denoiser="transformer", batch="cond_first", steps_both_halves=True, zero_output=_out_channels),
-    "FluxPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
-                         negative_prompt_arg="negative_prompt"),
+    "DiTPipeline": dict(denoiser="transformer", batch="cond_first", quirks=(StepsBothHalves(), *_LEARNED_SIGMA)),
+    "FluxPipeline": dict(denoiser="transformer", **_TRUE_CFG),
     "WanPipeline": _WAN,
     "WanImageToVideoPipeline": _WAN,
-    "LTXPipeline": dict(denoiser="transformer", batch="uncond_first", rescale_attr="guidance_rescale"),
-    "LTXImageToVideoPipeline": dict(denoiser="transformer", batch="uncond_first", to_stepped=_ltx_i2v_stepped,
-                                    refused_args={"guidance_rescale": _LTX_I2V_RESCALE}),
-    "CogVideoXPipeline": dict(denoiser="transformer", batch="uncond_first", dynamic_scale_arg="use_dynamic_cfg",
-                              batch_dims={"image_rotary_emb": None}),  # a (cos, sin) pair of [tokens, dim]
-    "HunyuanVideoPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
-                                 negative_prompt_arg="negative_prompt"),
+    "LTXPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_RESCALE),
+    "LTXImageToVideoPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        SteppedPart(_ltx_i2v_stepped), Refuse("guidance_rescale", _LTX_I2V_RESCALE))),
+    "CogVideoXPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        DynamicScale("use_dynamic_cfg"), BatchDims({"image_rotary_emb": None}))),  # a (cos, sin) pair of [tokens, dim]
+    "HunyuanVideoPipeline": dict(denoiser="transformer", **_TRUE_CFG),
     # Image pipelines with their own CFG post-processing (issue 11).
-    "FluxImg2ImgPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
-                                negative_prompt_arg="negative_prompt"),
-    "FluxKontextPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
-                                negative_prompt_arg="negative_prompt"),
+    "FluxImg2ImgPipeline": dict(denoiser="transformer", **_TRUE_CFG),
+    "FluxKontextPipeline": dict(denoiser="transformer", **_TRUE_CFG),
     "ChromaPipeline": dict(denoiser="transformer", batch="separate"),
-    "QwenImagePipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
-                              negative_prompt_arg="negative_prompt", renorm_to_cond=True),
-    "QwenImageEditPipeline": dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
-                                  negative_prompt_arg="negative_prompt", renorm_to_cond=True),
-    "HiDreamImagePipeline": dict(denoiser="transformer", batch="uncond_first", negated_output=True,
-                                 batch_dims={"encoder_hidden_states_llama3": 1}),  # [llama layers, B, L, C]
-    "Lumina2Pipeline": dict(denoiser="transformer", batch="separate", negated_output=True, renorm_to_cond=True,
-                            renorm_arg="cfg_normalization", cfg_trunc_arg="cfg_trunc_ratio"),
+    "QwenImagePipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
+    "QwenImageEditPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
+    "HiDreamImagePipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        Negated(), BatchDims({"encoder_hidden_states_llama3": 1}))),  # [llama layers, B, L, C]
+    "Lumina2Pipeline": dict(denoiser="transformer", batch="separate", quirks=(
+        Negated(), RenormToCond("cfg_normalization"), Truncation("cfg_trunc_ratio"))),
     # ControlNet: the residuals come from pipe.controlnet, a second module; only the unet's output is captured.
     # guess_mode feeds the controlnet the cond half only (zero residuals for uncond): still one unet pass.
-    "StableDiffusionControlNetPipeline": dict(denoiser="unet", batch="uncond_first", conditioners=("controlnet",)),
-    "StableDiffusionXLControlNetPipeline": dict(denoiser="unet", batch="uncond_first", conditioners=("controlnet",)),
+    "StableDiffusionControlNetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_CONTROLNET),
+    "StableDiffusionXLControlNetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_CONTROLNET),
     # Inpaint: a 9-channel unet input (latents, mask, masked image) gives a 4-channel output, stepped on the
     # 4-channel latents; a 4-channel unet blends the known region back after each step.
-    "StableDiffusionInpaintPipeline": dict(denoiser="unet", batch="uncond_first", zero_output=_out_channels),
-    "StableDiffusionXLInpaintPipeline": dict(denoiser="unet", batch="uncond_first", rescale_attr="guidance_rescale",
-                                             zero_output=_out_channels),
-    "PixArtAlphaPipeline": dict(denoiser="transformer", batch="uncond_first", zero_output=_out_channels),
+    "StableDiffusionInpaintPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "StableDiffusionXLInpaintPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(*_RESCALE,
+                                                                                             *_LEARNED_SIGMA)),
+    "PixArtAlphaPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "StableDiffusion3Img2ImgPipeline": dict(denoiser="transformer", batch="uncond_first"),
     "KolorsPipeline": dict(denoiser="unet", batch="uncond_first"),
     "AuraFlowPipeline": dict(denoiser="transformer", batch="uncond_first"),
-    "HunyuanDiTPipeline": dict(denoiser="transformer", batch="uncond_first", rescale_attr="guidance_rescale",
-                               # image_rotary_emb: a (cos, sin) pair of [tokens, dim]; learned-sigma output channels
-                               batch_dims={"image_rotary_emb": None}, zero_output=_out_channels),
+    # image_rotary_emb: a (cos, sin) pair of [tokens, dim]; learned-sigma output channels
+    "HunyuanDiTPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        *_RESCALE, BatchDims({"image_rotary_emb": None}), *_LEARNED_SIGMA)),
     "CogView4Pipeline": dict(denoiser="transformer", batch="separate"),
     # Channels-last video latents [B, T, H, W, C]; the default negative prompt makes the uncond pass always run.
     "Kandinsky5T2VPipeline": dict(denoiser="transformer", batch="separate"),
     # ZImage's rule pos + s (pos - neg) is CFG at w = s + 1: APG(w) stands for its guidance_scale = w - 1.
-    "ZImagePipeline": dict(denoiser="transformer", batch="cond_first", negated_output=True,
-                           from_output=_z_image_output, refused_args=_Z_IMAGE_REFUSED,
-                           batch_dims={"x": ENTRIES, "cap_feats": ENTRIES}),
+    "ZImagePipeline": dict(denoiser="transformer", batch="cond_first", quirks=(
+        Outputs(_z_image_output), Negated(), CondPlus(), *_Z_IMAGE_REFUSED,
+        BatchDims({"x": ENTRIES, "cap_feats": ENTRIES}))),
+    # Issue 17: the rest of Diffusers' CFG classes, by family (each verified by tests/tiny_<family>.py).
+    # -- family sd_more --
+    # -- end of family sd_more --
+    # -- family animate --
+    # -- end of family animate --
+    # -- family qwen --
+    # -- end of family qwen --
+    # -- family flux --
+    # -- end of family flux --
+    # -- family video_more --
+    # -- end of family video_more --
+    # -- family misc --
+    # -- end of family misc --
 }

@@ -3,7 +3,7 @@
     python scripts/docs_tables.py          # rewrite the tables between the marker comments (FILES)
     python scripts/docs_tables.py --check  # exit 1, naming the stale tables, if a file differs
 
-Pipelines come from apg.registry.STOCK_PIPELINES (each entry's registered PipelineSpec), schedulers from
+Pipelines come from apg.registry.STOCK_PIPELINES (each entry's registered PipelineSpec and its apg.quirks), schedulers from
 apg.schedulers.SUPPORTED_SCHEDULERS, the file column from the classes defined in pipelines/; the guider pipelines
 (docs/guider.md) from apg/guider.py's tables. Each table sits between `<!-- NAME:start -->` and `<!-- NAME:end -->`;
 everything else in a file is left as it is.
@@ -12,7 +12,6 @@ everything else in a file is left as it is.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
 import sys
@@ -25,26 +24,6 @@ BATCH_TEXT = {
     "cond_first": "one pass on `[cond, uncond]`",
     "separate": "two passes, cond then uncond",
 }
-# PipelineSpec field -> how a non-default value reads in the quirks column; other fields read `name=value`.
-QUIRK_TEXT = {
-    "rescale_attr": lambda value: f"`{value}` re-applied to the guided output",
-    "negative_prompt_arg": lambda value: f'`{value}=""` passed when the call gives none',
-    "steps_both_halves": lambda value: "steps the latents of both halves",
-    "denoiser_2": lambda value: f"second expert `{value}` hooked too",
-    "scale_2_arg": lambda value: f"its steps scaled by `{value}`",
-    "dynamic_scale_arg": lambda value: f"`{value}` reproduced",
-    "to_stepped": lambda value: f"guides only the stepped part of the output (`{value.__name__}`)",
-    "refused_args": lambda value: "refused: " + ", ".join(f"`{arg}`" for arg in sorted(value)),
-    "negated_output": lambda value: "steps the negated output (x0 read from what is stepped)",
-    "renorm_to_cond": lambda value: "renormalised to the cond prediction's norm",
-    "renorm_arg": lambda value: f"renormalisation switched by `{value}`",
-    "cfg_trunc_arg": lambda value: f"`{value}` truncation reproduced",
-    "from_output": lambda value: f"outputs batched by `{value.__name__}`",
-}
-SPEC_COLUMNS = ("denoiser", "batch", "scale_arg")  # fields with a column of their own
-SKIP_FIELDS = ("batch_dims", "zero_output", "conditioners")  # what skipping needs to know, not how CFG runs: docs/skipping.md
-
-
 def _pipeline_files() -> dict[str, str]:
     """Stock class name -> the file in pipelines/ that defines its guided subclass."""
     files = {}
@@ -57,15 +36,11 @@ def _pipeline_files() -> dict[str, str]:
 
 
 def _quirks(spec) -> str:
-    quirks = []
-    for field in dataclasses.fields(spec):
-        value = getattr(spec, field.name)
-        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-        if field.name in SPEC_COLUMNS + SKIP_FIELDS or value == default:
-            continue
-        text = QUIRK_TEXT.get(field.name)
-        shown = getattr(value, "__name__", None) or repr(value)  # a function by name: no memory address
-        quirks.append(text(value) if text else f"`{field.name}={shown}`")
+    """The quirks column: the negative-prompt argument and each quirk's own line (skipping's: docs/skipping.md)."""
+    from apg.quirks import SKIPPING
+
+    quirks = [f'`{spec.negative_prompt_arg}=""` passed when the call gives none'] if spec.negative_prompt_arg else []
+    quirks += [quirk.describe() for quirk in spec.quirks if not isinstance(quirk, SKIPPING)]
     return "; ".join(quirks) or "none"
 
 

@@ -255,15 +255,18 @@ def test_hidream_x0_is_the_schedulers_own_x0_of_the_negated_output():
         assert rel_diff(x0, scheduler.convert_model_output(out_cond, sample=sample)) > 1e-2  # the sign matters
 
 
-# -- the registry's new fields -------------------------------------------------------------------------------
-def test_register_pipeline_checks_the_new_fields():
+# -- the registry's quirks -------------------------------------------------------------------------------
+def test_register_pipeline_checks_its_quirks():
     class Pipe:
         pass
 
-    with pytest.raises(ValueError, match="renorm_arg='cfg_normalization' switches renorm_to_cond"):
+    with pytest.raises(ValueError, match=r"Truncation\(\) needs batch='separate'"):
+        apg.register_pipeline(Pipe, denoiser="transformer", batch="uncond_first",
+                              quirks=(apg.quirks.Truncation("cfg_trunc_ratio"),))
+    with pytest.raises(TypeError, match="quirks must be apg.quirks objects, got 'Negated'"):
+        apg.register_pipeline(Pipe, denoiser="transformer", batch="separate", quirks=("Negated",))
+    with pytest.raises(TypeError, match=r"renorm_arg=; it is now a quirk: quirks=\(apg.quirks.RenormToCond\(arg\),\)"):
         apg.register_pipeline(Pipe, denoiser="transformer", batch="separate", renorm_arg="cfg_normalization")
-    with pytest.raises(ValueError, match="cfg_trunc_arg='cfg_trunc_ratio' needs batch='separate'"):
-        apg.register_pipeline(Pipe, denoiser="transformer", batch="uncond_first", cfg_trunc_arg="cfg_trunc_ratio")
 
 
 
@@ -274,8 +277,8 @@ def test_undeclared_truncation_is_refused():
     class UndeclaredLumina2(Lumina2Pipeline):
         pass
 
-    apg.register_pipeline(UndeclaredLumina2, denoiser="transformer", batch="separate", negated_output=True,
-                          renorm_to_cond=True, renorm_arg="cfg_normalization")
+    apg.register_pipeline(UndeclaredLumina2, denoiser="transformer", batch="separate",
+                          quirks=(apg.quirks.Negated(), apg.quirks.RenormToCond("cfg_normalization")))
     try:
         pipe = UndeclaredLumina2(**pipeline("lumina2").components)
         pipe.set_progress_bar_config(disable=True)

@@ -170,10 +170,7 @@ def count_rows(pipe) -> list:
     from apg.registry import spec_for
 
     rows, spec = [], spec_for(pipe)
-    for name in {spec.denoiser, spec.denoiser_2} - {None}:
-        module = getattr(pipe, name, None)
-        if module is None:
-            continue
+    for module in [getattr(pipe, spec.denoiser)] + [m for quirk in spec.quirks for m in quirk.modules(pipe)]:
         inner = module.forward
 
         @functools.wraps(inner)

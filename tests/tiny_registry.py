@@ -23,4 +23,25 @@ class Case:
     run: Callable[..., torch.Tensor]  # run(pipe, steps=3, seed=0, **extra) -> output tensor
 
 
-TINY: dict[str, Case] = {}
+def _gather() -> dict[str, Case]:
+    import importlib
+
+    cases: dict[str, Case] = {}
+    for module in _FAMILY_MODULES:
+        for key, case in importlib.import_module(module).CASES.items():
+            if key in cases:
+                raise ValueError(f"tiny registry: {key!r} is in two family modules")
+            cases[key] = case
+    return cases
+
+
+def class_name(key: str) -> str:
+    """The pipeline class a registry key stands for."""
+    return key.split("/")[0]
+
+
+# Family modules, each with CASES: dict[str, Case].
+_FAMILY_MODULES = ("tiny_cases_stock", "tiny_sd_more", "tiny_animate", "tiny_qwen", "tiny_flux", "tiny_video_more",
+                   "tiny_misc")
+
+TINY: dict[str, Case] = _gather()
