@@ -107,7 +107,9 @@ def test_x0_is_the_schedulers_own(key, monkeypatch):
         if cond is not None:
             for quirk in spec.quirks:
                 cond = quirk.stepped(pipe, cond, model_output)
-            own.append(scheduler_x0(self, cond[:, : model_output.shape[1]], timestep, sample, original))
+            # the cond rows of the sample: DiT steps the latents of both halves, apg's x0 is the cond half's
+            rows = sample[: cond.shape[0]]
+            own.append(scheduler_x0(self, cond[:, : model_output.shape[1]], timestep, rows, original))
         return original(self, model_output, timestep, sample, *args, **kwargs)
 
     monkeypatch.setattr(cls, "step", step)
