@@ -6,7 +6,8 @@
   (its `pred_original_sample` on a copy of its state, its `convert_model_output`, or the flow formula its
   step writes), the cond output recorded here by a forward hook of the test's own;
 - stock again after `apg.guide(pipe, None)`, bit for bit;
-- run-time verification passes on every stock class (a mismatch would raise in the guided calls above).
+- run-time verification passes on every stock class (a mismatch would raise in the guided calls above);
+- skipping: outside a sigma interval the uncond pass does not run, and the result is that of both passes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import functools
 
 import pytest
 import torch
-from tiny_pipelines import rel_diff
+from test_skipping import SpyAPG, _interval, _run
+from tiny_pipelines import count_rows, rel_diff
 from tiny_registry import TINY
 
 import apg
@@ -119,3 +121,23 @@ def test_x0_is_the_schedulers_own(key, monkeypatch):
     assert len(RECORDED) == len(own) > 1
     for i, (ours, theirs) in enumerate(zip(RECORDED, own)):
         assert rel_diff(ours, theirs) <= 1e-5, f"x0 at guided step {i}"
+
+
+@pytest.mark.parametrize("key", sorted(TINY))
+def test_skipping_matches_both_passes(key):
+    """A sigma interval that leaves the first and the last step out: with skipping on, those steps run no uncond
+    pass (fewer denoiser rows), and the result is the same as with both passes (apg.set_skipping(False))."""
+    case = TINY[key]
+    pipe = case.build()
+    counted = count_rows(pipe)
+    run = functools.partial(case.run, steps=4)  # strength < 1 (inpainting, img2img) still runs 3 or more
+    with apg.guide(pipe, apg.CFG(W)):  # the mixin's `guidance=` per call needs the guided class
+        _, _, seen = _run(pipe, run, SpyAPG(W, **NONLINEAR), False, counted)
+        interval = _interval([sigma for _, sigma in seen])
+        inside = [interval[0] < sigma <= interval[1] for _, sigma in seen]
+        assert any(inside) and not all(inside)
+        rule = SpyAPG(W, **NONLINEAR, interval=interval)
+        both, both_rows, _ = _run(pipe, run, rule, False, counted)
+        skipped, rows, _ = _run(pipe, run, rule, True, counted)
+    assert sum(rows) < sum(both_rows)
+    assert rel_diff(skipped, both) <= 1e-5
