@@ -19,10 +19,10 @@ import pytest
 import torch
 from test_skipping import SpyAPG, _interval, _run
 from tiny_pipelines import count_rows, rel_diff
-from tiny_registry import TINY
+from tiny_registry import TINY, class_name
 
 import apg
-from apg.registry import spec_for
+from apg.registry import STOCK_PIPELINES, spec_for
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -35,6 +35,10 @@ class Recording(apg.APG):
     def __call__(self, pred_cond, pred_uncond, **context):
         RECORDED.append(pred_cond.detach().clone())
         return super().__call__(pred_cond, pred_uncond, **context)
+
+
+def test_every_stock_class_has_a_tiny_case():
+    assert {class_name(key) for key in TINY} == set(STOCK_PIPELINES)
 
 
 def _stock(case, pipe, spec, **extra):
