@@ -140,7 +140,7 @@ class _GuidedRun:
         return self.bound[name] if name in self.bound else self.call_default(name)
 
     def call_default(self, name):
-        """The default of call argument `name`: the nearest `__call__` that names it (a subclass's may take **kwargs)."""
+        """The default of call argument `name`, from the nearest `__call__` that names it (not a **kwargs one)."""
         for cls in type(self.pipe).__mro__:
             parameter = inspect.signature(vars(cls).get("__call__", _no_call)).parameters.get(name)
             if parameter is not None:
