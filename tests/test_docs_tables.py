@@ -64,3 +64,49 @@ def test_missing_markers_are_an_error_and_the_rest_is_kept():
     assert out.startswith("intro\n<!-- pipelines:start -->\n| pipeline |") and "\nmiddle\n" in out
     assert out.endswith("<!-- schedulers:end -->\noutro\n") and "old" not in out
     assert script.render(out) == out
+
+
+def test_pipelines_folder_is_generated():
+    script = _script()
+    drift = script.pipelines_drift(script.pipeline_sources(), os.path.join(REPO, "pipelines"))
+    assert drift == {"write": [], "remove": [], "foreign": []}, (
+        f"pipelines/ is not what the registry generates ({drift}): run `python scripts/docs_tables.py`")
+
+
+def test_pipeline_file_names_are_kept_or_derived_from_the_class():
+    from apg.registry import STOCK_PIPELINES
+
+    script = _script()
+    assert script.pipeline_file("StableDiffusionXLImg2ImgPipeline") == "stable_diffusion_xl_img2img.py"  # kept
+    assert script.pipeline_file("QwenImagePipeline") == "qwenimage.py"  # kept, though it would derive qwen_image
+    assert script.pipeline_file("QwenImageEditPlusPipeline") == "qwen_image_edit_plus.py"
+    assert script.pipeline_file("StableDiffusionXLControlNetUnionImg2ImgPipeline") == \
+        "stable_diffusion_xl_controlnet_union_img2img.py"
+    assert script.pipeline_file("Kandinsky5I2VPipeline") == "kandinsky5_i2v.py"
+    assert script.pipeline_file("LTXConditionPipeline") == "ltx_condition.py"
+    assert set(script.FILE_NAMES) <= set(STOCK_PIPELINES)
+
+
+def test_generated_pipelines_follow_the_registry(tmp_path, monkeypatch):
+    """A class added to the registry gets its file, a class dropped loses it, a hand-written file is kept and
+    reported; --check only reports."""
+    from apg import registry
+
+    script = _script()
+    monkeypatch.setitem(registry.STOCK_PIPELINES, "FluxInpaintPipeline",
+                        dict(denoiser="transformer", batch="separate", scale_arg="true_cfg_scale",
+                             negative_prompt_arg="negative_prompt"))
+    (tmp_path / "mine.py").write_text("class Mine: pass\n")
+    assert script.sync_pipelines(str(tmp_path), check=False) == 1  # mine.py is reported
+    text = (tmp_path / "flux_inpaint.py").read_text()
+    assert "class APGFluxInpaintPipeline(GuidancePipelineMixin, FluxInpaintPipeline):" in text
+    assert 'custom_pipeline="pipelines/flux_inpaint.py"' in text and "`true_cfg_scale`" in text
+    assert (tmp_path / "mine.py").exists() and len(list(tmp_path.glob("*.py"))) == len(registry.STOCK_PIPELINES) + 1
+    (tmp_path / "mine.py").unlink()
+    assert script.sync_pipelines(str(tmp_path), check=True) == 0
+    monkeypatch.delitem(registry.STOCK_PIPELINES, "FluxInpaintPipeline")
+    assert script.sync_pipelines(str(tmp_path), check=True) == 1 and (tmp_path / "flux_inpaint.py").exists()
+    assert script.sync_pipelines(str(tmp_path), check=False) == 0 and not (tmp_path / "flux_inpaint.py").exists()
+    namespace = {}
+    exec(compile((tmp_path / "wan.py").read_text(), "wan.py", "exec"), namespace)  # a file that imports and runs
+    assert namespace["APGWanPipeline"].__mro__[2].__name__ == "WanPipeline"
