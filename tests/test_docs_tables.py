@@ -73,18 +73,43 @@ def test_pipelines_folder_is_generated():
         f"pipelines/ is not what the registry generates ({drift}): run `python scripts/docs_tables.py`")
 
 
-def test_pipeline_file_names_are_kept_or_derived_from_the_class():
-    from apg.registry import STOCK_PIPELINES
+# The files of pipelines/ before it was generated: users' custom_pipeline= paths, so their names stay.
+PUBLISHED = {
+    "AuraFlowPipeline": "aura_flow", "ChromaPipeline": "chroma", "CogVideoXPipeline": "cogvideox",
+    "CogView4Pipeline": "cogview4", "DiTPipeline": "dit", "FluxPipeline": "flux", "FluxImg2ImgPipeline": "flux_img2img",
+    "FluxKontextPipeline": "flux_kontext", "HiDreamImagePipeline": "hidream_image",
+    "HunyuanVideoPipeline": "hunyuan_video", "HunyuanDiTPipeline": "hunyuandit",
+    "Kandinsky5T2VPipeline": "kandinsky5_t2v", "KolorsPipeline": "kolors", "LTXPipeline": "ltx",
+    "LTXImageToVideoPipeline": "ltx_image_to_video", "Lumina2Pipeline": "lumina2",
+    "PixArtAlphaPipeline": "pixart_alpha", "PixArtSigmaPipeline": "pixart_sigma", "QwenImagePipeline": "qwenimage",
+    "QwenImageEditPipeline": "qwenimage_edit", "SanaPipeline": "sana", "StableDiffusionPipeline": "stable_diffusion",
+    "StableDiffusion3Pipeline": "stable_diffusion_3", "StableDiffusion3Img2ImgPipeline": "stable_diffusion_3_img2img",
+    "StableDiffusionControlNetPipeline": "stable_diffusion_controlnet",
+    "StableDiffusionImg2ImgPipeline": "stable_diffusion_img2img",
+    "StableDiffusionInpaintPipeline": "stable_diffusion_inpaint", "StableDiffusionXLPipeline": "stable_diffusion_xl",
+    "StableDiffusionXLControlNetPipeline": "stable_diffusion_xl_controlnet",
+    "StableDiffusionXLImg2ImgPipeline": "stable_diffusion_xl_img2img",
+    "StableDiffusionXLInpaintPipeline": "stable_diffusion_xl_inpaint", "WanPipeline": "wan",
+    "WanImageToVideoPipeline": "wan_image_to_video", "ZImagePipeline": "z_image",
+}
+
+
+def test_pipeline_file_names_are_kept_and_derived_from_the_class():
+    from apg.registry import REFUSED, STOCK_PIPELINES
 
     script = _script()
-    assert script.pipeline_file("StableDiffusionXLImg2ImgPipeline") == "stable_diffusion_xl_img2img.py"  # kept
-    assert script.pipeline_file("QwenImagePipeline") == "qwenimage.py"  # kept, though it would derive qwen_image
-    assert script.pipeline_file("QwenImageEditPlusPipeline") == "qwen_image_edit_plus.py"
+    assert {name: script.pipeline_file(name) for name in PUBLISHED} == {n: f"{f}.py" for n, f in PUBLISHED.items()}
+    assert script.pipeline_file("QwenImageEditPlusPipeline") == "qwenimage_edit_plus.py"
     assert script.pipeline_file("StableDiffusionXLControlNetUnionImg2ImgPipeline") == \
         "stable_diffusion_xl_controlnet_union_img2img.py"
+    assert script.pipeline_file("StableDiffusion3ControlNetPipeline") == "stable_diffusion_3_controlnet.py"
+    assert script.pipeline_file("StableDiffusionXLPAGImg2ImgPipeline") == "stable_diffusion_xl_pag_img2img.py"
     assert script.pipeline_file("Kandinsky5I2VPipeline") == "kandinsky5_i2v.py"
-    assert script.pipeline_file("LTXConditionPipeline") == "ltx_condition.py"
+    assert script.pipeline_file("LTX2ConditionPipeline") == "ltx2_condition.py"
+    assert script.pipeline_file("IFImg2ImgPipeline") == "deepfloyd_if_img2img.py"
     assert set(script.FILE_NAMES) <= set(STOCK_PIPELINES)
+    every = set(STOCK_PIPELINES) | set(REFUSED)  # what the registry may come to guide: one file each
+    assert len({script.pipeline_file(name) for name in every}) == len(every)
 
 
 def test_generated_pipelines_follow_the_registry(tmp_path, monkeypatch):
