@@ -317,3 +317,6 @@ SKIPPING = (BatchDims, ZeroOutput, Conditioners)  # declarations for apg/_skip.p
 
 # -- family misc --
 # -- end of family misc --
+
+# -- family extra --
+# -- end of family extra --
