@@ -33,6 +33,7 @@ __all__ = ["Quirk", "Rescale", "SecondExpert", "DynamicScale", "SteppedPart", "R
            "ENTRIES", "SKIPPING", "renorm_to_cond"]
 
 ENTRIES = "entries"  # a BatchDims value: a list with one entry per sample (Z-Image)
+FOLDED = "folded"  # a BatchDims value: [batch * k, ...], each sample's k rows together (AnimateDiff's frames)
 
 
 def renorm_to_cond(guided, pred_cond):
@@ -253,21 +254,24 @@ class CondPlus(Quirk):
 @dataclass(frozen=True)
 class BatchDims(Quirk):
     """Denoiser arguments whose samples are not along dim 0, for skipping's cond-half calls: name -> the dim,
-    None (not per-sample: rotary embeddings), or ENTRIES (a list with one entry per sample)."""
+    None (not per-sample: rotary embeddings), ENTRIES (a list with one entry per sample) or FOLDED (dim 0 holds
+    k rows per sample, sample-major: per-frame inputs [batch * frames, ...])."""
 
     dims: dict
 
     def __post_init__(self):
         for name, where in self.dims.items():
-            if not (where is None or where == ENTRIES or (isinstance(where, int) and not isinstance(where, bool))):
-                raise ValueError(f"BatchDims[{name!r}] must be an int, None or {ENTRIES!r}, got {where!r}")
+            if not (where is None or where in (ENTRIES, FOLDED) or
+                    (isinstance(where, int) and not isinstance(where, bool))):
+                raise ValueError(f"BatchDims[{name!r}] must be an int, None, {ENTRIES!r} or {FOLDED!r}, got {where!r}")
 
     def __hash__(self):
         return hash(tuple(sorted(self.dims.items(), key=repr)))
 
     def describe(self):
         return "skipping cuts " + ", ".join(f"`{name}` " + ("as it is" if where is None else "per entry"
-                                            if where == ENTRIES else f"along dim {where}")
+                                            if where == ENTRIES else "per block of rows" if where == FOLDED
+                                            else f"along dim {where}")
                                             for name, where in self.dims.items())
 
 
