@@ -308,6 +308,9 @@ SKIPPING = (BatchDims, ZeroOutput, Conditioners)  # declarations for apg/_skip.p
 # -- end of family sd_more --
 
 # -- family animate --
+# AnimateDiff's unet (and ControlNet) inputs per frame: [2 * frames, ...], the uncond video's frames first.
+ANIMATEDIFF_FRAMES = BatchDims({"encoder_hidden_states": FOLDED, "down_block_additional_residuals": FOLDED,
+                                "mid_block_additional_residual": FOLDED})
 # -- end of family animate --
 
 # -- family qwen --

@@ -163,7 +163,6 @@ REFUSED: dict[str, str] = {
     "AnimateDiffPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "AnimateDiffPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "AnimateDiffSDXLPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`; `guidance_rescale`, 2 "
         "combination expressions",
@@ -551,6 +550,7 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- family sd_more --
     # -- end of family sd_more --
     # -- family animate --
+    "AnimateDiffPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(_q.ANIMATEDIFF_FRAMES,)),
     # -- end of family animate --
     # -- family qwen --
     # -- end of family qwen --
