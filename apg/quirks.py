@@ -138,10 +138,14 @@ class DynamicScale(Quirk):
     def describe(self):
         return f"`{self.arg}` reproduced"
 
+    def steps(self, run) -> int:
+        """n: the call's step count, as the pipeline counts it."""
+        return len(run.pipe.scheduler.timesteps)
+
     def scale(self, run, module, timestep, scale):
         if not run.call_value(self.arg):
             return scale
-        n, t = len(run.pipe.scheduler.timesteps), timestep.item() if torch.is_tensor(timestep) else timestep
+        n, t = self.steps(run), timestep.item() if torch.is_tensor(timestep) else timestep
         return 1 + scale * ((1 - math.cos(math.pi * ((n - t) / n) ** 5.0)) / 2)
 
     def scale_varies(self, run):

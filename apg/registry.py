@@ -157,21 +157,9 @@ def spec_for(pipe) -> PipelineSpec:
 # Stock Diffusers classes with a CFG line that apg does not guide: class name -> why (scripts/census.py lists
 # them all in docs/census.md). "not yet verified" names what the class's __call__ does, read from its source.
 REFUSED: dict[str, str] = {
-    "AllegroPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "AnimateDiffControlNetPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "AnimateDiffPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "AnimateDiffSDXLPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`; `guidance_rescale`, 2 "
-        "combination expressions",
-    "AnimateDiffSparseControlNetPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "AnimateDiffVideoToVideoControlNetPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "AnimateDiffVideoToVideoPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "AnyFlowFARPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "AnyFlowPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "AudioLDM2Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
@@ -313,7 +301,6 @@ REFUSED: dict[str, str] = {
     "LTXI2VLongMultiPromptPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
         "`guidance_rescale`, 2 combination expressions",
-    "LattePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatAudioDiTPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -551,6 +538,18 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- end of family sd_more --
     # -- family animate --
     "AnimateDiffPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(_q.ANIMATEDIFF_FRAMES,)),
+    "AnimateDiffSDXLPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(*_RESCALE, _q.ANIMATEDIFF_FRAMES)),
+    "AnimateDiffControlNetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(*_CONTROLNET,
+                                                                                       _q.ANIMATEDIFF_FRAMES)),
+    "AnimateDiffSparseControlNetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(
+        *_CONTROLNET, _q.ANIMATEDIFF_FRAMES)),
+    "AnimateDiffVideoToVideoPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(_q.ANIMATEDIFF_FRAMES,)),
+    "AnimateDiffVideoToVideoControlNetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(
+        *_CONTROLNET, _q.ANIMATEDIFF_FRAMES)),
+    # image_rotary_emb: ((cos, sin) per axis, positions per axis), none of them per sample
+    "AllegroPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        BatchDims({"image_rotary_emb": None}),)),
+    "LattePipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_LEARNED_SIGMA),
     # -- end of family animate --
     # -- family qwen --
     # -- end of family qwen --

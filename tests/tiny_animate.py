@@ -14,7 +14,15 @@ from tiny_registry import Case
 from tiny_video import _embeds
 
 import diffusers
-from diffusers import MotionAdapter
+from diffusers import (
+    AllegroPipeline,
+    AllegroTransformer3DModel,
+    LattePipeline,
+    LatteTransformer3DModel,
+    MotionAdapter,
+    SparseControlNetModel,
+)
+from tiny_control import _controlnet
 
 _FRAMES = 2
 
@@ -59,6 +67,96 @@ def animatediff_call(sdxl: bool = False, **extra) -> dict:
     return {**call, **extra}
 
 
+def _video_call(**extra) -> dict:
+    call = animatediff_call(**extra)
+    del call["num_frames"]  # the video's own
+    return call
+
+
+def _awake(controlnet):
+    """The ControlNet's zero-initialised output blocks made random, so its residuals reach the unet."""
+    torch.manual_seed(6)
+    with torch.no_grad():
+        for name, param in controlnet.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")):
+                param.normal_(std=0.3)
+    return controlnet
+
+
+def _sparse_controlnet():
+    """SparseCtrl with its simplified condition embedding: the conditioning frames go in as VAE latents."""
+    torch.manual_seed(4)
+    return _awake(SparseControlNetModel(
+        in_channels=4, conditioning_channels=4, down_block_types=("DownBlockMotion", "CrossAttnDownBlockMotion"),
+        block_out_channels=(4, 8), layers_per_block=1, norm_num_groups=2, cross_attention_dim=32,
+        attention_head_dim=2, conditioning_embedding_out_channels=(4, 8), motion_max_seq_length=8,
+        motion_num_attention_heads=2,
+    ).eval())
+
+
+def _frames(count: int = _FRAMES, seed: int = 20) -> torch.Tensor:
+    """[count, 3, 16, 16] in [0, 1]: conditioning frames."""
+    return torch.rand(count, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def _video() -> torch.Tensor:
+    """The input video of the video-to-video pipelines: a list of frames [3, 16, 16] in [0, 1]."""
+    return list(_frames(seed=21))
+
+
+# -- DiT-style video transformers: no VAE (latent output), T5-side embeds of 8 tokens --------------------------
+def tiny_allegro():
+    torch.manual_seed(0)
+    transformer = AllegroTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, num_layers=1,
+        cross_attention_dim=24, sample_width=4, sample_height=4, sample_frames=5, caption_channels=32,
+    ).eval()
+    return _no_bar(AllegroPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
+                                   scheduler=make_scheduler("euler_a")))
+
+
+def allegro_call() -> dict:
+    """5 frames of 32x32: 2 latent frames of 4x4 (Allegro's VAE: 8x spatial, 4x temporal)."""
+    return dict(prompt_embeds=_embeds(10, 1, 8, 32), negative_prompt_embeds=_embeds(11, 1, 8, 32),
+                prompt_attention_mask=torch.ones(1, 8), negative_prompt_attention_mask=torch.ones(1, 8),
+                height=32, width=32, num_frames=5, max_sequence_length=8, clean_caption=False, negative_prompt=None)
+
+
+def tiny_latte():
+    """Latte with learned-sigma output channels (8 for 4 latent ones), as the released model."""
+    torch.manual_seed(0)
+    transformer = LatteTransformer3DModel(
+        sample_size=8, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=2, caption_channels=32,
+        in_channels=4, cross_attention_dim=16, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        video_length=_FRAMES,
+    ).eval()
+    return _no_bar(LattePipeline(tokenizer=None, text_encoder=None, vae=_sd_vae(), transformer=transformer,
+                                 scheduler=make_scheduler("ddim")))
+
+
+def latte_call() -> dict:
+    """2 frames of 16x16 (latents 8x8)."""
+    return dict(prompt_embeds=_embeds(10, 1, 8, 32), negative_prompt_embeds=_embeds(11, 1, 8, 32), height=16,
+                width=16, video_length=_FRAMES, clean_caption=False, negative_prompt=None)
+
+
 CASES: dict[str, Case] = {
     "AnimateDiffPipeline": _case(lambda: tiny_animatediff("AnimateDiffPipeline"), animatediff_call),
+    "AnimateDiffSDXLPipeline": _case(lambda: tiny_animatediff("AnimateDiffSDXLPipeline", "euler", sdxl=True),
+                                     lambda: animatediff_call(sdxl=True)),
+    "AnimateDiffControlNetPipeline": _case(
+        lambda: tiny_animatediff("AnimateDiffControlNetPipeline", controlnet=_awake(_controlnet())),
+        lambda: animatediff_call(conditioning_frames=list(_frames()))),
+    "AnimateDiffSparseControlNetPipeline": _case(
+        lambda: tiny_animatediff("AnimateDiffSparseControlNetPipeline", controlnet=_sparse_controlnet()),
+        lambda: animatediff_call(conditioning_frames=list(_frames(1)[:, None]))),
+    "AnimateDiffVideoToVideoPipeline": _case(
+        lambda: tiny_animatediff("AnimateDiffVideoToVideoPipeline"),
+        lambda: _video_call(video=_video())),
+    "AnimateDiffVideoToVideoControlNetPipeline": _case(
+        lambda: tiny_animatediff("AnimateDiffVideoToVideoControlNetPipeline", controlnet=_awake(_controlnet())),
+        lambda: _video_call(video=_video(), conditioning_frames=list(_frames()))),
+    "AllegroPipeline": _case(tiny_allegro, allegro_call),
+    "LattePipeline": _case(tiny_latte, latte_call),
 }
