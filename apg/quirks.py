@@ -315,6 +315,24 @@ SKIPPING = (BatchDims, ZeroOutput, Conditioners)  # declarations for apg/_skip.p
 # AnimateDiff's unet (and ControlNet) inputs per frame: [2 * frames, ...], the uncond video's frames first.
 ANIMATEDIFF_FRAMES = BatchDims({"encoder_hidden_states": FOLDED, "down_block_additional_residuals": FOLDED,
                                 "mid_block_additional_residual": FOLDED})
+
+
+@dataclass(frozen=True)
+class DynamicScaleAfterStrength(DynamicScale):
+    """CogVideoX video-to-video's dynamic scale: n is the steps `strength` leaves, min(int(N * strength), N)."""
+
+    strength_arg: str = "strength"
+
+    def describe(self):
+        return f"`{self.arg}` reproduced, counting the steps `{self.strength_arg}` leaves"
+
+    def steps(self, run):
+        total = len(run.pipe.scheduler.timesteps)
+        return min(int(total * run.call_value(self.strength_arg)), total)
+
+
+# CogVideoX's image_rotary_emb: a (cos, sin) pair of [tokens, dim], not per sample.
+COGVIDEOX_ROTARY = BatchDims({"image_rotary_emb": None})
 # -- end of family animate --
 
 # -- family qwen --

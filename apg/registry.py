@@ -170,12 +170,6 @@ REFUSED: dict[str, str] = {
     "ChromaImg2ImgPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ChromaInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "ChronoEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "CogVideoXFunControlPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "CogVideoXImageToVideoPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "CogVideoXVideoToVideoPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "CogView3PlusPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "CogView4ControlPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ConsisIDPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -550,6 +544,12 @@ STOCK_PIPELINES: dict[str, dict] = {
     "AllegroPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
         BatchDims({"image_rotary_emb": None}),)),
     "LattePipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "CogVideoXImageToVideoPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        DynamicScale("use_dynamic_cfg"), _q.COGVIDEOX_ROTARY)),
+    "CogVideoXVideoToVideoPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        _q.DynamicScaleAfterStrength("use_dynamic_cfg"), _q.COGVIDEOX_ROTARY)),
+    "CogVideoXFunControlPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        DynamicScale("use_dynamic_cfg"), _q.COGVIDEOX_ROTARY)),
     # -- end of family animate --
     # -- family qwen --
     # -- end of family qwen --

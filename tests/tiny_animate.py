@@ -11,12 +11,13 @@ import torch
 from tiny_control import _SDXL_UNET
 from tiny_pipelines import _no_bar, _sd_unet, _sd_vae, make_scheduler
 from tiny_registry import Case
-from tiny_video import _embeds
+from tiny_video import _embeds, cogvideox_call, tiny_cogvideox_pipeline
 
 import diffusers
 from diffusers import (
     AllegroPipeline,
     AllegroTransformer3DModel,
+    CogVideoXTransformer3DModel,
     LattePipeline,
     LatteTransformer3DModel,
     MotionAdapter,
@@ -141,6 +142,29 @@ def latte_call() -> dict:
                 width=16, video_length=_FRAMES, clean_caption=False, negative_prompt=None)
 
 
+# -- CogVideoX variants: tests/tiny_video.py's CogVideoX, its transformer taking 8 channels where a condition is
+# concatenated to the latents (image, control video) ---------------------------------------------------------
+def tiny_cogvideox(name: str, in_channels: int = 4):
+    components = tiny_cogvideox_pipeline().components
+    if in_channels != components["transformer"].config.in_channels:
+        torch.manual_seed(0)
+        config = {**components["transformer"].config, "in_channels": in_channels}
+        components["transformer"] = CogVideoXTransformer3DModel.from_config(config).eval()
+    return _no_bar(getattr(diffusers, name)(**components))
+
+
+def _clip(seed: int) -> torch.Tensor:
+    """[1, 5, 3, 32, 32] in [0, 1]: a video of 5 frames (2 latent frames)."""
+    return torch.rand(1, 5, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def cogvideox_variant_call(**extra) -> dict:
+    call = {**cogvideox_call(), **extra}
+    if "image" not in extra:
+        del call["num_frames"]  # the video's own
+    return call
+
+
 CASES: dict[str, Case] = {
     "AnimateDiffPipeline": _case(lambda: tiny_animatediff("AnimateDiffPipeline"), animatediff_call),
     "AnimateDiffSDXLPipeline": _case(lambda: tiny_animatediff("AnimateDiffSDXLPipeline", "euler", sdxl=True),
@@ -159,4 +183,14 @@ CASES: dict[str, Case] = {
         lambda: _video_call(video=_video(), conditioning_frames=list(_frames()))),
     "AllegroPipeline": _case(tiny_allegro, allegro_call),
     "LattePipeline": _case(tiny_latte, latte_call),
+    "CogVideoXImageToVideoPipeline": _case(
+        lambda: tiny_cogvideox("CogVideoXImageToVideoPipeline", in_channels=8),
+        lambda: cogvideox_variant_call(image=_clip(30)[0, 0])),
+    # strength 0.7 of 3 steps: its dynamic scale counts the 2 left, not 3 (a quirk of its own)
+    "CogVideoXVideoToVideoPipeline": _case(
+        lambda: tiny_cogvideox("CogVideoXVideoToVideoPipeline"),
+        lambda: cogvideox_variant_call(video=_clip(31), strength=0.7, use_dynamic_cfg=True)),
+    "CogVideoXFunControlPipeline": _case(
+        lambda: tiny_cogvideox("CogVideoXFunControlPipeline", in_channels=8),
+        lambda: cogvideox_variant_call(control_video=_clip(32))),
 }
