@@ -331,6 +331,20 @@ class DynamicScaleAfterStrength(DynamicScale):
         return min(int(total * run.call_value(self.strength_arg)), total)
 
 
+@dataclass(frozen=True)
+class NegatedStep(Quirk):
+    """The pipeline steps -output with per-token timesteps, whose step has dt of the opposite sign (LTX condition):
+    the output is guided as it is (x0 = sample - sigma * output), and negated after, as the pipeline does."""
+
+    def describe(self):
+        return "steps the negated guided output through per-token timesteps (dt of the opposite sign)"
+
+    def after(self, run, guided, pred_cond):
+        return -guided
+
+
+LTX_CONDITIONED = ("conditioned tokens are stepped at their own timesteps (0 for a hard condition), which apg's x0 "
+                   "reading at the step's sigma does not follow")
 # CogVideoX's image_rotary_emb: a (cos, sin) pair of [tokens, dim], not per sample.
 COGVIDEOX_ROTARY = BatchDims({"image_rotary_emb": None})
 # -- end of family animate --

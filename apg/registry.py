@@ -289,9 +289,6 @@ REFUSED: dict[str, str] = {
     "LTX2Pipeline":
         "LTX-2: spatio-temporal (STG, `stg_scale`) and modality (`modality_scale`) guidance terms, and a separate"
         " audio scale, are added to the CFG line",
-    "LTXConditionPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
-        "`guidance_rescale`, 5 combination expressions",
     "LTXI2VLongMultiPromptPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
         "`guidance_rescale`, 2 combination expressions",
@@ -550,6 +547,8 @@ STOCK_PIPELINES: dict[str, dict] = {
         _q.DynamicScaleAfterStrength("use_dynamic_cfg"), _q.COGVIDEOX_ROTARY)),
     "CogVideoXFunControlPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
         DynamicScale("use_dynamic_cfg"), _q.COGVIDEOX_ROTARY)),
+    "LTXConditionPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        *_RESCALE, _q.NegatedStep(), *(Refuse(arg, _q.LTX_CONDITIONED) for arg in ("conditions", "image", "video")))),
     # -- end of family animate --
     # -- family qwen --
     # -- end of family qwen --

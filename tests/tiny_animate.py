@@ -11,7 +11,7 @@ import torch
 from tiny_control import _SDXL_UNET
 from tiny_pipelines import _no_bar, _sd_unet, _sd_vae, make_scheduler
 from tiny_registry import Case
-from tiny_video import _embeds, cogvideox_call, tiny_cogvideox_pipeline
+from tiny_video import _embeds, cogvideox_call, ltx_call, tiny_cogvideox_pipeline, tiny_ltx_pipeline
 
 import diffusers
 from diffusers import (
@@ -165,6 +165,11 @@ def cogvideox_variant_call(**extra) -> dict:
     return call
 
 
+# -- LTX variants: tests/tiny_video.py's LTX components -----------------------------------------------------
+def tiny_ltx(name: str):
+    return _no_bar(getattr(diffusers, name)(**tiny_ltx_pipeline().components))
+
+
 CASES: dict[str, Case] = {
     "AnimateDiffPipeline": _case(lambda: tiny_animatediff("AnimateDiffPipeline"), animatediff_call),
     "AnimateDiffSDXLPipeline": _case(lambda: tiny_animatediff("AnimateDiffSDXLPipeline", "euler", sdxl=True),
@@ -193,4 +198,5 @@ CASES: dict[str, Case] = {
     "CogVideoXFunControlPipeline": _case(
         lambda: tiny_cogvideox("CogVideoXFunControlPipeline", in_channels=8),
         lambda: cogvideox_variant_call(control_video=_clip(32))),
+    "LTXConditionPipeline": _case(lambda: tiny_ltx("LTXConditionPipeline"), ltx_call),
 }
