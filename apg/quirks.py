@@ -347,6 +347,14 @@ LTX_CONDITIONED = ("conditioned tokens are stepped at their own timesteps (0 for
                    "reading at the step's sigma does not follow")
 # CogVideoX's image_rotary_emb: a (cos, sin) pair of [tokens, dim], not per sample.
 COGVIDEOX_ROTARY = BatchDims({"image_rotary_emb": None})
+
+
+def _frames_first_out_channels(denoiser, first):
+    """Zeros [B, F, out_channels, H, W] for a frames-first input with condition channels (CogVideoX I2V, Fun)."""
+    return first.new_zeros((*first.shape[:2], denoiser.config.out_channels, *first.shape[3:]))
+
+
+COGVIDEOX_CONDITIONED = ZeroOutput(_frames_first_out_channels)
 # -- end of family animate --
 
 # -- family qwen --

@@ -193,14 +193,8 @@ REFUSED: dict[str, str] = {
         "three-way guidance with an image scale (`image_guidance_scale`, InstructPix2Pix style), not the two-way "
         "CFG line",
     "EasyAnimateControlPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
-        "`guidance_rescale`, 2 combination expressions",
-    "EasyAnimateInpaintPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
-        "`guidance_rescale`, 2 combination expressions",
-    "EasyAnimatePipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
-        "`guidance_rescale`, 2 combination expressions",
+        "its __call__ fails in this Diffusers (it passes encode_prompt an unknown `text_encoder_index`), so no "
+        "call can be verified",
     "ErnieImagePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Flux2KleinInpaintPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
@@ -290,14 +284,16 @@ REFUSED: dict[str, str] = {
         "LTX-2: spatio-temporal (STG, `stg_scale`) and modality (`modality_scale`) guidance terms, and a separate"
         " audio scale, are added to the CFG line",
     "LTXI2VLongMultiPromptPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
-        "`guidance_rescale`, 2 combination expressions",
+        "denoises each temporal window from freshly reset timesteps (one call's momentum and step count would run "
+        "across windows), its hard-conditioned tokens at timestep 0 but stepped at the window's sigma",
     "LongCatAudioDiTPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LucyEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LuminaPipeline": "not yet verified: [cond, uncond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "MochiPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "MochiPipeline":
+        "its scheduler inverts the flow sigmas (`invert_sigmas`: x0 = sample + (1 - s) v), which apg's flow x0 "
+        "reading (sample - s v) does not follow",
     "NucleusMoEImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "OmniGenPipeline":
         "three-way guidance, u + s_i (i - u) + s (c - i) (`img_guidance_scale`), not the two-way CFG line",
@@ -542,13 +538,17 @@ STOCK_PIPELINES: dict[str, dict] = {
         BatchDims({"image_rotary_emb": None}),)),
     "LattePipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "CogVideoXImageToVideoPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
-        DynamicScale("use_dynamic_cfg"), _q.COGVIDEOX_ROTARY)),
+        DynamicScale("use_dynamic_cfg"), _q.COGVIDEOX_ROTARY, _q.COGVIDEOX_CONDITIONED)),
     "CogVideoXVideoToVideoPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
         _q.DynamicScaleAfterStrength("use_dynamic_cfg"), _q.COGVIDEOX_ROTARY)),
     "CogVideoXFunControlPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
-        DynamicScale("use_dynamic_cfg"), _q.COGVIDEOX_ROTARY)),
+        DynamicScale("use_dynamic_cfg"), _q.COGVIDEOX_ROTARY, _q.COGVIDEOX_CONDITIONED)),
     "LTXConditionPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
         *_RESCALE, _q.NegatedStep(), *(Refuse(arg, _q.LTX_CONDITIONED) for arg in ("conditions", "image", "video")))),
+    # Learned-sigma checkpoints: the pipeline drops the output channels beyond the latents' before its CFG line.
+    "EasyAnimatePipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(*_RESCALE, *_LEARNED_SIGMA)),
+    "EasyAnimateInpaintPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        *_RESCALE, *_LEARNED_SIGMA)),
     # -- end of family animate --
     # -- family qwen --
     # -- end of family qwen --

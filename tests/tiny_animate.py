@@ -17,7 +17,10 @@ import diffusers
 from diffusers import (
     AllegroPipeline,
     AllegroTransformer3DModel,
+    AutoencoderKLMagvit,
     CogVideoXTransformer3DModel,
+    EasyAnimateTransformer3DModel,
+    FlowMatchEulerDiscreteScheduler,
     LattePipeline,
     LatteTransformer3DModel,
     MotionAdapter,
@@ -170,6 +173,45 @@ def tiny_ltx(name: str):
     return _no_bar(getattr(diffusers, name)(**tiny_ltx_pipeline().components))
 
 
+# -- EasyAnimate: Magvit VAE (8x spatial, 4x temporal), FlowMatch Euler; no text encoder -------------------
+def tiny_easyanimate(name: str, in_channels: int = 4):
+    """`in_channels`: the latents' 4, plus the mask's 1 and the masked video's 4 for inpainting."""
+    torch.manual_seed(0)
+    transformer = EasyAnimateTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=in_channels, out_channels=4, time_embed_dim=2,
+        text_embed_dim=16, num_layers=1, sample_width=4, sample_height=4, patch_size=2,
+    ).eval()
+    torch.manual_seed(3)
+    vae = AutoencoderKLMagvit(
+        in_channels=3, out_channels=3,
+        down_block_types=("SpatialDownBlock3D",) + ("SpatialTemporalDownBlock3D",) * 3,
+        up_block_types=("SpatialUpBlock3D",) + ("SpatialTemporalUpBlock3D",) * 3,
+        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=2,
+        spatial_group_norm=False,
+    ).eval()
+    vae.register_to_config(cache_mag_vae=True)  # read by the inpaint pipeline, not a config key of this VAE class
+    return _no_bar(getattr(diffusers, name)(vae=vae, text_encoder=None, tokenizer=None, transformer=transformer,
+                                            scheduler=FlowMatchEulerDiscreteScheduler()))
+
+
+def easyanimate_call(**extra) -> dict:
+    """5 frames of 32x32: 2 latent frames of 4x4; embeds of 8 tokens with masks."""
+    return dict(prompt_embeds=_embeds(10, 1, 8, 16), negative_prompt_embeds=_embeds(11, 1, 8, 16),
+                prompt_attention_mask=torch.ones(1, 8), negative_prompt_attention_mask=torch.ones(1, 8),
+                height=32, width=32, num_frames=5, **extra)
+
+
+def _channels_first(clip: torch.Tensor) -> torch.Tensor:
+    return clip.permute(0, 2, 1, 3, 4)  # [B, C, F, H, W], as EasyAnimate takes videos
+
+
+def _mask_video() -> torch.Tensor:
+    """[1, 1, 5, 32, 32]: the lower half to inpaint (255), the upper half kept."""
+    mask = torch.zeros(1, 1, 5, 32, 32)
+    mask[..., 16:, :] = 255.0
+    return mask
+
+
 CASES: dict[str, Case] = {
     "AnimateDiffPipeline": _case(lambda: tiny_animatediff("AnimateDiffPipeline"), animatediff_call),
     "AnimateDiffSDXLPipeline": _case(lambda: tiny_animatediff("AnimateDiffSDXLPipeline", "euler", sdxl=True),
@@ -199,4 +241,8 @@ CASES: dict[str, Case] = {
         lambda: tiny_cogvideox("CogVideoXFunControlPipeline", in_channels=8),
         lambda: cogvideox_variant_call(control_video=_clip(32))),
     "LTXConditionPipeline": _case(lambda: tiny_ltx("LTXConditionPipeline"), ltx_call),
+    "EasyAnimatePipeline": _case(lambda: tiny_easyanimate("EasyAnimatePipeline"), easyanimate_call),
+    "EasyAnimateInpaintPipeline": _case(
+        lambda: tiny_easyanimate("EasyAnimateInpaintPipeline", in_channels=9),
+        lambda: easyanimate_call(video=_channels_first(_clip(33)), mask_video=_mask_video())),
 }
