@@ -312,9 +312,29 @@ SKIPPING = (BatchDims, ZeroOutput, Conditioners)  # declarations for apg/_skip.p
 # -- end of family sd_more --
 
 # -- family animate --
-# AnimateDiff's unet (and ControlNet) inputs per frame: [2 * frames, ...], the uncond video's frames first.
-ANIMATEDIFF_FRAMES = BatchDims({"encoder_hidden_states": FOLDED, "down_block_additional_residuals": FOLDED,
-                                "mid_block_additional_residual": FOLDED})
+@dataclass(frozen=True)
+class RefusedState(Quirk):
+    """The pipeline was put in a state (its attribute `attr` is true) whose calls apg cannot reproduce: refused."""
+
+    attr: str
+    reason: str
+
+    def describe(self):
+        return f"refused: `{self.attr}`"
+
+    def start(self, run):
+        if getattr(run.pipe, self.attr, False):
+            raise UnsupportedError(f"{type(run.pipe).__name__} with {self.attr} is not supported by apg: {self.reason}")
+
+
+# AnimateDiff's unet (and ControlNet) inputs per frame: [2 * frames, ...], the uncond video's frames first. FreeInit
+# (enable_free_init) samples the video again from reset timesteps, as many times as it has iterations.
+ANIMATEDIFF = (
+    BatchDims({"encoder_hidden_states": FOLDED, "down_block_additional_residuals": FOLDED,
+               "mid_block_additional_residual": FOLDED}),
+    RefusedState("free_init_enabled", "FreeInit samples the video again from reset timesteps for each iteration, "
+                 "and one call's momentum and step count would run across them"),
+)
 
 
 @dataclass(frozen=True)

@@ -524,15 +524,15 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- family sd_more --
     # -- end of family sd_more --
     # -- family animate --
-    "AnimateDiffPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(_q.ANIMATEDIFF_FRAMES,)),
-    "AnimateDiffSDXLPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(*_RESCALE, _q.ANIMATEDIFF_FRAMES)),
-    "AnimateDiffControlNetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(*_CONTROLNET,
-                                                                                       _q.ANIMATEDIFF_FRAMES)),
+    "AnimateDiffPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_q.ANIMATEDIFF),
+    "AnimateDiffSDXLPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(*_RESCALE, *_q.ANIMATEDIFF)),
+    "AnimateDiffControlNetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(
+        *_CONTROLNET, *_q.ANIMATEDIFF)),
     "AnimateDiffSparseControlNetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(
-        *_CONTROLNET, _q.ANIMATEDIFF_FRAMES)),
-    "AnimateDiffVideoToVideoPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(_q.ANIMATEDIFF_FRAMES,)),
+        *_CONTROLNET, *_q.ANIMATEDIFF)),
+    "AnimateDiffVideoToVideoPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_q.ANIMATEDIFF),
     "AnimateDiffVideoToVideoControlNetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(
-        *_CONTROLNET, _q.ANIMATEDIFF_FRAMES)),
+        *_CONTROLNET, *_q.ANIMATEDIFF)),
     # image_rotary_emb: ((cos, sin) per axis, positions per axis), none of them per sample
     "AllegroPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
         BatchDims({"image_rotary_emb": None}),)),
