@@ -1,14 +1,16 @@
-"""Tiny cases of the animate family (tests/tiny_registry.py): AnimateDiff and more video pipelines.
+"""Tiny cases of the animate family (tests/tiny_registry.py): AnimateDiff, Allegro, Latte, CogVideoX and LTX
+variants, EasyAnimate.
 
-AnimateDiff: the tiny SD / SDXL UNet of tests/tiny_pipelines.py turned into a UNetMotionModel by a tiny
-MotionAdapter; no text encoders (the calls pass `prompt_embeds` / `negative_prompt_embeds`), 2 frames of 16x16
-(latents [1, 4, 2, 8, 8]).
+No text encoders: the calls pass `prompt_embeds` / `negative_prompt_embeds` (and masks). AnimateDiff: the tiny SD /
+SDXL UNet of tests/tiny_pipelines.py turned into a UNetMotionModel by a tiny MotionAdapter, 2 frames of 16x16
+(latents [1, 4, 2, 8, 8]); the others 2 latent frames of 4x4 to 8x8. Some cases pass a call option their class
+reproduces as a quirk (`guidance_rescale`, `use_dynamic_cfg`), so the tests check it too.
 """
 
 from __future__ import annotations
 
 import torch
-from tiny_control import _SDXL_UNET
+from tiny_control import _SDXL_UNET, _controlnet
 from tiny_pipelines import _no_bar, _sd_unet, _sd_vae, make_scheduler
 from tiny_registry import Case
 from tiny_video import _embeds, cogvideox_call, ltx_call, tiny_cogvideox_pipeline, tiny_ltx_pipeline
@@ -26,7 +28,6 @@ from diffusers import (
     MotionAdapter,
     SparseControlNetModel,
 )
-from tiny_control import _controlnet
 
 _FRAMES = 2
 
@@ -232,7 +233,7 @@ CASES: dict[str, Case] = {
     "LattePipeline": _case(tiny_latte, latte_call),
     "CogVideoXImageToVideoPipeline": _case(
         lambda: tiny_cogvideox("CogVideoXImageToVideoPipeline", in_channels=8),
-        lambda: cogvideox_variant_call(image=_clip(30)[0, 0])),
+        lambda: cogvideox_variant_call(image=_clip(30)[0, 0], use_dynamic_cfg=True)),
     # strength 0.7 of 3 steps: its dynamic scale counts the 2 left, not 3 (a quirk of its own)
     "CogVideoXVideoToVideoPipeline": _case(
         lambda: tiny_cogvideox("CogVideoXVideoToVideoPipeline"),
@@ -240,8 +241,11 @@ CASES: dict[str, Case] = {
     "CogVideoXFunControlPipeline": _case(
         lambda: tiny_cogvideox("CogVideoXFunControlPipeline", in_channels=8),
         lambda: cogvideox_variant_call(control_video=_clip(32))),
-    "LTXConditionPipeline": _case(lambda: tiny_ltx("LTXConditionPipeline"), ltx_call),
-    "EasyAnimatePipeline": _case(lambda: tiny_easyanimate("EasyAnimatePipeline"), easyanimate_call),
+    # guidance_rescale on: its rescale and its negated step both reproduced
+    "LTXConditionPipeline": _case(lambda: tiny_ltx("LTXConditionPipeline"),
+                                  lambda: {**ltx_call(), "guidance_rescale": 0.7}),
+    "EasyAnimatePipeline": _case(lambda: tiny_easyanimate("EasyAnimatePipeline"),
+                                 lambda: easyanimate_call(guidance_rescale=0.7)),
     "EasyAnimateInpaintPipeline": _case(
         lambda: tiny_easyanimate("EasyAnimateInpaintPipeline", in_channels=9),
         lambda: easyanimate_call(video=_channels_first(_clip(33)), mask_video=_mask_video())),
