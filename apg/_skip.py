@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from .quirks import ENTRIES, BatchDims, ZeroOutput
+from .quirks import ENTRIES, FOLDED, BatchDims, ZeroOutput
 from .schedulers import upcoming
 
 __all__ = ["set_skipping", "skipping_enabled", "Skipper"]
@@ -68,6 +68,9 @@ def _cut(value, where, start: int, size: int, batch: int):
         return value
     if where == ENTRIES:
         return value[start:start + size]
+    if isinstance(value, torch.Tensor) and where == FOLDED:  # k rows per sample along dim 0, sample-major
+        rows = value.shape[0] // batch if value.ndim and value.shape[0] % batch == 0 else 0
+        return value.narrow(0, start * rows, size * rows) if rows else value
     if isinstance(value, torch.Tensor):
         return value.narrow(where, start, size) if value.ndim > where and value.shape[where] == batch else value
     if isinstance(value, dict):

@@ -33,6 +33,7 @@ __all__ = ["Quirk", "Rescale", "SecondExpert", "DynamicScale", "SteppedPart", "R
            "ENTRIES", "SKIPPING", "renorm_to_cond"]
 
 ENTRIES = "entries"  # a BatchDims value: a list with one entry per sample (Z-Image)
+FOLDED = "folded"  # a BatchDims value: [batch * k, ...], each sample's k rows together (AnimateDiff's frames)
 
 
 def renorm_to_cond(guided, pred_cond):
@@ -137,10 +138,14 @@ class DynamicScale(Quirk):
     def describe(self):
         return f"`{self.arg}` reproduced"
 
+    def steps(self, run) -> int:
+        """n: the call's step count, as the pipeline counts it."""
+        return len(run.pipe.scheduler.timesteps)
+
     def scale(self, run, module, timestep, scale):
         if not run.call_value(self.arg):
             return scale
-        n, t = len(run.pipe.scheduler.timesteps), timestep.item() if torch.is_tensor(timestep) else timestep
+        n, t = self.steps(run), timestep.item() if torch.is_tensor(timestep) else timestep
         return 1 + scale * ((1 - math.cos(math.pi * ((n - t) / n) ** 5.0)) / 2)
 
     def scale_varies(self, run):
@@ -253,21 +258,24 @@ class CondPlus(Quirk):
 @dataclass(frozen=True)
 class BatchDims(Quirk):
     """Denoiser arguments whose samples are not along dim 0, for skipping's cond-half calls: name -> the dim,
-    None (not per-sample: rotary embeddings), or ENTRIES (a list with one entry per sample)."""
+    None (not per-sample: rotary embeddings), ENTRIES (a list with one entry per sample) or FOLDED (dim 0 holds
+    k rows per sample, sample-major: per-frame inputs [batch * frames, ...])."""
 
     dims: dict
 
     def __post_init__(self):
         for name, where in self.dims.items():
-            if not (where is None or where == ENTRIES or (isinstance(where, int) and not isinstance(where, bool))):
-                raise ValueError(f"BatchDims[{name!r}] must be an int, None or {ENTRIES!r}, got {where!r}")
+            if not (where is None or where in (ENTRIES, FOLDED) or
+                    (isinstance(where, int) and not isinstance(where, bool))):
+                raise ValueError(f"BatchDims[{name!r}] must be an int, None, {ENTRIES!r} or {FOLDED!r}, got {where!r}")
 
     def __hash__(self):
         return hash(tuple(sorted(self.dims.items(), key=repr)))
 
     def describe(self):
         return "skipping cuts " + ", ".join(f"`{name}` " + ("as it is" if where is None else "per entry"
-                                            if where == ENTRIES else f"along dim {where}")
+                                            if where == ENTRIES else "per block of rows" if where == FOLDED
+                                            else f"along dim {where}")
                                             for name, where in self.dims.items())
 
 
@@ -304,6 +312,69 @@ SKIPPING = (BatchDims, ZeroOutput, Conditioners)  # declarations for apg/_skip.p
 # -- end of family sd_more --
 
 # -- family animate --
+@dataclass(frozen=True)
+class RefusedState(Quirk):
+    """The pipeline was put in a state (its attribute `attr` is true) whose calls apg cannot reproduce: refused."""
+
+    attr: str
+    reason: str
+
+    def describe(self):
+        return f"refused: `{self.attr}`"
+
+    def start(self, run):
+        if getattr(run.pipe, self.attr, False):
+            raise UnsupportedError(f"{type(run.pipe).__name__} with {self.attr} is not supported by apg: {self.reason}")
+
+
+# AnimateDiff's unet (and ControlNet) inputs per frame: [2 * frames, ...], the uncond video's frames first. FreeInit
+# (enable_free_init) samples the video again from reset timesteps, as many times as it has iterations.
+ANIMATEDIFF = (
+    BatchDims({"encoder_hidden_states": FOLDED, "down_block_additional_residuals": FOLDED,
+               "mid_block_additional_residual": FOLDED}),
+    RefusedState("free_init_enabled", "FreeInit samples the video again from reset timesteps for each iteration, "
+                 "and one call's momentum and step count would run across them"),
+)
+
+
+@dataclass(frozen=True)
+class DynamicScaleAfterStrength(DynamicScale):
+    """CogVideoX video-to-video's dynamic scale: n is the steps `strength` leaves, min(int(N * strength), N)."""
+
+    strength_arg: str = "strength"
+
+    def describe(self):
+        return f"`{self.arg}` reproduced, counting the steps `{self.strength_arg}` leaves"
+
+    def steps(self, run):
+        total = len(run.pipe.scheduler.timesteps)
+        return min(int(total * run.call_value(self.strength_arg)), total)
+
+
+@dataclass(frozen=True)
+class NegatedStep(Quirk):
+    """The pipeline steps -output with per-token timesteps, whose step has dt of the opposite sign (LTX condition):
+    the output is guided as it is (x0 = sample - sigma * output), and negated after, as the pipeline does."""
+
+    def describe(self):
+        return "steps the negated guided output through per-token timesteps (dt of the opposite sign)"
+
+    def after(self, run, guided, pred_cond):
+        return -guided
+
+
+LTX_CONDITIONED = ("conditioned tokens are stepped at their own timesteps (0 for a hard condition), which apg's x0 "
+                   "reading at the step's sigma does not follow")
+# CogVideoX's image_rotary_emb: a (cos, sin) pair of [tokens, dim], not per sample.
+COGVIDEOX_ROTARY = BatchDims({"image_rotary_emb": None})
+
+
+def _frames_first_out_channels(denoiser, first):
+    """Zeros [B, F, out_channels, H, W] for a frames-first input with condition channels (CogVideoX I2V, Fun)."""
+    return first.new_zeros((*first.shape[:2], denoiser.config.out_channels, *first.shape[3:]))
+
+
+COGVIDEOX_CONDITIONED = ZeroOutput(_frames_first_out_channels)
 # -- end of family animate --
 
 # -- family qwen --

@@ -157,22 +157,9 @@ def spec_for(pipe) -> PipelineSpec:
 # Stock Diffusers classes with a CFG line that apg does not guide: class name -> why (scripts/census.py lists
 # them all in docs/census.md). "not yet verified" names what the class's __call__ does, read from its source.
 REFUSED: dict[str, str] = {
-    "AllegroPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "AnimateDiffControlNetPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "AnimateDiffPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "AnimateDiffPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "AnimateDiffSDXLPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`; `guidance_rescale`, 2 "
-        "combination expressions",
-    "AnimateDiffSparseControlNetPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "AnimateDiffVideoToVideoControlNetPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "AnimateDiffVideoToVideoPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "AnyFlowFARPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "AnyFlowPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "AudioLDM2Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
@@ -183,12 +170,6 @@ REFUSED: dict[str, str] = {
     "ChromaImg2ImgPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ChromaInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "ChronoEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "CogVideoXFunControlPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "CogVideoXImageToVideoPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "CogVideoXVideoToVideoPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "CogView3PlusPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "CogView4ControlPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ConsisIDPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -212,14 +193,8 @@ REFUSED: dict[str, str] = {
         "three-way guidance with an image scale (`image_guidance_scale`, InstructPix2Pix style), not the two-way "
         "CFG line",
     "EasyAnimateControlPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
-        "`guidance_rescale`, 2 combination expressions",
-    "EasyAnimateInpaintPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
-        "`guidance_rescale`, 2 combination expressions",
-    "EasyAnimatePipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
-        "`guidance_rescale`, 2 combination expressions",
+        "its __call__ fails in this Diffusers (it passes encode_prompt an unknown `text_encoder_index`), so no "
+        "call can be verified",
     "ErnieImagePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Flux2KleinInpaintPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
@@ -308,19 +283,17 @@ REFUSED: dict[str, str] = {
     "LTX2Pipeline":
         "LTX-2: spatio-temporal (STG, `stg_scale`) and modality (`modality_scale`) guidance terms, and a separate"
         " audio scale, are added to the CFG line",
-    "LTXConditionPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
-        "`guidance_rescale`, 5 combination expressions",
     "LTXI2VLongMultiPromptPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
-        "`guidance_rescale`, 2 combination expressions",
-    "LattePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+        "denoises each temporal window from freshly reset timesteps (one call's momentum and step count would run "
+        "across windows), its hard-conditioned tokens at timestep 0 but stepped at the window's sigma",
     "LongCatAudioDiTPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LucyEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LuminaPipeline": "not yet verified: [cond, uncond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "MochiPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "MochiPipeline":
+        "its scheduler inverts the flow sigmas (`invert_sigmas`: x0 = sample + (1 - s) v), which apg's flow x0 "
+        "reading (sample - s v) does not follow",
     "NucleusMoEImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "OmniGenPipeline":
         "three-way guidance, u + s_i (i - u) + s (c - i) (`img_guidance_scale`), not the two-way CFG line",
@@ -551,6 +524,31 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- family sd_more --
     # -- end of family sd_more --
     # -- family animate --
+    "AnimateDiffPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_q.ANIMATEDIFF),
+    "AnimateDiffSDXLPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(*_RESCALE, *_q.ANIMATEDIFF)),
+    "AnimateDiffControlNetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(
+        *_CONTROLNET, *_q.ANIMATEDIFF)),
+    "AnimateDiffSparseControlNetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(
+        *_CONTROLNET, *_q.ANIMATEDIFF)),
+    "AnimateDiffVideoToVideoPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_q.ANIMATEDIFF),
+    "AnimateDiffVideoToVideoControlNetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(
+        *_CONTROLNET, *_q.ANIMATEDIFF)),
+    # image_rotary_emb: ((cos, sin) per axis, positions per axis), none of them per sample
+    "AllegroPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        BatchDims({"image_rotary_emb": None}),)),
+    "LattePipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "CogVideoXImageToVideoPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        DynamicScale("use_dynamic_cfg"), _q.COGVIDEOX_ROTARY, _q.COGVIDEOX_CONDITIONED)),
+    "CogVideoXVideoToVideoPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        _q.DynamicScaleAfterStrength("use_dynamic_cfg"), _q.COGVIDEOX_ROTARY)),
+    "CogVideoXFunControlPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        DynamicScale("use_dynamic_cfg"), _q.COGVIDEOX_ROTARY, _q.COGVIDEOX_CONDITIONED)),
+    "LTXConditionPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        *_RESCALE, _q.NegatedStep(), *(Refuse(arg, _q.LTX_CONDITIONED) for arg in ("conditions", "image", "video")))),
+    # Learned-sigma checkpoints: the pipeline drops the output channels beyond the latents' before its CFG line.
+    "EasyAnimatePipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(*_RESCALE, *_LEARNED_SIGMA)),
+    "EasyAnimateInpaintPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        *_RESCALE, *_LEARNED_SIGMA)),
     # -- end of family animate --
     # -- family qwen --
     # -- end of family qwen --
