@@ -1,3 +1,51 @@
-"""Tiny cases: (family module of tests/tiny_registry.py)."""
+"""Tiny cases of the Flux family (Flux inpaint/ControlNet/Kontext inpaint, Chroma, Flux 2 Klein, Krea 2, Bria,
+CogView): random components built in code, called with random prompt embeddings (no text encoders)."""
 
-CASES: dict = {}
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import torch
+from tiny_image import _embeds, _flux_call, _flux_transformer, _image
+from tiny_pipelines import _flow_vae, _no_bar, make_scheduler
+from tiny_registry import Case
+
+import diffusers
+
+
+def _mask(size=16):
+    """White (repainted) right half, black (kept) left half."""
+    pixels = np.zeros((size, size), dtype=np.uint8)
+    pixels[:, size // 2:] = 255
+    return PIL.Image.fromarray(pixels)
+
+
+def _generator(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _flux_parts():
+    return dict(scheduler=make_scheduler("flow_euler"), vae=_flow_vae(1), text_encoder=None, tokenizer=None,
+                text_encoder_2=None, tokenizer_2=None, transformer=_flux_transformer())
+
+
+def _build(cls, parts):
+    """A builder of a fresh `cls` pipeline from `parts()`, progress bar off."""
+    return lambda: _no_bar(cls(**parts()))
+
+
+def _run(inputs, steps_per=1.0):
+    """run(pipe, steps, seed, **extra) with the call arguments `inputs()`; strength < 1 runs steps / steps_per."""
+    def run(pipe, steps=3, seed=0, **extra):
+        out = pipe(**{"output_type": "latent", **inputs(), **extra}, num_inference_steps=round(steps * steps_per),
+                   generator=_generator(seed))
+        return out[0]
+    return run
+
+
+CASES: dict[str, Case] = {
+    # strength 0.75 runs 3 of 4 steps
+    "FluxInpaintPipeline": Case(_build(diffusers.FluxInpaintPipeline, _flux_parts),
+                                _run(lambda: {**_flux_call(), "image": _image(16), "mask_image": _mask(),
+                                              "strength": 0.75}, 4 / 3)),
+}
