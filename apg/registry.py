@@ -227,7 +227,6 @@ REFUSED: dict[str, str] = {
     "Flux2KleinPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
         "distilled checkpoints (`config.is_distilled`)",
-    "FluxControlNetPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "FluxKontextInpaintPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "GlmImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -555,6 +554,7 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- end of family qwen --
     # -- family flux --
     "FluxInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG),
+    "FluxControlNetPipeline": dict(denoiser="transformer", **_TRUE_CFG),  # its ControlNet runs once, on cond
     # -- end of family flux --
     # -- family video_more --
     # -- end of family video_more --

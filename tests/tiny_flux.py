@@ -43,9 +43,21 @@ def _run(inputs, steps_per=1.0):
     return run
 
 
+def _flux_controlnet_parts():
+    torch.manual_seed(4)
+    controlnet = diffusers.FluxControlNetModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+    ).eval()
+    return dict(_flux_parts(), controlnet=controlnet)
+
+
 CASES: dict[str, Case] = {
     # strength 0.75 runs 3 of 4 steps
     "FluxInpaintPipeline": Case(_build(diffusers.FluxInpaintPipeline, _flux_parts),
                                 _run(lambda: {**_flux_call(), "image": _image(16), "mask_image": _mask(),
                                               "strength": 0.75}, 4 / 3)),
+    # the ControlNet runs once per step, on the cond inputs; both transformer passes take its residuals
+    "FluxControlNetPipeline": Case(_build(diffusers.FluxControlNetPipeline, _flux_controlnet_parts),
+                                   _run(lambda: {**_flux_call(), "control_image": _image(16)})),
 }
