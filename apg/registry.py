@@ -227,8 +227,6 @@ REFUSED: dict[str, str] = {
     "Flux2KleinPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
         "distilled checkpoints (`config.is_distilled`)",
-    "FluxKontextInpaintPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "GlmImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "HeliosPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 3 combination "
@@ -555,6 +553,7 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- family flux --
     "FluxInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG),
     "FluxControlNetPipeline": dict(denoiser="transformer", **_TRUE_CFG),  # its ControlNet runs once, on cond
+    "FluxKontextInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG),
     # -- end of family flux --
     # -- family video_more --
     # -- end of family video_more --

@@ -60,4 +60,8 @@ CASES: dict[str, Case] = {
     # the ControlNet runs once per step, on the cond inputs; both transformer passes take its residuals
     "FluxControlNetPipeline": Case(_build(diffusers.FluxControlNetPipeline, _flux_controlnet_parts),
                                    _run(lambda: {**_flux_call(), "control_image": _image(16)})),
+    # the image's context tokens follow the latents' and are cut from each output, as the pipeline does
+    "FluxKontextInpaintPipeline": Case(_build(diffusers.FluxKontextInpaintPipeline, _flux_parts),
+                                       _run(lambda: {**_flux_call(), "image": _image(16), "mask_image": _mask(),
+                                                     "max_area": 16 * 16, "_auto_resize": False})),
 }
