@@ -180,8 +180,6 @@ REFUSED: dict[str, str] = {
     "BriaFiboEditPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "BriaFiboPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "BriaPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ChromaImg2ImgPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ChromaInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "ChronoEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "CogVideoXFunControlPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -554,6 +552,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     "FluxInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG),
     "FluxControlNetPipeline": dict(denoiser="transformer", **_TRUE_CFG),  # its ControlNet runs once, on cond
     "FluxKontextInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG),
+    "ChromaImg2ImgPipeline": dict(denoiser="transformer", batch="separate"),
+    "ChromaInpaintPipeline": dict(denoiser="transformer", batch="separate"),  # its `true_cfg_scale` is unused
     # -- end of family flux --
     # -- family video_more --
     # -- end of family video_more --

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 import torch
+import tiny_image
 from tiny_image import _embeds, _flux_call, _flux_transformer, _image
 from tiny_pipelines import _flow_vae, _no_bar, make_scheduler
 from tiny_registry import Case
@@ -52,6 +53,22 @@ def _flux_controlnet_parts():
     return dict(_flux_parts(), controlnet=controlnet)
 
 
+def _chroma_parts():
+    return tiny_image.tiny_chroma_pipeline().components
+
+
+def _chroma_inpaint_parts():
+    parts = _chroma_parts()
+    # The inpaint pipeline reads `transformer.config.guidance_embeds`, which ChromaTransformer2DModel's own config
+    # lacks; a loaded config.json that has the key keeps it (as a hidden config entry), as here.
+    parts["transformer"].register_to_config(guidance_embeds=False)
+    return parts
+
+
+def _chroma_call():
+    return tiny_image.IMAGE_FAMILIES["chroma"][2]()
+
+
 CASES: dict[str, Case] = {
     # strength 0.75 runs 3 of 4 steps
     "FluxInpaintPipeline": Case(_build(diffusers.FluxInpaintPipeline, _flux_parts),
@@ -64,4 +81,10 @@ CASES: dict[str, Case] = {
     "FluxKontextInpaintPipeline": Case(_build(diffusers.FluxKontextInpaintPipeline, _flux_parts),
                                        _run(lambda: {**_flux_call(), "image": _image(16), "mask_image": _mask(),
                                                      "max_area": 16 * 16, "_auto_resize": False})),
+    "ChromaImg2ImgPipeline": Case(_build(diffusers.ChromaImg2ImgPipeline, _chroma_parts),
+                                  _run(lambda: {**_chroma_call(), "image": _image(16), "strength": 0.75}, 4 / 3)),
+    # `true_cfg_scale` is in its signature but unused: `guidance_scale` turns CFG on
+    "ChromaInpaintPipeline": Case(_build(diffusers.ChromaInpaintPipeline, _chroma_inpaint_parts),
+                                  _run(lambda: {**_chroma_call(), "image": _image(16), "mask_image": _mask(),
+                                                "strength": 0.75}, 4 / 3)),
 }
