@@ -310,6 +310,23 @@ SKIPPING = (BatchDims, ZeroOutput, Conditioners)  # declarations for apg/_skip.p
 # -- end of family qwen --
 
 # -- family flux --
+@dataclass(frozen=True)
+class StepDistilled(Quirk):
+    """On a step-distilled checkpoint (pipeline config `attr` set) the pipeline runs no CFG: apg refuses the call."""
+
+    attr: str = "is_distilled"
+
+    def describe(self):
+        return f"refused on step-distilled checkpoints (`config.{self.attr}`), where the pipeline runs no CFG"
+
+    def start(self, run):
+        if getattr(run.pipe.config, self.attr, False):
+            raise UnsupportedError(
+                f"{type(run.pipe).__name__} is step-distilled (config.{self.attr}=True): it runs no classifier-free "
+                "guidance, so apg has nothing to guide; call apg.guide(pipe, None) and run it stock"
+            )
+
+
 # -- end of family flux --
 
 # -- family video_more --

@@ -219,12 +219,6 @@ REFUSED: dict[str, str] = {
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
         "`guidance_rescale`, 2 combination expressions",
     "ErnieImagePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "Flux2KleinInpaintPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
-        "distilled checkpoints (`config.is_distilled`)",
-    "Flux2KleinPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
-        "distilled checkpoints (`config.is_distilled`)",
     "GlmImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "HeliosPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 3 combination "
@@ -554,6 +548,9 @@ STOCK_PIPELINES: dict[str, dict] = {
     "FluxKontextInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG),
     "ChromaImg2ImgPipeline": dict(denoiser="transformer", batch="separate"),
     "ChromaInpaintPipeline": dict(denoiser="transformer", batch="separate"),  # its `true_cfg_scale` is unused
+    # CFG off on step-distilled checkpoints: refused there
+    "Flux2KleinPipeline": dict(denoiser="transformer", batch="separate", quirks=(_q.StepDistilled(),)),
+    "Flux2KleinInpaintPipeline": dict(denoiser="transformer", batch="separate", quirks=(_q.StepDistilled(),)),
     # -- end of family flux --
     # -- family video_more --
     # -- end of family video_more --

@@ -7,7 +7,7 @@ import numpy as np
 import PIL.Image
 import torch
 import tiny_image
-from tiny_image import _embeds, _flux_call, _flux_transformer, _image
+from tiny_image import TEXT_LEN, _embeds, _flux_call, _flux_transformer, _image
 from tiny_pipelines import _flow_vae, _no_bar, make_scheduler
 from tiny_registry import Case
 
@@ -69,6 +69,29 @@ def _chroma_call():
     return tiny_image.IMAGE_FAMILIES["chroma"][2]()
 
 
+def _flux2_parts(is_distilled=False):
+    """Flux 2 Klein: latents [B, 64 tokens, 4] for 16x16 images (1 latent channel, 2x2 patches)."""
+    torch.manual_seed(0)
+    transformer = diffusers.Flux2Transformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=16, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4], guidance_embeds=False,
+    ).eval()
+    torch.manual_seed(3)
+    vae = diffusers.AutoencoderKLFlux2(
+        sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",), block_out_channels=(4,), layers_per_block=1, latent_channels=1,
+        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+    ).eval()
+    return dict(scheduler=make_scheduler("flow_euler"), vae=vae, text_encoder=None, tokenizer=None,
+                transformer=transformer, is_distilled=is_distilled)
+
+
+def _flux2_call():
+    # no negative prompt argument: the uncond pass reads these embeddings (or encodes "")
+    return dict(prompt_embeds=_embeds(1, TEXT_LEN, 16, seed=10),
+                negative_prompt_embeds=_embeds(1, TEXT_LEN, 16, seed=11), height=16, width=16)
+
+
 CASES: dict[str, Case] = {
     # strength 0.75 runs 3 of 4 steps
     "FluxInpaintPipeline": Case(_build(diffusers.FluxInpaintPipeline, _flux_parts),
@@ -87,4 +110,8 @@ CASES: dict[str, Case] = {
     "ChromaInpaintPipeline": Case(_build(diffusers.ChromaInpaintPipeline, _chroma_inpaint_parts),
                                   _run(lambda: {**_chroma_call(), "image": _image(16), "mask_image": _mask(),
                                                 "strength": 0.75}, 4 / 3)),
+    "Flux2KleinPipeline": Case(_build(diffusers.Flux2KleinPipeline, _flux2_parts), _run(_flux2_call)),
+    "Flux2KleinInpaintPipeline": Case(_build(diffusers.Flux2KleinInpaintPipeline, _flux2_parts),
+                                      _run(lambda: {**_flux2_call(), "image": _image(16), "mask_image": _mask(),
+                                                    "strength": 0.75}, 4 / 3)),
 }
