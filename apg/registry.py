@@ -277,9 +277,6 @@ REFUSED: dict[str, str] = {
     "KolorsPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "Krea2Pipeline":
-        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
-        "distilled checkpoints (`config.is_distilled`)",
     "LDMTextToImagePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "LTX2ConditionPipeline":
         "LTX-2: spatio-temporal (STG, `stg_scale`) and modality (`modality_scale`) guidance terms, and a separate"
@@ -551,6 +548,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     # CFG off on step-distilled checkpoints: refused there
     "Flux2KleinPipeline": dict(denoiser="transformer", batch="separate", quirks=(_q.StepDistilled(),)),
     "Flux2KleinInpaintPipeline": dict(denoiser="transformer", batch="separate", quirks=(_q.StepDistilled(),)),
+    # c + s (c - u) whenever s > 0; `is_distilled` only fixes the time shift, CFG stays on
+    "Krea2Pipeline": dict(denoiser="transformer", batch="separate", quirks=(CondPlus(),)),
     # -- end of family flux --
     # -- family video_more --
     # -- end of family video_more --

@@ -21,6 +21,10 @@ def _mask(size=16):
     return PIL.Image.fromarray(pixels)
 
 
+def _mask_tokens(valid):
+    return tiny_image._mask(valid=valid, dtype=torch.bool)
+
+
 def _generator(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -92,6 +96,27 @@ def _flux2_call():
                 negative_prompt_embeds=_embeds(1, TEXT_LEN, 16, seed=11), height=16, width=16)
 
 
+def _krea2_parts():
+    """Krea 2: latents [B, 64 tokens, 16] for 32x32 images (VAE x2, 2x2 patches)."""
+    torch.manual_seed(0)
+    transformer = diffusers.Krea2Transformer2DModel(
+        in_channels=16, num_layers=1, attention_head_dim=16, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=32, timestep_embed_dim=16, text_hidden_dim=16, num_text_layers=2, text_num_attention_heads=2,
+        text_num_key_value_heads=2, text_intermediate_size=32, num_layerwise_text_blocks=1, num_refiner_text_blocks=1,
+        axes_dims_rope=(4, 6, 6),
+    ).eval()
+    vae = tiny_image._qwen_parts()["vae"]  # Qwen-Image's VAE, as Krea 2 ships
+    return dict(scheduler=make_scheduler("flow_euler"), vae=vae, text_encoder=None, tokenizer=None,
+                transformer=transformer, text_encoder_select_layers=(1, 2))
+
+
+def _krea2_call():
+    """Text embeddings [B, L, text layers, dim] with boolean masks."""
+    return dict(prompt_embeds=_embeds(1, TEXT_LEN, 2, 16, seed=10), prompt_embeds_mask=_mask_tokens(6),
+                negative_prompt_embeds=_embeds(1, TEXT_LEN, 2, 16, seed=11),
+                negative_prompt_embeds_mask=_mask_tokens(4), height=32, width=32)
+
+
 CASES: dict[str, Case] = {
     # strength 0.75 runs 3 of 4 steps
     "FluxInpaintPipeline": Case(_build(diffusers.FluxInpaintPipeline, _flux_parts),
@@ -114,4 +139,6 @@ CASES: dict[str, Case] = {
     "Flux2KleinInpaintPipeline": Case(_build(diffusers.Flux2KleinInpaintPipeline, _flux2_parts),
                                       _run(lambda: {**_flux2_call(), "image": _image(16), "mask_image": _mask(),
                                                     "strength": 0.75}, 4 / 3)),
+    # written c + s (c - u), CFG on at any s > 0, step-distilled checkpoints included (they only fix `mu`)
+    "Krea2Pipeline": Case(_build(diffusers.Krea2Pipeline, _krea2_parts), _run(_krea2_call)),
 }
