@@ -179,7 +179,6 @@ REFUSED: dict[str, str] = {
     "BriaFibo2Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "BriaFiboEditPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "BriaFiboPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "BriaPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ChronoEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "CogVideoXFunControlPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -550,6 +549,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     "Flux2KleinInpaintPipeline": dict(denoiser="transformer", batch="separate", quirks=(_q.StepDistilled(),)),
     # c + s (c - u) whenever s > 0; `is_distilled` only fixes the time shift, CFG stays on
     "Krea2Pipeline": dict(denoiser="transformer", batch="separate", quirks=(CondPlus(),)),
+    "BriaPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(_q.NormalizeStd("normalize"),
+                                                                              _q.Clip("clip_value"))),
     # -- end of family flux --
     # -- family video_more --
     # -- end of family video_more --

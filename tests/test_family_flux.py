@@ -1,6 +1,7 @@
 """Quirks of the Flux family's registrations (tests/tiny_flux.py) beyond what every class is tested for."""
 
 import pytest
+from tiny_pipelines import rel_diff
 from tiny_registry import TINY
 
 import apg
@@ -20,3 +21,15 @@ def test_a_step_distilled_checkpoint_is_refused_before_any_model_runs(key):
         with pytest.raises(UnsupportedError, match="step-distilled"):
             case.run(pipe)
     assert not calls
+
+
+@pytest.mark.parametrize("options", [dict(normalize=True), dict(clip_value=0.5), dict(normalize=True, clip_value=0.5)])
+def test_bria_normalize_and_clip_value_are_reproduced(options):
+    # normalize: 0.7 of the result taken to the cond prediction's std; clip_value: the result clipped, each step.
+    # A high weight, so that both change the tiny model's result well beyond the parity tolerance.
+    case, w = TINY["BriaPipeline"], 30.0
+    pipe = case.build()
+    stock = case.run(pipe, guidance_scale=w, **options)
+    assert rel_diff(stock, case.run(pipe, guidance_scale=w)) > 1e-2
+    with apg.guide(pipe, apg.APG(w, eta=1.0, norm_threshold=0.0, momentum=0.0)):
+        assert rel_diff(case.run(pipe, **options), stock) <= 1e-4

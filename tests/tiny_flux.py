@@ -117,6 +117,22 @@ def _krea2_call():
                 negative_prompt_embeds_mask=_mask_tokens(4), height=32, width=32)
 
 
+def _bria_parts():
+    """Bria: latents [B, 16 tokens, 16] for 16x16 images (VAE x2, 4 latent channels, 2x2 patches)."""
+    torch.manual_seed(0)
+    transformer = diffusers.BriaTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=None, axes_dims_rope=[0, 4, 4],
+    ).eval()
+    return dict(scheduler=make_scheduler("flow_euler"), vae=_flow_vae(4), text_encoder=None, tokenizer=None,
+                transformer=transformer)
+
+
+def _bria_call():
+    return dict(prompt_embeds=_embeds(1, TEXT_LEN, 32, seed=10),
+                negative_prompt_embeds=_embeds(1, TEXT_LEN, 32, seed=11), height=16, width=16)
+
+
 CASES: dict[str, Case] = {
     # strength 0.75 runs 3 of 4 steps
     "FluxInpaintPipeline": Case(_build(diffusers.FluxInpaintPipeline, _flux_parts),
@@ -141,4 +157,5 @@ CASES: dict[str, Case] = {
                                                     "strength": 0.75}, 4 / 3)),
     # written c + s (c - u), CFG on at any s > 0, step-distilled checkpoints included (they only fix `mu`)
     "Krea2Pipeline": Case(_build(diffusers.Krea2Pipeline, _krea2_parts), _run(_krea2_call)),
+    "BriaPipeline": Case(_build(diffusers.BriaPipeline, _bria_parts), _run(_bria_call)),
 }
