@@ -8,10 +8,11 @@ import PIL.Image
 import torch
 import tiny_image
 from tiny_image import TEXT_LEN, _embeds, _flux_call, _flux_transformer, _image
-from tiny_pipelines import _flow_vae, _no_bar, make_scheduler
+from tiny_pipelines import _flow_vae, _no_bar, make_scheduler, word_tokenizer
 from tiny_registry import Case
 
 import diffusers
+from diffusers.models.transformers.transformer_bria_fibo import BriaFiboTransformer2DModel
 
 
 def _mask(size=16):
@@ -133,6 +134,30 @@ def _bria_call():
                 negative_prompt_embeds=_embeds(1, TEXT_LEN, 32, seed=11), height=16, width=16)
 
 
+def _fibo_parts():
+    """Bria Fibo: latents [B, 16 tokens, 16] for 64x64 images (its VAE factor is fixed at 16); a SmolLM3 text
+    encoder (the pipeline takes no prompt embeddings), unused VAE (latents are returned)."""
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+    torch.manual_seed(0)
+    transformer = BriaFiboTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=64, text_encoder_dim=32, pooled_projection_dim=None, axes_dims_rope=[0, 4, 4],
+    ).eval()
+    tokenizer = word_tokenizer("t5")
+    torch.manual_seed(1)
+    text_encoder = SmolLM3ForCausalLM(SmolLM3Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, pad_token_id=0,
+    )).eval()
+    return dict(scheduler=make_scheduler("flow_euler"), vae=None, text_encoder=text_encoder, tokenizer=tokenizer,
+                transformer=transformer)
+
+
+# An empty prompt is encoded as token 128000 (SmolLM3's <|begin_of_text|>): the tiny vocabulary needs words.
+_FIBO_CALL = dict(prompt="a photo of a cat", negative_prompt="a blue car", height=64, width=64)
+
+
 CASES: dict[str, Case] = {
     # strength 0.75 runs 3 of 4 steps
     "FluxInpaintPipeline": Case(_build(diffusers.FluxInpaintPipeline, _flux_parts),
@@ -158,4 +183,5 @@ CASES: dict[str, Case] = {
     # written c + s (c - u), CFG on at any s > 0, step-distilled checkpoints included (they only fix `mu`)
     "Krea2Pipeline": Case(_build(diffusers.Krea2Pipeline, _krea2_parts), _run(_krea2_call)),
     "BriaPipeline": Case(_build(diffusers.BriaPipeline, _bria_parts), _run(_bria_call)),
+    "BriaFiboPipeline": Case(_build(diffusers.BriaFiboPipeline, _fibo_parts), _run(lambda: dict(_FIBO_CALL))),
 }
