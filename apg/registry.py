@@ -177,7 +177,6 @@ REFUSED: dict[str, str] = {
     "AnyFlowPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "AudioLDM2Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "BriaFibo2Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "BriaFiboEditPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ChronoEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "CogVideoXFunControlPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -551,6 +550,7 @@ STOCK_PIPELINES: dict[str, dict] = {
     "BriaPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(_q.NormalizeStd("normalize"),
                                                                               _q.Clip("clip_value"))),
     "BriaFiboPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "BriaFiboEditPipeline": dict(denoiser="transformer", batch="uncond_first"),
     # -- end of family flux --
     # -- family video_more --
     # -- end of family video_more --

@@ -7,6 +7,7 @@ import numpy as np
 import PIL.Image
 import torch
 import tiny_image
+import tiny_video
 from tiny_image import TEXT_LEN, _embeds, _flux_call, _flux_transformer, _image
 from tiny_pipelines import _flow_vae, _no_bar, make_scheduler, word_tokenizer
 from tiny_registry import Case
@@ -148,7 +149,7 @@ def _fibo_parts():
     torch.manual_seed(1)
     text_encoder = SmolLM3ForCausalLM(SmolLM3Config(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, pad_token_id=0,
+        num_key_value_heads=1, pad_token_id=0, bos_token_id=None, eos_token_id=1,
     )).eval()
     return dict(scheduler=make_scheduler("flow_euler"), vae=None, text_encoder=text_encoder, tokenizer=tokenizer,
                 transformer=transformer)
@@ -156,6 +157,15 @@ def _fibo_parts():
 
 # An empty prompt is encoded as token 128000 (SmolLM3's <|begin_of_text|>): the tiny vocabulary needs words.
 _FIBO_CALL = dict(prompt="a photo of a cat", negative_prompt="a blue car", height=64, width=64)
+
+
+def _fibo_edit_parts():
+    return dict(_fibo_parts(), vae=tiny_video._wan_vae())  # encodes the reference image (x8 here, not x16)
+
+
+def _fibo_edit_call():
+    # its prompt is an edit JSON; the reference's tokens follow the latents' and are cut, as the pipeline does
+    return dict(_FIBO_CALL, prompt={"edit_instruction": "a photo of a cat"}, image=_image(32))
 
 
 CASES: dict[str, Case] = {
@@ -184,4 +194,5 @@ CASES: dict[str, Case] = {
     "Krea2Pipeline": Case(_build(diffusers.Krea2Pipeline, _krea2_parts), _run(_krea2_call)),
     "BriaPipeline": Case(_build(diffusers.BriaPipeline, _bria_parts), _run(_bria_call)),
     "BriaFiboPipeline": Case(_build(diffusers.BriaFiboPipeline, _fibo_parts), _run(lambda: dict(_FIBO_CALL))),
+    "BriaFiboEditPipeline": Case(_build(diffusers.BriaFiboEditPipeline, _fibo_edit_parts), _run(_fibo_edit_call)),
 }
