@@ -176,7 +176,6 @@ REFUSED: dict[str, str] = {
     "AnyFlowFARPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "AnyFlowPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "AudioLDM2Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "BriaFibo2Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ChronoEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "CogVideoXFunControlPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -551,6 +550,7 @@ STOCK_PIPELINES: dict[str, dict] = {
                                                                               _q.Clip("clip_value"))),
     "BriaFiboPipeline": dict(denoiser="transformer", batch="uncond_first"),
     "BriaFiboEditPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "BriaFibo2Pipeline": dict(denoiser="transformer", batch="separate"),
     # -- end of family flux --
     # -- family video_more --
     # -- end of family video_more --

@@ -168,6 +168,25 @@ def _fibo_edit_call():
     return dict(_FIBO_CALL, prompt={"edit_instruction": "a photo of a cat"}, image=_image(32))
 
 
+def _fibo2_parts():
+    """Bria Fibo 2.0: channel-first latents [B, 4, 8, 8] for 64x64 images (x8 without a VAE), 2x2 patches."""
+    torch.manual_seed(0)
+    transformer = diffusers.BriaFibo2Transformer2DModel(
+        in_channels=4, patch_size=2, dim=32, n_layers=1, n_refiner_layers=1, n_heads=2, cap_feat_dim=16,
+        injection_layer_ids=(0,), perceiver_num_layers=1, min_num_gist_tokens=4, max_num_gist_tokens=8, gist_step=4,
+        gist_min_text_len=4, gist_max_text_len=16, axes_dims=(4, 6, 6), axes_lens=(32, 32, 32),
+    ).eval()
+    return dict(scheduler=make_scheduler("flow_euler"), vae=None, text_encoder=None, processor=None,
+                transformer=transformer)
+
+
+def _fibo2_call():
+    """Text features [B, 1 + injection layers, L, C] with boolean masks; two passes, so lengths may differ."""
+    return dict(prompt_embeds=_embeds(1, 2, TEXT_LEN, 16, seed=10), prompt_embeds_mask=_mask_tokens(6),
+                negative_prompt_embeds=_embeds(1, 2, TEXT_LEN, 16, seed=11),
+                negative_prompt_embeds_mask=_mask_tokens(4), height=64, width=64)
+
+
 CASES: dict[str, Case] = {
     # strength 0.75 runs 3 of 4 steps
     "FluxInpaintPipeline": Case(_build(diffusers.FluxInpaintPipeline, _flux_parts),
@@ -195,4 +214,5 @@ CASES: dict[str, Case] = {
     "BriaPipeline": Case(_build(diffusers.BriaPipeline, _bria_parts), _run(_bria_call)),
     "BriaFiboPipeline": Case(_build(diffusers.BriaFiboPipeline, _fibo_parts), _run(lambda: dict(_FIBO_CALL))),
     "BriaFiboEditPipeline": Case(_build(diffusers.BriaFiboEditPipeline, _fibo_edit_parts), _run(_fibo_edit_call)),
+    "BriaFibo2Pipeline": Case(_build(diffusers.BriaFibo2Pipeline, _fibo2_parts), _run(_fibo2_call)),
 }
