@@ -184,7 +184,6 @@ REFUSED: dict[str, str] = {
     "CogVideoXVideoToVideoPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "CogView3PlusPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "CogView4ControlPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ConsisIDPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Cosmos2TextToImagePipeline":
         "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -551,6 +550,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     "BriaFiboPipeline": dict(denoiser="transformer", batch="uncond_first"),
     "BriaFiboEditPipeline": dict(denoiser="transformer", batch="uncond_first"),
     "BriaFibo2Pipeline": dict(denoiser="transformer", batch="separate"),
+    # [latents, control latents] in, latents out
+    "CogView4ControlPipeline": dict(denoiser="transformer", batch="separate", quirks=_LEARNED_SIGMA),
     # -- end of family flux --
     # -- family video_more --
     # -- end of family video_more --

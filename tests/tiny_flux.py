@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 import torch
+import tiny_control
 import tiny_image
 import tiny_video
 from tiny_image import TEXT_LEN, _embeds, _flux_call, _flux_transformer, _image
@@ -44,6 +45,7 @@ def _build(cls, parts):
 def _run(inputs, steps_per=1.0):
     """run(pipe, steps, seed, **extra) with the call arguments `inputs()`; strength < 1 runs steps / steps_per."""
     def run(pipe, steps=3, seed=0, **extra):
+        torch.manual_seed(seed)  # CogView4 Control samples its control latents from the global RNG
         out = pipe(**{"output_type": "latent", **inputs(), **extra}, num_inference_steps=round(steps * steps_per),
                    generator=_generator(seed))
         return out[0]
@@ -187,6 +189,15 @@ def _fibo2_call():
                 negative_prompt_embeds_mask=_mask_tokens(4), height=64, width=64)
 
 
+def _cogview4_control_parts():
+    """CogView4's parts with a transformer that takes [latents, control latents] channels (8) for 4 out."""
+    parts = tiny_control.tiny_cogview4_pipeline().components
+    torch.manual_seed(0)
+    parts["transformer"] = diffusers.CogView4Transformer2DModel(**{**parts["transformer"].config, "in_channels": 8})
+    parts["transformer"].eval()
+    return parts
+
+
 CASES: dict[str, Case] = {
     # strength 0.75 runs 3 of 4 steps
     "FluxInpaintPipeline": Case(_build(diffusers.FluxInpaintPipeline, _flux_parts),
@@ -215,4 +226,7 @@ CASES: dict[str, Case] = {
     "BriaFiboPipeline": Case(_build(diffusers.BriaFiboPipeline, _fibo_parts), _run(lambda: dict(_FIBO_CALL))),
     "BriaFiboEditPipeline": Case(_build(diffusers.BriaFiboEditPipeline, _fibo_edit_parts), _run(_fibo_edit_call)),
     "BriaFibo2Pipeline": Case(_build(diffusers.BriaFibo2Pipeline, _fibo2_parts), _run(_fibo2_call)),
+    "CogView4ControlPipeline": Case(_build(diffusers.CogView4ControlPipeline, _cogview4_control_parts),
+                                    _run(lambda: {**tiny_control.FAMILIES["cogview4"][1],
+                                                  "control_image": _image(32)})),
 }
