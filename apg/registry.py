@@ -183,7 +183,6 @@ REFUSED: dict[str, str] = {
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "CogVideoXVideoToVideoPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "CogView3PlusPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ConsisIDPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Cosmos2TextToImagePipeline":
         "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -552,6 +551,7 @@ STOCK_PIPELINES: dict[str, dict] = {
     "BriaFibo2Pipeline": dict(denoiser="transformer", batch="separate"),
     # [latents, control latents] in, latents out
     "CogView4ControlPipeline": dict(denoiser="transformer", batch="separate", quirks=_LEARNED_SIGMA),
+    "CogView3PlusPipeline": dict(denoiser="transformer", batch="uncond_first"),
     # -- end of family flux --
     # -- family video_more --
     # -- end of family video_more --

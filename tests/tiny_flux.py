@@ -10,7 +10,7 @@ import tiny_control
 import tiny_image
 import tiny_video
 from tiny_image import TEXT_LEN, _embeds, _flux_call, _flux_transformer, _image
-from tiny_pipelines import _flow_vae, _no_bar, make_scheduler, word_tokenizer
+from tiny_pipelines import _flow_vae, _no_bar, _sd_vae, make_scheduler, word_tokenizer
 from tiny_registry import Case
 
 import diffusers
@@ -198,6 +198,21 @@ def _cogview4_control_parts():
     return parts
 
 
+def _cogview3plus_parts():
+    """CogView3-Plus with its shipped scheduler kind (CogVideoX's DDIM, v-prediction); latents [B, 4, 8, 8]."""
+    torch.manual_seed(0)
+    transformer = diffusers.CogView3PlusTransformer2DModel(
+        patch_size=2, in_channels=4, num_layers=1, attention_head_dim=4, num_attention_heads=2, out_channels=4,
+        text_embed_dim=32, time_embed_dim=8, condition_dim=2, pos_embed_max_size=8, sample_size=8,
+    ).eval()
+    return dict(transformer=transformer, vae=_sd_vae(), scheduler=tiny_video.cogvideox_scheduler(), text_encoder=None,
+                tokenizer=None)
+
+
+def _cogview3_call():
+    return dict(prompt_embeds=_embeds(1, TEXT_LEN, 32, seed=10), height=16, width=16)
+
+
 CASES: dict[str, Case] = {
     # strength 0.75 runs 3 of 4 steps
     "FluxInpaintPipeline": Case(_build(diffusers.FluxInpaintPipeline, _flux_parts),
@@ -229,4 +244,6 @@ CASES: dict[str, Case] = {
     "CogView4ControlPipeline": Case(_build(diffusers.CogView4ControlPipeline, _cogview4_control_parts),
                                     _run(lambda: {**tiny_control.FAMILIES["cogview4"][1],
                                                   "control_image": _image(32)})),
+    # without a negative prompt its uncond pass reads zero embeddings (negative embeddings passed are replaced)
+    "CogView3PlusPipeline": Case(_build(diffusers.CogView3PlusPipeline, _cogview3plus_parts), _run(_cogview3_call)),
 }
