@@ -140,7 +140,7 @@ class _GuidedRun:
         return self.bound[name] if name in self.bound else self.call_default(name)
 
     def call_default(self, name):
-        """The default of call argument `name`: the nearest `__call__` that names it (a subclass's may take **kwargs)."""
+        """The default of call argument `name`, from the nearest `__call__` that names it (not a **kwargs one)."""
         for cls in type(self.pipe).__mro__:
             parameter = inspect.signature(vars(cls).get("__call__", _no_call)).parameters.get(name)
             if parameter is not None:
@@ -220,7 +220,7 @@ class _GuidedRun:
         for quirk in self.spec.quirks:  # [n, ...] shaped like model_output from here on
             pred_cond = quirk.stepped(self.pipe, pred_cond, model_output)
             pred_uncond = quirk.stepped(self.pipe, pred_uncond, model_output)
-        channels = model_output.shape[1]
+        channels, computed_in = model_output.shape[1], pred_cond.dtype
         # [n, C, ...] each, the model's parameterization; learned-sigma channels beyond C are dropped.
         pred_cond = pred_cond[:, :channels].to(model_output.dtype)
         pred_uncond = pred_uncond[:, :channels].to(model_output.dtype)
@@ -233,7 +233,7 @@ class _GuidedRun:
         skipped = plan is not None and not plan.uncond  # pred_uncond is a stand-in: the rule guides from cond alone
         if not self.verified and not skipped:
             pipeline_weight = self.weight(self.module, timestep, self.spec.weight(self.pipeline_scale))
-            check_combination(name, model_output, pred_cond, pred_uncond, pipeline_weight, self._after)
+            check_combination(name, model_output, pred_cond, pred_uncond, pipeline_weight, self._after, computed_in)
             self.verified = True
         self.step_scale(self.module, timestep)
         if skipped:

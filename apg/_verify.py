@@ -19,15 +19,17 @@ def _norm(x) -> float:
     return float(torch.linalg.vector_norm(x))
 
 
-def check_combination(name, stepped, pred_cond, pred_uncond, weight, after):
-    """RuntimeError unless `stepped` is `after(u + weight (c - u), c)` within the rounding of `stepped`'s dtype.
+def check_combination(name, stepped, pred_cond, pred_uncond, weight, after, computed_in=torch.float32):
+    """RuntimeError unless `stepped` is `after(u + weight (c - u), c)` within the rounding of the pipeline's dtypes.
 
     stepped: what the pipeline hands scheduler.step, [n, ...]; pred_cond, pred_uncond: the captured outputs as
-    stepped, [n', ...]; after(guided, pred_cond): the registered post-processing. Shapes that do not match are
-    left to the caller's own shape check.
+    stepped, [n', ...]; after(guided, pred_cond): the registered post-processing; computed_in: the dtype the
+    denoiser returned, in which the pipeline may have run its line before casting (bfloat16 under float32
+    latents). Shapes that do not match are left to the caller's own shape check.
     """
     dtype = torch.promote_types(stepped.dtype, torch.float32)
-    eps = max(torch.finfo(stepped.dtype).eps, 1e-6)  # float32's own reductions (norms, std) round too
+    # float32's own reductions (norms, std) round too
+    eps = max(torch.finfo(stepped.dtype).eps, torch.finfo(computed_in).eps, 1e-6)
     c, u, got = pred_cond.to(dtype), pred_uncond.to(dtype), stepped.to(dtype)
     expected = after(u + weight * (c - u), c)
     if expected.shape != got.shape:

@@ -8,7 +8,8 @@ times a WanPipeline (two transformer passes per step, cond then uncond). `--inte
 guiding only where LOW < sigma <= HIGH (e.g. 0.28,5.42, the SDXL one); outside it the unconditional pass is
 skipped (apg/_skip.py; benchmarks/bench_skipping.py measures what that saves). All variants run the same
 pipeline object with the same seed, interleaved call by call so background load hits them alike; the verdict
-is the ratio of median wall times (target <= 1.03). The ratio of median CPU times of this process is printed too: on a shared machine it is the
+is the ratio of median wall times (target <= 1.03); the step wrapper and the run-time verification within it
+are timed directly too. The ratio of median CPU times of this process is printed too: on a shared machine it is the
 steadier of the two.
 """
 
@@ -129,15 +130,26 @@ def main():
         spent.append(time.perf_counter() - start)
         return out
 
-    _run._GuidedRun.guide_output = timed
-    per_call = []
+    # The run-time verification (apg/_verify.py) within it: once per call, at the first guided step.
+    checked, check = [], _run.check_combination
+
+    def timed_check(*args):
+        start = time.perf_counter()
+        check(*args)
+        checked.append(time.perf_counter() - start)
+
+    _run._GuidedRun.guide_output, _run.check_combination = timed, timed_check
+    per_call, per_check = [], []
     for _ in range(5):
-        spent.clear()
+        spent.clear(), checked.clear()
         guided()
         per_call.append(sum(spent))
-    _run._GuidedRun.guide_output = guide_output
-    own = statistics.median(per_call)
+        per_check.append(sum(checked))
+    _run._GuidedRun.guide_output, _run.check_combination = guide_output, check
+    own, verify = statistics.median(per_call), statistics.median(per_check)
     print(f"  apg's step wrapper: {own * 1e3:.1f} ms per call ({own / medians[names[0]] * 100:.1f}% of the stock call)")
+    print(f"  of which the verification: {verify * 1e3:.2f} ms per call, once ({len(checked)} check), "
+          f"{verify / medians[names[0]] * 100:.2f}% of the stock call")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """docs/census.md is what scripts/census.py reads from the installed Diffusers, and every CFG class has a status."""
 
 import ast
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -53,6 +54,43 @@ def test_docs_census_is_generated(census):
         current = f.read()
     wanted = script.render(list(found.values()), status)
     assert wanted == current, "docs/census.md is stale: run `python scripts/census.py`"
+
+
+def test_readme_states_the_census_counts(census):
+    _census_of_this_diffusers()
+    found, status = census
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8", newline="") as f:
+        current = f.read()
+    counts = script.readme_counts(list(found.values()), status, script.tested_classes())
+    assert script.render_readme(current, counts) == current, "README.md's census counts are stale: run " \
+        "`python scripts/census.py`"
+    assert "[docs/census.md](docs/census.md)" in current
+
+
+def test_every_tiny_case_names_a_guided_class(census):
+    # The converse (every guided class has a case) is what the census's tested column and its "Guided without a
+    # tiny case" line record, while the family modules fill the tiny registry.
+    from tiny_registry import TINY, class_name
+
+    _, status = census
+    strays = sorted(key for key in TINY if status.get(class_name(key), ("",))[0] != "guided")
+    assert not strays, f"tiny cases of classes the census does not list as guided: {strays}"
+
+
+def test_the_tested_column():
+    reading = script.Reading("APipeline", "a/pipeline_a.py", "live", "u + s(c - u)", "two passes", "unet", (), 1)
+    others = [dataclasses.replace(reading, name=name) for name in ("BPipeline", "CPipeline")]
+    status = {"APipeline": ("guided", ""), "BPipeline": ("guided", ""), "CPipeline": ("refused", "why")}
+    text = script.render([reading, *others], status, tested={"APipeline"})
+    assert "34 guided" not in text and "2 guided (1 tested)" in text
+    assert "Guided without a tiny case (1): `BPipeline`." in text
+    assert "| `APipeline` | `a/pipeline_a.py` | two passes | `u + s(c - u)` | guided | yes |  |" in text
+    assert "| guided | no |  |" in text and "| refused |  | why |" in text
+    assert "2 guided (1 of them tested" in script.readme_counts([reading, *others], status, {"APipeline"})
+    with pytest.raises(ValueError, match="census:start"):
+        script.render_readme("no markers", "counts")
+    assert script.render_readme("a\n<!-- census:start -->\nold\n<!-- census:end -->\nb", "new") == \
+        "a\n<!-- census:start -->\nnew\n<!-- census:end -->\nb"
 
 
 def test_refused_names_live_cfg_classes_that_are_not_guided(census):

@@ -6,7 +6,8 @@
   (its `pred_original_sample` on a copy of its state, its `convert_model_output`, or the flow formula its
   step writes), the cond output recorded here by a forward hook of the test's own;
 - stock again after `apg.guide(pipe, None)`, bit for bit;
-- run-time verification passes on every stock class (a mismatch would raise in the guided calls above).
+- run-time verification passes on every stock class (a mismatch would raise in the guided calls above);
+- skipping: outside a sigma interval the uncond pass does not run, and the result is that of both passes.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import functools
 
 import pytest
 import torch
-from tiny_pipelines import rel_diff
-from tiny_registry import TINY
+from test_skipping import SpyAPG, _interval, _run
+from tiny_pipelines import count_rows, rel_diff
+from tiny_registry import TINY, class_name
 
 import apg
-from apg.registry import spec_for
+from apg.registry import STOCK_PIPELINES, spec_for
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -33,6 +35,10 @@ class Recording(apg.APG):
     def __call__(self, pred_cond, pred_uncond, **context):
         RECORDED.append(pred_cond.detach().clone())
         return super().__call__(pred_cond, pred_uncond, **context)
+
+
+def test_every_stock_class_has_a_tiny_case():
+    assert {class_name(key) for key in TINY} == set(STOCK_PIPELINES)
 
 
 def _stock(case, pipe, spec, **extra):
@@ -107,7 +113,9 @@ def test_x0_is_the_schedulers_own(key, monkeypatch):
         if cond is not None:
             for quirk in spec.quirks:
                 cond = quirk.stepped(pipe, cond, model_output)
-            own.append(scheduler_x0(self, cond[:, : model_output.shape[1]], timestep, sample, original))
+            # the cond rows of the sample: DiT steps the latents of both halves, apg's x0 is the cond half's
+            rows = sample[: cond.shape[0]]
+            own.append(scheduler_x0(self, cond[:, : model_output.shape[1]], timestep, rows, original))
         return original(self, model_output, timestep, sample, *args, **kwargs)
 
     monkeypatch.setattr(cls, "step", step)
@@ -117,3 +125,23 @@ def test_x0_is_the_schedulers_own(key, monkeypatch):
     assert len(RECORDED) == len(own) > 1
     for i, (ours, theirs) in enumerate(zip(RECORDED, own)):
         assert rel_diff(ours, theirs) <= 1e-5, f"x0 at guided step {i}"
+
+
+@pytest.mark.parametrize("key", sorted(TINY))
+def test_skipping_matches_both_passes(key):
+    """A sigma interval that leaves the first and the last step out: with skipping on, those steps run no uncond
+    pass (fewer denoiser rows), and the result is the same as with both passes (apg.set_skipping(False))."""
+    case = TINY[key]
+    pipe = case.build()
+    counted = count_rows(pipe)
+    run = functools.partial(case.run, steps=4)  # strength < 1 (inpainting, img2img) still runs 3 or more
+    with apg.guide(pipe, apg.CFG(W)):  # the mixin's `guidance=` per call needs the guided class
+        _, _, seen = _run(pipe, run, SpyAPG(W, **NONLINEAR), False, counted)
+        interval = _interval([sigma for _, sigma in seen])
+        inside = [interval[0] < sigma <= interval[1] for _, sigma in seen]
+        assert any(inside) and not all(inside), f"3 or more guided steps at steps=4 needed, got sigmas {seen}"
+        rule = SpyAPG(W, **NONLINEAR, interval=interval)
+        both, both_rows, _ = _run(pipe, run, rule, False, counted)
+        skipped, rows, _ = _run(pipe, run, rule, True, counted)
+    assert sum(rows) < sum(both_rows)
+    assert rel_diff(skipped, both) <= 1e-5

@@ -107,3 +107,9 @@ def test_check_combination_tolerates_rounding_only():
         check_combination("P", (u + W * (c - u)) * (1 + 1e-4), c, u, W, same)
     half = (u + W * (c - u)).half()
     check_combination("P", half, c.half(), u.half(), W, same)  # half precision: its own rounding
+    # a line run in bfloat16 and cast to float32 latents: the denoiser's dtype rounds it
+    c16, u16 = c.bfloat16(), u.bfloat16()
+    cast = (u16 + W * (c16 - u16)).float()
+    with pytest.raises(RuntimeError):
+        check_combination("P", cast, c16.float(), u16.float(), W, same)
+    check_combination("P", cast, c16.float(), u16.float(), W, same, computed_in=torch.bfloat16)
