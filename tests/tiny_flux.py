@@ -1,5 +1,6 @@
 """Tiny cases of the Flux family (Flux inpaint/ControlNet/Kontext inpaint, Chroma, Flux 2 Klein, Krea 2, Bria,
-CogView): random components built in code, called with random prompt embeddings (no text encoders)."""
+CogView): random components built in code, called with random prompt embeddings and no text encoder, except Bria
+Fibo's, which takes prompts only (a tiny SmolLM3 on a word-level tokenizer)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def _chroma_call():
     return tiny_image.IMAGE_FAMILIES["chroma"][2]()
 
 
-def _flux2_parts(is_distilled=False):
+def _flux2_parts():
     """Flux 2 Klein: latents [B, 64 tokens, 4] for 16x16 images (1 latent channel, 2x2 patches)."""
     torch.manual_seed(0)
     transformer = diffusers.Flux2Transformer2DModel(
@@ -91,7 +92,7 @@ def _flux2_parts(is_distilled=False):
         norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
     ).eval()
     return dict(scheduler=make_scheduler("flow_euler"), vae=vae, text_encoder=None, tokenizer=None,
-                transformer=transformer, is_distilled=is_distilled)
+                transformer=transformer)
 
 
 def _flux2_call():
@@ -193,8 +194,8 @@ def _cogview4_control_parts():
     """CogView4's parts with a transformer that takes [latents, control latents] channels (8) for 4 out."""
     parts = tiny_control.tiny_cogview4_pipeline().components
     torch.manual_seed(0)
-    parts["transformer"] = diffusers.CogView4Transformer2DModel(**{**parts["transformer"].config, "in_channels": 8})
-    parts["transformer"].eval()
+    parts["transformer"] = diffusers.CogView4Transformer2DModel.from_config(parts["transformer"].config,
+                                                                            in_channels=8).eval()
     return parts
 
 
@@ -244,6 +245,6 @@ CASES: dict[str, Case] = {
     "CogView4ControlPipeline": Case(_build(diffusers.CogView4ControlPipeline, _cogview4_control_parts),
                                     _run(lambda: {**tiny_control.FAMILIES["cogview4"][1],
                                                   "control_image": _image(32)})),
-    # without a negative prompt its uncond pass reads zero embeddings (negative embeddings passed are replaced)
+    # without a negative prompt its uncond pass reads zero embeddings (it replaces any negative embeddings passed)
     "CogView3PlusPipeline": Case(_build(diffusers.CogView3PlusPipeline, _cogview3plus_parts), _run(_cogview3_call)),
 }
