@@ -364,3 +364,6 @@ class Clip(Quirk):
 
 # -- family misc --
 # -- end of family misc --
+
+# -- family extra --
+# -- end of family extra --

@@ -557,4 +557,6 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- end of family video_more --
     # -- family misc --
     # -- end of family misc --
+    # -- family extra --
+    # -- end of family extra --
 }

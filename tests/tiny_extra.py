@@ -1,0 +1,3 @@
+"""Tiny cases: (family module of tests/tiny_registry.py)."""
+
+CASES: dict = {}
