@@ -381,6 +381,53 @@ COGVIDEOX_CONDITIONED = ZeroOutput(_frames_first_out_channels)
 # -- end of family qwen --
 
 # -- family flux --
+@dataclass(frozen=True)
+class StepDistilled(Quirk):
+    """On a step-distilled checkpoint (pipeline config `attr` set) the pipeline runs no CFG: apg refuses the call."""
+
+    attr: str = "is_distilled"
+
+    def describe(self):
+        return f"refused on step-distilled checkpoints (`config.{self.attr}`), where the pipeline runs no CFG"
+
+    def start(self, run):
+        if getattr(run.pipe.config, self.attr, False):
+            raise UnsupportedError(
+                f"{type(run.pipe).__name__} is step-distilled (config.{self.attr}=True): it runs no classifier-free "
+                "guidance, so apg has nothing to guide; call apg.guide(pipe, None) and run it stock"
+            )
+
+
+@dataclass(frozen=True)
+class NormalizeStd(Quirk):
+    """With the call's `arg` set, the pipeline mixes its CFG result g into 0.7 g std(c) / std(g) + 0.3 g (Bria)."""
+
+    arg: str = "normalize"
+
+    def describe(self):
+        return f"`{self.arg}` (0.7 of the result taken to the cond prediction's std) re-applied to the guided output"
+
+    def after(self, run, guided, pred_cond):
+        if not run.call_value(self.arg):
+            return guided
+        std = guided.std().clamp(min=torch.finfo(guided.dtype).tiny)  # a zero result (CFG-Zero*) stays zero
+        return guided * (0.7 * (pred_cond.std() / std)) + 0.3 * guided  # the pipeline's own order of operations
+
+
+@dataclass(frozen=True)
+class Clip(Quirk):
+    """With the call's `arg` set, the pipeline clips its CFG result to [-arg, arg] (Bria)."""
+
+    arg: str = "clip_value"
+
+    def describe(self):
+        return f"`{self.arg}` clipping re-applied to the guided output"
+
+    def after(self, run, guided, pred_cond):
+        value = run.call_value(self.arg)
+        return guided.clip(-value, value) if value else guided
+
+
 # -- end of family flux --
 
 # -- family video_more --

@@ -163,15 +163,7 @@ REFUSED: dict[str, str] = {
     "AnyFlowFARPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "AnyFlowPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "AudioLDM2Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "BriaFibo2Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "BriaFiboEditPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "BriaFiboPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "BriaPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ChromaImg2ImgPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ChromaInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "ChronoEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "CogView3PlusPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "CogView4ControlPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ConsisIDPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Cosmos2TextToImagePipeline":
         "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -196,16 +188,6 @@ REFUSED: dict[str, str] = {
         "its __call__ fails in this Diffusers (it passes encode_prompt an unknown `text_encoder_index`), so no "
         "call can be verified",
     "ErnieImagePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "Flux2KleinInpaintPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
-        "distilled checkpoints (`config.is_distilled`)",
-    "Flux2KleinPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
-        "distilled checkpoints (`config.is_distilled`)",
-    "FluxControlNetPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "FluxInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "FluxKontextInpaintPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "GlmImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "HeliosPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 3 combination "
@@ -264,9 +246,6 @@ REFUSED: dict[str, str] = {
     "KolorsPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "Krea2Pipeline":
-        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
-        "distilled checkpoints (`config.is_distilled`)",
     "LDMTextToImagePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "LTX2ConditionPipeline":
         "LTX-2: spatio-temporal (STG, `stg_scale`) and modality (`modality_scale`) guidance terms, and a separate"
@@ -553,6 +532,24 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- family qwen --
     # -- end of family qwen --
     # -- family flux --
+    "FluxInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG),
+    "FluxControlNetPipeline": dict(denoiser="transformer", **_TRUE_CFG),  # its ControlNet runs once, on cond
+    "FluxKontextInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG),
+    "ChromaImg2ImgPipeline": dict(denoiser="transformer", batch="separate"),
+    "ChromaInpaintPipeline": dict(denoiser="transformer", batch="separate"),  # its `true_cfg_scale` is unused
+    # CFG off on step-distilled checkpoints: refused there
+    "Flux2KleinPipeline": dict(denoiser="transformer", batch="separate", quirks=(_q.StepDistilled(),)),
+    "Flux2KleinInpaintPipeline": dict(denoiser="transformer", batch="separate", quirks=(_q.StepDistilled(),)),
+    # c + s (c - u) whenever s > 0; `is_distilled` only fixes the time shift, CFG stays on
+    "Krea2Pipeline": dict(denoiser="transformer", batch="separate", quirks=(CondPlus(),)),
+    "BriaPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(_q.NormalizeStd("normalize"),
+                                                                              _q.Clip("clip_value"))),
+    "BriaFiboPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "BriaFiboEditPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "BriaFibo2Pipeline": dict(denoiser="transformer", batch="separate"),
+    # [latents, control latents] in, latents out
+    "CogView4ControlPipeline": dict(denoiser="transformer", batch="separate", quirks=_LEARNED_SIGMA),
+    "CogView3PlusPipeline": dict(denoiser="transformer", batch="uncond_first"),
     # -- end of family flux --
     # -- family video_more --
     # -- end of family video_more --

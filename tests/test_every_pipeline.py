@@ -134,12 +134,15 @@ def test_skipping_matches_both_passes(key):
     case = TINY[key]
     pipe = case.build()
     counted = count_rows(pipe)
-    run = functools.partial(case.run, steps=4)  # strength < 1 (inpainting, img2img) still runs 3 or more
     with apg.guide(pipe, apg.CFG(W)):  # the mixin's `guidance=` per call needs the guided class
-        _, _, seen = _run(pipe, run, SpyAPG(W, **NONLINEAR), False, counted)
+        for steps in (4, 8):  # strength < 1 (inpainting, img2img, video-to-video) runs fewer: 3 or more needed
+            run = functools.partial(case.run, steps=steps)
+            _, _, seen = _run(pipe, run, SpyAPG(W, **NONLINEAR), False, counted)
+            if len(seen) >= 3:
+                break
         interval = _interval([sigma for _, sigma in seen])
         inside = [interval[0] < sigma <= interval[1] for _, sigma in seen]
-        assert any(inside) and not all(inside), f"3 or more guided steps at steps=4 needed, got sigmas {seen}"
+        assert any(inside) and not all(inside), f"3 or more guided steps needed, got sigmas {seen}"
         rule = SpyAPG(W, **NONLINEAR, interval=interval)
         both, both_rows, _ = _run(pipe, run, rule, False, counted)
         skipped, rows, _ = _run(pipe, run, rule, True, counted)
