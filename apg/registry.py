@@ -448,8 +448,6 @@ REFUSED: dict[str, str] = {
     "StableVideoDiffusionPipeline":
         "per-frame guidance scales (`min_guidance_scale` to `max_guidance_scale`, one per frame), not one scale",
     "WanAnimatePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "WanVACEPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "WanVideoToVideoPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ZImageControlNetInpaintPipeline":
         "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
     "ZImageControlNetPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -557,6 +555,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- family flux --
     # -- end of family flux --
     # -- family video_more --
+    "WanVACEPipeline": _WAN,  # control video through the vace blocks; 16 latent channels in and out
+    "WanVideoToVideoPipeline": dict(denoiser="transformer", batch="separate"),
     # -- end of family video_more --
     # -- family misc --
     # -- end of family misc --

@@ -1,3 +1,60 @@
-"""Tiny cases: (family module of tests/tiny_registry.py)."""
+"""Tiny cases of issue 17's family video_more (Wan VACE / video-to-video / Animate, SkyReels-V2, ChronoEdit,
+Kandinsky 5, HunyuanVideo image-to-video, Sana video): random components built in code, prompt embeds in the call."""
 
-CASES: dict = {}
+from __future__ import annotations
+
+import torch
+from tiny_registry import Case
+from tiny_video import _embeds, _no_bar, _wan_vae, flow_scheduler, wan_call
+
+from diffusers import WanVACEPipeline, WanVACETransformer3DModel, WanVideoToVideoPipeline
+
+CASES: dict[str, Case] = {}
+
+
+def _case(build, call):
+    """A Case whose run is `call()`'s arguments plus the seeded generator, step count and `extra`; the latents."""
+
+    def run(pipe, steps=3, seed=0, **extra):
+        out = pipe(**{"output_type": "latent", **call(), **extra}, num_inference_steps=steps,
+                   generator=torch.Generator().manual_seed(seed))
+        return torch.as_tensor(out[0])
+
+    return Case(build, run)
+
+
+def _video(frames=5, size=32, seed=12):
+    """[1, F, 3, H, W] in [0, 1], the layout of a tensor video for Diffusers' video processor."""
+    return torch.rand(1, frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# -- Wan VACE: control video and mask through vace blocks; the same two passes as Wan --------------------------
+def _wan_vace():
+    torch.manual_seed(0)
+    transformer = WanVACETransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32, vace_layers=[0], vace_in_channels=16 * 2 + 8 * 8,  # inactive, reactive, 8x8 mask
+    ).eval()
+    return _no_bar(WanVACEPipeline(tokenizer=None, text_encoder=None, vae=_wan_vae(), transformer=transformer,
+                                   scheduler=flow_scheduler("euler")))
+
+
+CASES["WanVACEPipeline"] = _case(_wan_vace, wan_call)
+
+
+# -- Wan video-to-video: the input video noised to `strength` -------------------------------------------------
+def _wan_v2v():
+    from tiny_video import _wan_transformer
+
+    return _no_bar(WanVideoToVideoPipeline(tokenizer=None, text_encoder=None, vae=_wan_vae(),
+                                           transformer=_wan_transformer(0), scheduler=flow_scheduler("euler")))
+
+
+def _wan_v2v_call():
+    call = {**wan_call(), "video": _video(), "strength": 1.0}
+    del call["num_frames"]  # the video's
+    return call
+
+
+CASES["WanVideoToVideoPipeline"] = _case(_wan_v2v, _wan_v2v_call)
