@@ -359,9 +359,6 @@ REFUSED: dict[str, str] = {
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "SkyReelsV2DiffusionForcingVideoToVideoPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "SkyReelsV2ImageToVideoPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "SkyReelsV2Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableAudio3Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableAudioPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableDiffusion3ControlNetInpaintingPipeline":
@@ -557,6 +554,9 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- family video_more --
     "WanVACEPipeline": _WAN,  # control video through the vace blocks; 16 latent channels in and out
     "WanVideoToVideoPipeline": dict(denoiser="transformer", batch="separate"),
+    "SkyReelsV2Pipeline": dict(denoiser="transformer", batch="separate"),
+    # [latents, frame mask, encoded image] in (36 channels), 16 out
+    "SkyReelsV2ImageToVideoPipeline": dict(denoiser="transformer", batch="separate", quirks=_LEARNED_SIGMA),
     # -- end of family video_more --
     # -- family misc --
     # -- end of family misc --

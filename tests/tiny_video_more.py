@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import torch
 from tiny_registry import Case
-from tiny_video import _embeds, _no_bar, _wan_vae, flow_scheduler, wan_call
+from tiny_video import _clip_image_encoder, _embeds, _no_bar, _wan_transformer, _wan_vae, flow_scheduler, wan_call
 
-from diffusers import WanVACEPipeline, WanVACETransformer3DModel, WanVideoToVideoPipeline
+from diffusers import (
+    SkyReelsV2ImageToVideoPipeline,
+    SkyReelsV2Pipeline,
+    SkyReelsV2Transformer3DModel,
+    WanVACEPipeline,
+    WanVACETransformer3DModel,
+    WanVideoToVideoPipeline,
+)
 
 CASES: dict[str, Case] = {}
 
@@ -45,8 +52,6 @@ CASES["WanVACEPipeline"] = _case(_wan_vace, wan_call)
 
 # -- Wan video-to-video: the input video noised to `strength` -------------------------------------------------
 def _wan_v2v():
-    from tiny_video import _wan_transformer
-
     return _no_bar(WanVideoToVideoPipeline(tokenizer=None, text_encoder=None, vae=_wan_vae(),
                                            transformer=_wan_transformer(0), scheduler=flow_scheduler("euler")))
 
@@ -58,3 +63,24 @@ def _wan_v2v_call():
 
 
 CASES["WanVideoToVideoPipeline"] = _case(_wan_v2v, _wan_v2v_call)
+
+
+# -- SkyReels-V2: Wan's loop on its own transformer (image-to-video: [latents, frame mask, image] channels) -------
+def _skyreels(image_to_video=False):
+    torch.manual_seed(0)
+    transformer = SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36 if image_to_video else 16,
+        out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=4 if image_to_video else None,
+    ).eval()
+    parts = dict(tokenizer=None, text_encoder=None, vae=_wan_vae(), transformer=transformer,
+                 scheduler=flow_scheduler("unipc"))
+    if not image_to_video:
+        return _no_bar(SkyReelsV2Pipeline(**parts))
+    image_encoder, image_processor = _clip_image_encoder()
+    return _no_bar(SkyReelsV2ImageToVideoPipeline(**parts, image_encoder=image_encoder,
+                                                  image_processor=image_processor))
+
+
+CASES["SkyReelsV2Pipeline"] = _case(_skyreels, wan_call)
+CASES["SkyReelsV2ImageToVideoPipeline"] = _case(lambda: _skyreels(True), lambda: wan_call(True))
