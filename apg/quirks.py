@@ -313,6 +313,7 @@ SKIPPING = (BatchDims, ZeroOutput, Conditioners)  # declarations for apg/_skip.p
 # -- end of family flux --
 
 # -- family video_more --
+_CHRONO_REASONING = "it drops latent frames mid-sampling, so the guidance's running state would change shape"
 # -- end of family video_more --
 
 # -- family misc --

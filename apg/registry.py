@@ -182,7 +182,6 @@ REFUSED: dict[str, str] = {
     "BriaPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ChromaImg2ImgPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ChromaInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "ChronoEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "CogVideoXFunControlPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "CogVideoXImageToVideoPipeline":
@@ -557,6 +556,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     "SkyReelsV2Pipeline": dict(denoiser="transformer", batch="separate"),
     # [latents, frame mask, encoded image] in (36 channels), 16 out
     "SkyReelsV2ImageToVideoPipeline": dict(denoiser="transformer", batch="separate", quirks=_LEARNED_SIGMA),
+    "ChronoEditPipeline": dict(denoiser="transformer", batch="separate", quirks=(
+        *_LEARNED_SIGMA, Refuse("enable_temporal_reasoning", _q._CHRONO_REASONING))),  # 36 channels in, 16 out
     # -- end of family video_more --
     # -- family misc --
     # -- end of family misc --

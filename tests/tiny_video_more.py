@@ -8,6 +8,8 @@ from tiny_registry import Case
 from tiny_video import _clip_image_encoder, _embeds, _no_bar, _wan_transformer, _wan_vae, flow_scheduler, wan_call
 
 from diffusers import (
+    ChronoEditPipeline,
+    ChronoEditTransformer3DModel,
     SkyReelsV2ImageToVideoPipeline,
     SkyReelsV2Pipeline,
     SkyReelsV2Transformer3DModel,
@@ -84,3 +86,20 @@ def _skyreels(image_to_video=False):
 
 CASES["SkyReelsV2Pipeline"] = _case(_skyreels, wan_call)
 CASES["SkyReelsV2ImageToVideoPipeline"] = _case(lambda: _skyreels(True), lambda: wan_call(True))
+
+
+# -- ChronoEdit: Wan image-to-video layout (36 channels in), 5 frames unless temporal reasoning -----------------
+def _chronoedit():
+    torch.manual_seed(0)
+    transformer = ChronoEditTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
+        text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32, image_dim=4,
+    ).eval()
+    image_encoder, image_processor = _clip_image_encoder()
+    return _no_bar(ChronoEditPipeline(tokenizer=None, text_encoder=None, vae=_wan_vae(), transformer=transformer,
+                                      scheduler=flow_scheduler("euler"), image_encoder=image_encoder,
+                                      image_processor=image_processor))
+
+
+CASES["ChronoEditPipeline"] = _case(_chronoedit, lambda: wan_call(True))
