@@ -314,6 +314,11 @@ SKIPPING = (BatchDims, ZeroOutput, Conditioners)  # declarations for apg/_skip.p
 
 # -- family video_more --
 _CHRONO_REASONING = "it drops latent frames mid-sampling, so the guidance's running state would change shape"
+
+
+def kandinsky5_i2v_stepped(pipe, output, model_output):
+    """Kandinsky5I2VPipeline steps frames 1: of its channels-last [B, T, H, W, C] output; frame 0 is the image."""
+    return output[:, 1:]
 # -- end of family video_more --
 
 # -- family misc --

@@ -266,9 +266,6 @@ REFUSED: dict[str, str] = {
     "Kandinsky3Img2ImgPipeline":
         "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
     "Kandinsky3Pipeline": "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
-    "Kandinsky5I2IPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "Kandinsky5I2VPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "Kandinsky5T2IPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Kandinsky6TI2VAPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "KandinskyImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyInpaintPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
@@ -558,6 +555,11 @@ STOCK_PIPELINES: dict[str, dict] = {
     "SkyReelsV2ImageToVideoPipeline": dict(denoiser="transformer", batch="separate", quirks=_LEARNED_SIGMA),
     "ChronoEditPipeline": dict(denoiser="transformer", batch="separate", quirks=(
         *_LEARNED_SIGMA, Refuse("enable_temporal_reasoning", _q._CHRONO_REASONING))),  # 36 channels in, 16 out
+    # Channels-last latents [B, T, H, W, C]; the image ones step the latent channels of [latents, condition, mask].
+    "Kandinsky5T2IPipeline": dict(denoiser="transformer", batch="separate"),
+    "Kandinsky5I2IPipeline": dict(denoiser="transformer", batch="separate"),
+    "Kandinsky5I2VPipeline": dict(denoiser="transformer", batch="separate", quirks=(
+        SteppedPart(_q.kandinsky5_i2v_stepped),)),
     # -- end of family video_more --
     # -- family misc --
     # -- end of family misc --

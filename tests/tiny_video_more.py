@@ -4,10 +4,18 @@ Kandinsky 5, HunyuanVideo image-to-video, Sana video): random components built i
 from __future__ import annotations
 
 import torch
+from tiny_control import _randn, tiny_kandinsky5_t2v_pipeline
 from tiny_registry import Case
-from tiny_video import _clip_image_encoder, _embeds, _no_bar, _wan_transformer, _wan_vae, flow_scheduler, wan_call
+from tiny_video import (_clip_image_encoder, _embeds, _no_bar, _wan_transformer, _wan_vae, flow_scheduler,
+                        tiny_hunyuan_video_pipeline, wan_call)
 
 from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    Kandinsky5I2IPipeline,
+    Kandinsky5I2VPipeline,
+    Kandinsky5T2IPipeline,
+    Kandinsky5Transformer3DModel,
     ChronoEditPipeline,
     ChronoEditTransformer3DModel,
     SkyReelsV2ImageToVideoPipeline,
@@ -103,3 +111,55 @@ def _chronoedit():
 
 
 CASES["ChronoEditPipeline"] = _case(_chronoedit, lambda: wan_call(True))
+
+
+# -- Kandinsky 5 image and image-to-video: channels-last latents [B, T, H, W, C] --------------------------------
+def _kandinsky5_transformer(visual_cond):
+    """Kandinsky 5's tiny transformer (tests/tiny_control.py's), `visual_cond`: [latents, condition, mask] in."""
+    if not visual_cond:
+        return tiny_kandinsky5_t2v_pipeline().transformer
+    torch.manual_seed(0)
+    transformer = Kandinsky5Transformer3DModel(
+        in_visual_dim=4, in_text_dim=16, in_text_dim2=8, time_dim=16, out_visual_dim=4, patch_size=(1, 2, 2),
+        model_dim=16, ff_dim=32, num_text_blocks=1, num_visual_blocks=1, axes_dims=(4, 2, 2), visual_cond=True,
+    ).eval()
+    with torch.no_grad():  # zero-initialised modulation and output layers: the output would not depend on text
+        for param in transformer.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.2)
+    return transformer
+
+
+def _kandinsky5_vae():
+    """4 latent channels at 1/8 the size (the image pipelines' fixed vae_scale_factor_spatial)."""
+    torch.manual_seed(3)
+    return AutoencoderKL(
+        block_out_channels=(4, 4, 4, 4), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=2,
+        sample_size=32,
+    ).eval()
+
+
+def _kandinsky5(cls, visual_cond, vae):
+    pipe = cls(transformer=_kandinsky5_transformer(visual_cond), vae=vae, text_encoder=None, tokenizer=None,
+               text_encoder_2=None, tokenizer_2=None, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
+    if hasattr(pipe, "resolutions"):
+        pipe.resolutions = [(32, 32)]  # the image pipelines snap other sizes to their 1024-pixel list
+    return _no_bar(pipe)
+
+
+def _kandinsky5_call(**extra):
+    return {"height": 32, "width": 32, "prompt_embeds_qwen": _randn(1, 6, 16, seed=1),
+            "prompt_embeds_clip": _randn(1, 8, seed=2), "negative_prompt_embeds_qwen": _randn(1, 6, 16, seed=3),
+            "negative_prompt_embeds_clip": _randn(1, 8, seed=4),
+            "prompt_cu_seqlens": torch.tensor([0, 6], dtype=torch.int32),
+            "negative_prompt_cu_seqlens": torch.tensor([0, 6], dtype=torch.int32), **extra}
+
+
+_IMAGE = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(12))
+CASES["Kandinsky5T2IPipeline"] = _case(lambda: _kandinsky5(Kandinsky5T2IPipeline, False, None), _kandinsky5_call)
+CASES["Kandinsky5I2IPipeline"] = _case(lambda: _kandinsky5(Kandinsky5I2IPipeline, True, _kandinsky5_vae()),
+                                       lambda: _kandinsky5_call(image=_IMAGE))
+CASES["Kandinsky5I2VPipeline"] = _case(
+    lambda: _kandinsky5(Kandinsky5I2VPipeline, True, tiny_hunyuan_video_pipeline().vae),
+    lambda: _kandinsky5_call(image=_IMAGE, num_frames=21))  # 6 latent frames: its final first-frame fix needs > 4
