@@ -319,6 +319,12 @@ _CHRONO_REASONING = "it drops latent frames mid-sampling, so the guidance's runn
 def kandinsky5_i2v_stepped(pipe, output, model_output):
     """Kandinsky5I2VPipeline steps frames 1: of its channels-last [B, T, H, W, C] output; frame 0 is the image."""
     return output[:, 1:]
+
+
+def hunyuan_i2v_stepped(pipe, output, model_output):
+    """HunyuanVideoImageToVideoPipeline with `image_condition_type="token_replace"` steps frames 1: of
+    [B, C, F, H, W]; frame 0 is the image's latents. "latent_concat" steps the whole output."""
+    return output[:, :, 1:] if pipe.transformer.config.image_condition_type == "token_replace" else output
 # -- end of family video_more --
 
 # -- family misc --

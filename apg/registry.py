@@ -247,8 +247,6 @@ REFUSED: dict[str, str] = {
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "HunyuanVideoFramepackPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "HunyuanVideoImageToVideoPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "IFImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "IFImg2ImgSuperResolutionPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
@@ -560,6 +558,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     "Kandinsky5I2IPipeline": dict(denoiser="transformer", batch="separate"),
     "Kandinsky5I2VPipeline": dict(denoiser="transformer", batch="separate", quirks=(
         SteppedPart(_q.kandinsky5_i2v_stepped),)),
+    "HunyuanVideoImageToVideoPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(
+        SteppedPart(_q.hunyuan_i2v_stepped), *_LEARNED_SIGMA)),  # latent_concat: [latents, image, mask] in
     # -- end of family video_more --
     # -- family misc --
     # -- end of family misc --

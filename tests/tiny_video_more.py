@@ -7,11 +7,13 @@ import torch
 from tiny_control import _randn, tiny_kandinsky5_t2v_pipeline
 from tiny_registry import Case
 from tiny_video import (_clip_image_encoder, _embeds, _no_bar, _wan_transformer, _wan_vae, flow_scheduler,
-                        tiny_hunyuan_video_pipeline, wan_call)
+                        hunyuan_video_call, tiny_hunyuan_video_pipeline, wan_call)
 
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
+    HunyuanVideoImageToVideoPipeline,
+    HunyuanVideoTransformer3DModel,
     Kandinsky5I2IPipeline,
     Kandinsky5I2VPipeline,
     Kandinsky5T2IPipeline,
@@ -163,3 +165,28 @@ CASES["Kandinsky5I2IPipeline"] = _case(lambda: _kandinsky5(Kandinsky5I2IPipeline
 CASES["Kandinsky5I2VPipeline"] = _case(
     lambda: _kandinsky5(Kandinsky5I2VPipeline, True, tiny_hunyuan_video_pipeline().vae),
     lambda: _kandinsky5_call(image=_IMAGE, num_frames=21))  # 6 latent frames: its final first-frame fix needs > 4
+
+
+# -- HunyuanVideo image-to-video: true CFG; the image as extra channels (latent_concat) or as frame 0 ------------
+def _hunyuan_i2v(condition="latent_concat"):
+    torch.manual_seed(0)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=2 * 4 + 1 if condition == "latent_concat" else 4, out_channels=4, num_attention_heads=2,
+        attention_head_dim=10, num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=1,
+        patch_size_t=1, guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
+        image_condition_type=condition,
+    ).eval()
+    stock = tiny_hunyuan_video_pipeline()  # its VAE and scheduler
+    return _no_bar(HunyuanVideoImageToVideoPipeline(
+        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, image_processor=None,
+        vae=stock.vae, transformer=transformer, scheduler=stock.scheduler,
+    ))
+
+
+def _hunyuan_i2v_call():
+    return {**hunyuan_video_call(), "image": _IMAGE, "guidance_scale": 1.0}
+
+
+CASES["HunyuanVideoImageToVideoPipeline"] = _case(_hunyuan_i2v, _hunyuan_i2v_call)
+CASES["HunyuanVideoImageToVideoPipeline/token_replace"] = _case(lambda: _hunyuan_i2v("token_replace"),
+                                                                _hunyuan_i2v_call)
