@@ -336,8 +336,6 @@ REFUSED: dict[str, str] = {
     "QwenImageImg2ImgPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "QwenImageInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "QwenImageLayeredPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "SanaControlNetPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "SanaImageToVideoPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "SanaPAGPipeline":
@@ -560,6 +558,7 @@ STOCK_PIPELINES: dict[str, dict] = {
         SteppedPart(_q.kandinsky5_i2v_stepped),)),
     "HunyuanVideoImageToVideoPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(
         SteppedPart(_q.hunyuan_i2v_stepped), *_LEARNED_SIGMA)),  # latent_concat: [latents, image, mask] in
+    "SanaControlNetPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_CONTROLNET),
     # -- end of family video_more --
     # -- family misc --
     # -- end of family misc --

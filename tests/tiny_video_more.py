@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 from tiny_control import _randn, tiny_kandinsky5_t2v_pipeline
+from tiny_pipelines import FAMILIES as IMAGE_FAMILIES
+from tiny_pipelines import tiny_sana_pipeline
 from tiny_registry import Case
 from tiny_video import (_clip_image_encoder, _embeds, _no_bar, _wan_transformer, _wan_vae, flow_scheduler,
                         hunyuan_video_call, tiny_hunyuan_video_pipeline, wan_call)
@@ -18,6 +20,8 @@ from diffusers import (
     Kandinsky5I2VPipeline,
     Kandinsky5T2IPipeline,
     Kandinsky5Transformer3DModel,
+    SanaControlNetModel,
+    SanaControlNetPipeline,
     ChronoEditPipeline,
     ChronoEditTransformer3DModel,
     SkyReelsV2ImageToVideoPipeline,
@@ -190,3 +194,19 @@ def _hunyuan_i2v_call():
 CASES["HunyuanVideoImageToVideoPipeline"] = _case(_hunyuan_i2v, _hunyuan_i2v_call)
 CASES["HunyuanVideoImageToVideoPipeline/token_replace"] = _case(lambda: _hunyuan_i2v("token_replace"),
                                                                 _hunyuan_i2v_call)
+
+
+# -- Sana ControlNet: tests/tiny_pipelines.py's Sana, a ControlNet on the same [uncond, cond] batch ---------------
+def _sana_controlnet():
+    sana = tiny_sana_pipeline()
+    torch.manual_seed(1)
+    controlnet = SanaControlNetModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2, attention_head_dim=4,
+        num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
+        sample_size=16,
+    ).eval()
+    return _no_bar(SanaControlNetPipeline(**sana.components, controlnet=controlnet))
+
+
+CASES["SanaControlNetPipeline"] = _case(_sana_controlnet,
+                                        lambda: {**IMAGE_FAMILIES["sana"][2], "control_image": _IMAGE})
