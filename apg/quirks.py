@@ -325,6 +325,11 @@ def hunyuan_i2v_stepped(pipe, output, model_output):
     """HunyuanVideoImageToVideoPipeline with `image_condition_type="token_replace"` steps frames 1: of
     [B, C, F, H, W]; frame 0 is the image's latents. "latent_concat" steps the whole output."""
     return output[:, :, 1:] if pipe.transformer.config.image_condition_type == "token_replace" else output
+
+
+def sana_i2v_stepped(pipe, output, model_output):
+    """SanaImageToVideoPipeline steps frames 1: of [B, C, F, H, W]; frame 0, the image, sits at timestep 0."""
+    return output[:, :, 1:]
 # -- end of family video_more --
 
 # -- family misc --

@@ -336,12 +336,9 @@ REFUSED: dict[str, str] = {
     "QwenImageImg2ImgPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "QwenImageInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "QwenImageLayeredPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "SanaImageToVideoPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "SanaPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "SanaVideoPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "SanaWMPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ShapEImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
     "ShapEPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
@@ -559,6 +556,9 @@ STOCK_PIPELINES: dict[str, dict] = {
     "HunyuanVideoImageToVideoPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(
         SteppedPart(_q.hunyuan_i2v_stepped), *_LEARNED_SIGMA)),  # latent_concat: [latents, image, mask] in
     "SanaControlNetPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_CONTROLNET),
+    "SanaVideoPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "SanaImageToVideoPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        SteppedPart(_q.sana_i2v_stepped), *_LEARNED_SIGMA)),
     # -- end of family video_more --
     # -- family misc --
     # -- end of family misc --

@@ -22,6 +22,9 @@ from diffusers import (
     Kandinsky5Transformer3DModel,
     SanaControlNetModel,
     SanaControlNetPipeline,
+    SanaImageToVideoPipeline,
+    SanaVideoPipeline,
+    SanaVideoTransformer3DModel,
     ChronoEditPipeline,
     ChronoEditTransformer3DModel,
     SkyReelsV2ImageToVideoPipeline,
@@ -210,3 +213,25 @@ def _sana_controlnet():
 
 CASES["SanaControlNetPipeline"] = _case(_sana_controlnet,
                                         lambda: {**IMAGE_FAMILIES["sana"][2], "control_image": _IMAGE})
+
+
+# -- Sana video: Sana's text side (tests/tiny_pipelines.py) on Wan's VAE; image-to-video steps frames 1: ---------
+def _sana_video(cls=SanaVideoPipeline):
+    sana = tiny_sana_pipeline()
+    torch.manual_seed(0)
+    transformer = SanaVideoTransformer3DModel(
+        in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=12, num_layers=1,
+        num_cross_attention_heads=2, cross_attention_head_dim=12, cross_attention_dim=24, caption_channels=8,
+        sample_size=4, rope_max_seq_len=32,
+    ).eval()
+    return _no_bar(cls(tokenizer=sana.tokenizer, text_encoder=sana.text_encoder, vae=_wan_vae(),
+                       transformer=transformer, scheduler=sana.scheduler))
+
+
+def _sana_video_call(**extra):
+    return {**IMAGE_FAMILIES["sana"][2], "frames": 5, **extra}  # 2 latent frames of 4x4
+
+
+CASES["SanaVideoPipeline"] = _case(_sana_video, _sana_video_call)
+CASES["SanaImageToVideoPipeline"] = _case(lambda: _sana_video(SanaImageToVideoPipeline),
+                                          lambda: _sana_video_call(image=_IMAGE))
