@@ -343,11 +343,14 @@ REFUSED: dict[str, str] = {
     "ShapEImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
     "ShapEPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
     "SkyReelsV2DiffusionForcingImageToVideoPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+        "diffusion forcing: each latent frame is stepped by its own copy of the scheduler at its own timestep (one "
+        "guided pass, then one scheduler.step per updated frame), which apg's per-step capture does not follow",
     "SkyReelsV2DiffusionForcingPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+        "diffusion forcing: each latent frame is stepped by its own copy of the scheduler at its own timestep (one "
+        "guided pass, then one scheduler.step per updated frame), which apg's per-step capture does not follow",
     "SkyReelsV2DiffusionForcingVideoToVideoPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+        "diffusion forcing: each latent frame is stepped by its own copy of the scheduler at its own timestep (one "
+        "guided pass, then one scheduler.step per updated frame), which apg's per-step capture does not follow",
     "StableAudio3Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableAudioPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableDiffusion3ControlNetInpaintingPipeline":
