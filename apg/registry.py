@@ -243,8 +243,6 @@ REFUSED: dict[str, str] = {
     "HunyuanDiTPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "HunyuanSkyreelsImageToVideoPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "HunyuanVideoFramepackPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "IFImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
@@ -562,6 +560,7 @@ STOCK_PIPELINES: dict[str, dict] = {
     "SanaVideoPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "SanaImageToVideoPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
         SteppedPart(_q.sana_i2v_stepped), *_LEARNED_SIGMA)),
+    "HunyuanSkyreelsImageToVideoPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=_LEARNED_SIGMA),
     # -- end of family video_more --
     # -- family misc --
     # -- end of family misc --

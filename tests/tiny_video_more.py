@@ -14,6 +14,7 @@ from tiny_video import (_clip_image_encoder, _embeds, _no_bar, _wan_transformer,
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
+    HunyuanSkyreelsImageToVideoPipeline,
     HunyuanVideoImageToVideoPipeline,
     HunyuanVideoTransformer3DModel,
     Kandinsky5I2IPipeline,
@@ -175,19 +176,22 @@ CASES["Kandinsky5I2VPipeline"] = _case(
 
 
 # -- HunyuanVideo image-to-video: true CFG; the image as extra channels (latent_concat) or as frame 0 ------------
-def _hunyuan_i2v(condition="latent_concat"):
+def _hunyuan_i2v(condition="latent_concat", cls=HunyuanVideoImageToVideoPipeline):
+    """HunyuanVideo I2V (`condition`: its image_condition_type) or, with condition None, SkyReels' [latents, image]."""
+    in_channels = {"latent_concat": 2 * 4 + 1, "token_replace": 4, None: 2 * 4}[condition]
     torch.manual_seed(0)
     transformer = HunyuanVideoTransformer3DModel(
-        in_channels=2 * 4 + 1 if condition == "latent_concat" else 4, out_channels=4, num_attention_heads=2,
+        in_channels=in_channels, out_channels=4, num_attention_heads=2,
         attention_head_dim=10, num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=1,
         patch_size_t=1, guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
         image_condition_type=condition,
     ).eval()
     stock = tiny_hunyuan_video_pipeline()  # its VAE and scheduler
-    return _no_bar(HunyuanVideoImageToVideoPipeline(
-        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, image_processor=None,
-        vae=stock.vae, transformer=transformer, scheduler=stock.scheduler,
-    ))
+    parts = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, vae=stock.vae,
+                 transformer=transformer, scheduler=stock.scheduler)
+    if cls is HunyuanVideoImageToVideoPipeline:
+        parts["image_processor"] = None  # the image reaches the text encoder only, which the embeds replace
+    return _no_bar(cls(**parts))
 
 
 def _hunyuan_i2v_call():
@@ -197,6 +201,8 @@ def _hunyuan_i2v_call():
 CASES["HunyuanVideoImageToVideoPipeline"] = _case(_hunyuan_i2v, _hunyuan_i2v_call)
 CASES["HunyuanVideoImageToVideoPipeline/token_replace"] = _case(lambda: _hunyuan_i2v("token_replace"),
                                                                 _hunyuan_i2v_call)
+CASES["HunyuanSkyreelsImageToVideoPipeline"] = _case(lambda: _hunyuan_i2v(None, HunyuanSkyreelsImageToVideoPipeline),
+                                                     _hunyuan_i2v_call)
 
 
 # -- Sana ControlNet: tests/tiny_pipelines.py's Sana, a ControlNet on the same [uncond, cond] batch ---------------
