@@ -310,7 +310,6 @@ REFUSED: dict[str, str] = {
     "LongCatAudioDiTPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "LucyEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LuminaPipeline": "not yet verified: [cond, uncond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "MochiPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "NucleusMoEImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -561,6 +560,7 @@ STOCK_PIPELINES: dict[str, dict] = {
     "SanaImageToVideoPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
         SteppedPart(_q.sana_i2v_stepped), *_LEARNED_SIGMA)),
     "HunyuanSkyreelsImageToVideoPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=_LEARNED_SIGMA),
+    "LucyEditPipeline": _WAN,  # [latents, encoded video] in; Wan 2.2's second expert
     # -- end of family video_more --
     # -- family misc --
     # -- end of family misc --

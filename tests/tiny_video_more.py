@@ -21,6 +21,7 @@ from diffusers import (
     Kandinsky5I2VPipeline,
     Kandinsky5T2IPipeline,
     Kandinsky5Transformer3DModel,
+    LucyEditPipeline,
     SanaControlNetModel,
     SanaControlNetPipeline,
     SanaImageToVideoPipeline,
@@ -83,6 +84,18 @@ def _wan_v2v_call():
 
 
 CASES["WanVideoToVideoPipeline"] = _case(_wan_v2v, _wan_v2v_call)
+
+
+# -- Lucy Edit: Wan 2.2's two experts on [latents, encoded video] (32 channels in, 16 out) ------------------------
+def _lucy_edit():
+    return _no_bar(LucyEditPipeline(
+        tokenizer=None, text_encoder=None, vae=_wan_vae(), scheduler=flow_scheduler("euler"),
+        transformer=_wan_transformer(0, in_channels=32), transformer_2=_wan_transformer(1, in_channels=32),
+        boundary_ratio=0.9,
+    ))
+
+
+CASES["LucyEditPipeline"] = _case(_lucy_edit, lambda: {**wan_call(), "video": _video()})
 
 
 # -- SkyReels-V2: Wan's loop on its own transformer (image-to-video: [latents, frame mask, image] channels) -------
