@@ -262,7 +262,9 @@ REFUSED: dict[str, str] = {
     "Kandinsky3Img2ImgPipeline":
         "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
     "Kandinsky3Pipeline": "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
-    "Kandinsky6TI2VAPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "Kandinsky6TI2VAPipeline":
+        "one CFG line over a (video, audio) output pair; the audio is stepped by a copy of the scheduler made inside "
+        "the call, which apg's one guided output per step does not cover",
     "KandinskyImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyInpaintPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
@@ -336,7 +338,9 @@ REFUSED: dict[str, str] = {
     "SanaPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "SanaWMPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "SanaWMPipeline":
+        "steps the negated output as tokens with per-token timesteps, the first frame pinned at sigma 0 and kept "
+        "aside; apg's x0 reads one sigma per step, so that frame would be guided at the wrong noise level",
     "ShapEImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
     "ShapEPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
     "SkyReelsV2DiffusionForcingImageToVideoPipeline":
