@@ -330,6 +330,33 @@ def hunyuan_i2v_stepped(pipe, output, model_output):
 def sana_i2v_stepped(pipe, output, model_output):
     """SanaImageToVideoPipeline steps frames 1: of [B, C, F, H, W]; frame 0, the image, sits at timestep 0."""
     return output[:, :, 1:]
+
+
+@dataclass(frozen=True)
+class OneSegment(Quirk):
+    """The pipeline denoises `segments(run)` segments in one call, each from fresh noise on a reset scheduler;
+    apg guides a call of one segment only (one guidance state would run across the segments' trajectories)."""
+
+    segments: Callable
+
+    def describe(self):
+        return "calls of more than one segment refused"
+
+    def start(self, run):
+        count = self.segments(run)
+        if count > 1:
+            raise UnsupportedError(
+                f"{type(run.pipe).__name__} would denoise {count} segments in this call, each from fresh noise; apg "
+                "guides one segment per call (its guidance state, momentum included, would run across them)"
+            )
+
+
+def wan_animate_segments(run):
+    """WanAnimatePipeline's segment count: pose frames padded to whole segments of the effective length."""
+    frames, prev = len(run.call_value("pose_video")), run.call_value("prev_segment_conditioning_frames")
+    effective = run.call_value("segment_frame_length") - prev
+    last = (frames - prev) % effective
+    return (frames + (effective - last if last else 0)) // effective  # its __call__'s num_segments
 # -- end of family video_more --
 
 # -- family misc --

@@ -437,7 +437,6 @@ REFUSED: dict[str, str] = {
         "expressions",
     "StableVideoDiffusionPipeline":
         "per-frame guidance scales (`min_guidance_scale` to `max_guidance_scale`, one per frame), not one scale",
-    "WanAnimatePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ZImageControlNetInpaintPipeline":
         "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
     "ZImageControlNetPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -565,6 +564,8 @@ STOCK_PIPELINES: dict[str, dict] = {
         SteppedPart(_q.sana_i2v_stepped), *_LEARNED_SIGMA)),
     "HunyuanSkyreelsImageToVideoPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=_LEARNED_SIGMA),
     "LucyEditPipeline": _WAN,  # [latents, encoded video] in; Wan 2.2's second expert
+    "WanAnimatePipeline": dict(denoiser="transformer", batch="separate", quirks=(
+        *_LEARNED_SIGMA, _q.OneSegment(_q.wan_animate_segments))),  # 36 channels in, 16 out
     # -- end of family video_more --
     # -- family misc --
     # -- end of family misc --

@@ -4,6 +4,7 @@ Kandinsky 5, HunyuanVideo image-to-video, Sana video): random components built i
 from __future__ import annotations
 
 import torch
+from PIL import Image
 from tiny_control import _randn, tiny_kandinsky5_t2v_pipeline
 from tiny_pipelines import FAMILIES as IMAGE_FAMILIES
 from tiny_pipelines import tiny_sana_pipeline
@@ -22,6 +23,8 @@ from diffusers import (
     Kandinsky5T2IPipeline,
     Kandinsky5Transformer3DModel,
     LucyEditPipeline,
+    WanAnimatePipeline,
+    WanAnimateTransformer3DModel,
     SanaControlNetModel,
     SanaControlNetPipeline,
     SanaImageToVideoPipeline,
@@ -96,6 +99,35 @@ def _lucy_edit():
 
 
 CASES["LucyEditPipeline"] = _case(_lucy_edit, lambda: {**wan_call(), "video": _video()})
+
+
+# -- Wan Animate: [latents, reference, pose-side] channels (36 in, 16 out), a face video through a motion encoder --
+def _wan_animate():
+    torch.manual_seed(0)
+    transformer = WanAnimateTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, latent_channels=16,
+        out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=4, motion_encoder_size=16,
+        motion_encoder_channel_sizes={"4": 8, "8": 8, "16": 8}, motion_style_dim=8, motion_dim=4,
+        motion_encoder_dim=8, face_encoder_hidden_dim=8, face_encoder_num_heads=2, inject_face_latents_blocks=1,
+    ).eval()
+    image_encoder, image_processor = _clip_image_encoder()
+    return _no_bar(WanAnimatePipeline(tokenizer=None, text_encoder=None, vae=_wan_vae(), transformer=transformer,
+                                      scheduler=flow_scheduler("unipc"), image_encoder=image_encoder,
+                                      image_processor=image_processor))
+
+
+def _wan_animate_call():
+    """One segment of 5 frames (32x32 pose video, 16x16 face video: the motion encoder's size)."""
+    pose = [Image.new("RGB", (32, 32), (40 * i, 80, 120)) for i in range(5)]
+    face = [Image.new("RGB", (16, 16), (40 * i, 30, 20)) for i in range(5)]
+    call = {**wan_call(), "image": Image.new("RGB", (32, 32), (200, 100, 50)), "pose_video": pose,
+            "face_video": face, "segment_frame_length": 5}
+    del call["num_frames"]  # the segment's
+    return call
+
+
+CASES["WanAnimatePipeline"] = _case(_wan_animate, _wan_animate_call)
 
 
 # -- SkyReels-V2: Wan's loop on its own transformer (image-to-video: [latents, frame mask, image] channels) -------
