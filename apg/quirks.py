@@ -357,6 +357,12 @@ def wan_animate_segments(run):
     effective = run.call_value("segment_frame_length") - prev
     last = (frames - prev) % effective
     return (frames + (effective - last if last else 0)) // effective  # its __call__'s num_segments
+
+
+def framepack_sections(run):
+    """HunyuanVideoFramepackPipeline's latent sections: windows of `latent_window_size` latent frames."""
+    window = (run.call_value("latent_window_size") - 1) * run.pipe.vae_scale_factor_temporal + 1
+    return max(1, (run.call_value("num_frames") + window - 1) // window)  # its __call__'s num_latent_sections
 # -- end of family video_more --
 
 # -- family misc --

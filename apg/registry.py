@@ -243,8 +243,6 @@ REFUSED: dict[str, str] = {
     "HunyuanDiTPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "HunyuanVideoFramepackPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "IFImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "IFImg2ImgSuperResolutionPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
@@ -566,6 +564,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     "LucyEditPipeline": _WAN,  # [latents, encoded video] in; Wan 2.2's second expert
     "WanAnimatePipeline": dict(denoiser="transformer", batch="separate", quirks=(
         *_LEARNED_SIGMA, _q.OneSegment(_q.wan_animate_segments))),  # 36 channels in, 16 out
+    "HunyuanVideoFramepackPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(
+        _q.OneSegment(_q.framepack_sections),)),
     # -- end of family video_more --
     # -- family misc --
     # -- end of family misc --

@@ -25,3 +25,10 @@ def test_chronoedit_refuses_temporal_reasoning():
     pipe = case.build()
     with apg.guide(pipe, apg.APG(4.0)), pytest.raises(UnsupportedError, match="enable_temporal_reasoning"):
         case.run(pipe, enable_temporal_reasoning=True, num_temporal_reasoning_steps=1)
+
+
+def test_framepack_refuses_a_call_of_two_sections():
+    case = TINY["HunyuanVideoFramepackPipeline"]
+    pipe = case.build()
+    with apg.guide(pipe, apg.APG(4.0)), pytest.raises(UnsupportedError, match="2 segments"):
+        case.run(pipe, num_frames=17)  # windows of 9 frames

@@ -9,6 +9,7 @@ from tiny_control import _randn, tiny_kandinsky5_t2v_pipeline
 from tiny_pipelines import FAMILIES as IMAGE_FAMILIES
 from tiny_pipelines import tiny_sana_pipeline
 from tiny_registry import Case
+from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 from tiny_video import (_clip_image_encoder, _embeds, _no_bar, _wan_transformer, _wan_vae, flow_scheduler,
                         hunyuan_video_call, tiny_hunyuan_video_pipeline, wan_call)
 
@@ -16,6 +17,8 @@ from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
     HunyuanSkyreelsImageToVideoPipeline,
+    HunyuanVideoFramepackPipeline,
+    HunyuanVideoFramepackTransformer3DModel,
     HunyuanVideoImageToVideoPipeline,
     HunyuanVideoTransformer3DModel,
     Kandinsky5I2IPipeline,
@@ -246,8 +249,40 @@ def _hunyuan_i2v_call():
 CASES["HunyuanVideoImageToVideoPipeline"] = _case(_hunyuan_i2v, _hunyuan_i2v_call)
 CASES["HunyuanVideoImageToVideoPipeline/token_replace"] = _case(lambda: _hunyuan_i2v("token_replace"),
                                                                 _hunyuan_i2v_call)
-CASES["HunyuanSkyreelsImageToVideoPipeline"] = _case(lambda: _hunyuan_i2v(None, HunyuanSkyreelsImageToVideoPipeline),
-                                                     _hunyuan_i2v_call)
+CASES["HunyuanSkyreelsImageToVideoPipeline"] = _case(
+    lambda: _hunyuan_i2v(None, HunyuanSkyreelsImageToVideoPipeline), _hunyuan_i2v_call)
+
+
+# -- HunyuanVideo FramePack: one latent section of 3 frames, history latents and a SigLIP image embedding ---------
+def _framepack():
+    torch.manual_seed(0)
+    transformer = HunyuanVideoFramepackTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1,
+        num_single_layers=1, num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True,
+        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4), image_condition_type=None,
+        has_image_proj=True, image_proj_dim=32, has_clean_x_embedder=True,
+    ).eval()
+    torch.manual_seed(4)
+    image_encoder = SiglipVisionModel(SiglipVisionConfig(
+        hidden_size=32, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16,
+    )).eval()
+    stock = tiny_hunyuan_video_pipeline()  # its VAE and scheduler
+    return _no_bar(HunyuanVideoFramepackPipeline(
+        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, vae=stock.vae,
+        transformer=transformer, scheduler=stock.scheduler, image_encoder=image_encoder,
+        feature_extractor=SiglipImageProcessor(size={"height": 32, "width": 32}),
+    ))
+
+
+def _framepack_run(pipe, steps=3, seed=0, **extra):
+    """Its latent output is the section history as a one-element list."""
+    call = {**hunyuan_video_call(), "image": _IMAGE, "num_frames": 9, "latent_window_size": 3}  # one section
+    out = pipe(**{"output_type": "latent", **call, **extra}, num_inference_steps=steps,
+               generator=torch.Generator().manual_seed(seed))
+    return out[0][0]
+
+
+CASES["HunyuanVideoFramepackPipeline"] = Case(_framepack, _framepack_run)
 
 
 # -- Sana ControlNet: tests/tiny_pipelines.py's Sana, a ControlNet on the same [uncond, cond] batch ---------------
