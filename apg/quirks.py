@@ -316,6 +316,11 @@ SKIPPING = (BatchDims, ZeroOutput, Conditioners)  # declarations for apg/_skip.p
 _CHRONO_REASONING = "it drops latent frames mid-sampling, so the guidance's running state would change shape"
 
 
+def kandinsky5_zeros(denoiser, first):
+    """Zeros [B, T, H, W, out_visual_dim] for Kandinsky 5's channels-last input [latents, condition, mask]."""
+    return first.new_zeros((*first.shape[:-1], denoiser.config.out_visual_dim))
+
+
 def kandinsky5_i2v_stepped(pipe, output, model_output):
     """Kandinsky5I2VPipeline steps frames 1: of its channels-last [B, T, H, W, C] output; frame 0 is the image."""
     return output[:, 1:]

@@ -551,9 +551,10 @@ STOCK_PIPELINES: dict[str, dict] = {
         *_LEARNED_SIGMA, Refuse("enable_temporal_reasoning", _q._CHRONO_REASONING))),  # 36 channels in, 16 out
     # Channels-last latents [B, T, H, W, C]; the image ones step the latent channels of [latents, condition, mask].
     "Kandinsky5T2IPipeline": dict(denoiser="transformer", batch="separate"),
-    "Kandinsky5I2IPipeline": dict(denoiser="transformer", batch="separate"),
+    "Kandinsky5I2IPipeline": dict(denoiser="transformer", batch="separate", quirks=(
+        ZeroOutput(_q.kandinsky5_zeros),)),
     "Kandinsky5I2VPipeline": dict(denoiser="transformer", batch="separate", quirks=(
-        SteppedPart(_q.kandinsky5_i2v_stepped),)),
+        SteppedPart(_q.kandinsky5_i2v_stepped), ZeroOutput(_q.kandinsky5_zeros))),
     "HunyuanVideoImageToVideoPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(
         SteppedPart(_q.hunyuan_i2v_stepped), *_LEARNED_SIGMA)),  # latent_concat: [latents, image, mask] in
     "SanaControlNetPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_CONTROLNET),

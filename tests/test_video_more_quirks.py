@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image
 from tiny_registry import TINY
 
@@ -32,3 +33,15 @@ def test_framepack_refuses_a_call_of_two_sections():
     pipe = case.build()
     with apg.guide(pipe, apg.APG(4.0)), pytest.raises(UnsupportedError, match="2 segments"):
         case.run(pipe, num_frames=17)  # windows of 9 frames
+
+
+@pytest.mark.parametrize("key", ["Kandinsky5I2IPipeline", "Kandinsky5I2VPipeline"])
+def test_kandinsky5_zeroed_step_skips_the_model(key):
+    """CFG-Zero*'s zeroed first step runs no model: zeros shaped like the channels-last output, not the input."""
+    case = TINY[key]
+    pipe = case.build()
+    outs = []
+    for skip in (True, False):
+        with apg.set_skipping(skip), apg.guide(pipe, apg.CFGZeroStar(4.0, zero_init_steps=1)):
+            outs.append(case.run(pipe))
+    assert torch.equal(*outs)
