@@ -431,6 +431,61 @@ class Clip(Quirk):
 # -- end of family flux --
 
 # -- family video_more --
+_CHRONO_REASONING = "it drops latent frames mid-sampling, so the guidance's running state would change shape"
+
+
+def kandinsky5_zeros(denoiser, first):
+    """Zeros [B, T, H, W, out_visual_dim] for Kandinsky 5's channels-last input [latents, condition, mask]."""
+    return first.new_zeros((*first.shape[:-1], denoiser.config.out_visual_dim))
+
+
+def kandinsky5_i2v_stepped(pipe, output, model_output):
+    """Kandinsky5I2VPipeline steps frames 1: of its channels-last [B, T, H, W, C] output; frame 0 is the image."""
+    return output[:, 1:]
+
+
+def hunyuan_i2v_stepped(pipe, output, model_output):
+    """HunyuanVideoImageToVideoPipeline with `image_condition_type="token_replace"` steps frames 1: of
+    [B, C, F, H, W]; frame 0 is the image's latents. "latent_concat" steps the whole output."""
+    return output[:, :, 1:] if pipe.transformer.config.image_condition_type == "token_replace" else output
+
+
+def sana_i2v_stepped(pipe, output, model_output):
+    """SanaImageToVideoPipeline steps frames 1: of [B, C, F, H, W]; frame 0, the image, sits at timestep 0."""
+    return output[:, :, 1:]
+
+
+@dataclass(frozen=True)
+class OneSegment(Quirk):
+    """The pipeline denoises `segments(run)` segments in one call, each from fresh noise on a reset scheduler;
+    apg guides a call of one segment only (one guidance state would run across the segments' trajectories)."""
+
+    segments: Callable
+
+    def describe(self):
+        return "calls of more than one segment refused"
+
+    def start(self, run):
+        count = self.segments(run)
+        if count > 1:
+            raise UnsupportedError(
+                f"{type(run.pipe).__name__} would denoise {count} segments in this call, each from fresh noise; apg "
+                "guides one segment per call (its guidance state, momentum included, would run across them)"
+            )
+
+
+def wan_animate_segments(run):
+    """WanAnimatePipeline's segment count: pose frames padded to whole segments of the effective length."""
+    frames, prev = len(run.call_value("pose_video")), run.call_value("prev_segment_conditioning_frames")
+    effective = run.call_value("segment_frame_length") - prev
+    last = (frames - prev) % effective
+    return (frames + (effective - last if last else 0)) // effective  # its __call__'s num_segments
+
+
+def framepack_sections(run):
+    """HunyuanVideoFramepackPipeline's latent sections: windows of `latent_window_size` latent frames."""
+    window = (run.call_value("latent_window_size") - 1) * run.pipe.vae_scale_factor_temporal + 1
+    return max(1, (run.call_value("num_frames") + window - 1) // window)  # its __call__'s num_latent_sections
 # -- end of family video_more --
 
 # -- family misc --

@@ -163,7 +163,6 @@ REFUSED: dict[str, str] = {
     "AnyFlowFARPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "AnyFlowPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "AudioLDM2Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "ChronoEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ConsisIDPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Cosmos2TextToImagePipeline":
         "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -201,12 +200,6 @@ REFUSED: dict[str, str] = {
     "HunyuanDiTPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "HunyuanSkyreelsImageToVideoPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "HunyuanVideoFramepackPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "HunyuanVideoImageToVideoPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "IFImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "IFImg2ImgSuperResolutionPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
@@ -224,10 +217,9 @@ REFUSED: dict[str, str] = {
     "Kandinsky3Img2ImgPipeline":
         "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
     "Kandinsky3Pipeline": "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
-    "Kandinsky5I2IPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "Kandinsky5I2VPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "Kandinsky5T2IPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "Kandinsky6TI2VAPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "Kandinsky6TI2VAPipeline":
+        "one CFG line over a (video, audio) output pair; the audio is stepped by a copy of the scheduler made inside "
+        "the call, which apg's one guided output per step does not cover",
     "KandinskyImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyInpaintPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
@@ -268,7 +260,6 @@ REFUSED: dict[str, str] = {
     "LongCatAudioDiTPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "LucyEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LuminaPipeline": "not yet verified: [cond, uncond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "MochiPipeline":
         "its scheduler inverts the flow sigmas (`invert_sigmas`: x0 = sample + (1 - s) v), which apg's flow x0 "
@@ -294,26 +285,23 @@ REFUSED: dict[str, str] = {
     "QwenImageImg2ImgPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "QwenImageInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "QwenImageLayeredPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "SanaControlNetPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "SanaImageToVideoPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "SanaPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "SanaVideoPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "SanaWMPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "SanaWMPipeline":
+        "steps the negated output as tokens with per-token timesteps, the first frame pinned at sigma 0 and kept "
+        "aside; apg's x0 reads one sigma per step, so that frame would be guided at the wrong noise level",
     "ShapEImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
     "ShapEPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
     "SkyReelsV2DiffusionForcingImageToVideoPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+        "diffusion forcing: each latent frame is stepped by its own copy of the scheduler at its own timestep (one "
+        "guided pass, then one scheduler.step per updated frame), which apg's per-step capture does not follow",
     "SkyReelsV2DiffusionForcingPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+        "diffusion forcing: each latent frame is stepped by its own copy of the scheduler at its own timestep (one "
+        "guided pass, then one scheduler.step per updated frame), which apg's per-step capture does not follow",
     "SkyReelsV2DiffusionForcingVideoToVideoPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "SkyReelsV2ImageToVideoPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "SkyReelsV2Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+        "diffusion forcing: each latent frame is stepped by its own copy of the scheduler at its own timestep (one "
+        "guided pass, then one scheduler.step per updated frame), which apg's per-step capture does not follow",
     "StableAudio3Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableAudioPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableDiffusion3ControlNetInpaintingPipeline":
@@ -399,9 +387,6 @@ REFUSED: dict[str, str] = {
         "expressions",
     "StableVideoDiffusionPipeline":
         "per-frame guidance scales (`min_guidance_scale` to `max_guidance_scale`, one per frame), not one scale",
-    "WanAnimatePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "WanVACEPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "WanVideoToVideoPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ZImageControlNetInpaintPipeline":
         "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
     "ZImageControlNetPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -552,6 +537,31 @@ STOCK_PIPELINES: dict[str, dict] = {
     "CogView3PlusPipeline": dict(denoiser="transformer", batch="uncond_first"),
     # -- end of family flux --
     # -- family video_more --
+    "WanVACEPipeline": _WAN,  # control video through the vace blocks; 16 latent channels in and out
+    "WanVideoToVideoPipeline": dict(denoiser="transformer", batch="separate"),
+    "SkyReelsV2Pipeline": dict(denoiser="transformer", batch="separate"),
+    # [latents, frame mask, encoded image] in (36 channels), 16 out
+    "SkyReelsV2ImageToVideoPipeline": dict(denoiser="transformer", batch="separate", quirks=_LEARNED_SIGMA),
+    "ChronoEditPipeline": dict(denoiser="transformer", batch="separate", quirks=(
+        *_LEARNED_SIGMA, Refuse("enable_temporal_reasoning", _q._CHRONO_REASONING))),  # 36 channels in, 16 out
+    # Channels-last latents [B, T, H, W, C]; the image ones step the latent channels of [latents, condition, mask].
+    "Kandinsky5T2IPipeline": dict(denoiser="transformer", batch="separate"),
+    "Kandinsky5I2IPipeline": dict(denoiser="transformer", batch="separate", quirks=(
+        ZeroOutput(_q.kandinsky5_zeros),)),
+    "Kandinsky5I2VPipeline": dict(denoiser="transformer", batch="separate", quirks=(
+        SteppedPart(_q.kandinsky5_i2v_stepped), ZeroOutput(_q.kandinsky5_zeros))),
+    "HunyuanVideoImageToVideoPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(
+        SteppedPart(_q.hunyuan_i2v_stepped), *_LEARNED_SIGMA)),  # latent_concat: [latents, image, mask] in
+    "SanaControlNetPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_CONTROLNET),
+    "SanaVideoPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "SanaImageToVideoPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        SteppedPart(_q.sana_i2v_stepped), *_LEARNED_SIGMA)),
+    "HunyuanSkyreelsImageToVideoPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=_LEARNED_SIGMA),
+    "LucyEditPipeline": _WAN,  # [latents, encoded video] in; Wan 2.2's second expert
+    "WanAnimatePipeline": dict(denoiser="transformer", batch="separate", quirks=(
+        *_LEARNED_SIGMA, _q.OneSegment(_q.wan_animate_segments))),  # 36 channels in, 16 out
+    "HunyuanVideoFramepackPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(
+        _q.OneSegment(_q.framepack_sections),)),
     # -- end of family video_more --
     # -- family misc --
     # -- end of family misc --
