@@ -442,9 +442,6 @@ REFUSED: dict[str, str] = {
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
     "StableUnCLIPImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "StableUnCLIPPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`; 2 combination "
-        "expressions",
     "StableVideoDiffusionPipeline":
         "per-frame guidance scales (`min_guidance_scale` to `max_guidance_scale`, one per frame), not one scale",
     "WanAnimatePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -561,5 +558,7 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- family misc --
     # -- end of family misc --
     # -- family extra --
+    # Its prior runs first with its own CFG (`prior_guidance_scale`, `prior_scheduler`), left stock; then the unet.
+    "StableUnCLIPPipeline": dict(denoiser="unet", batch="uncond_first"),
     # -- end of family extra --
 }
