@@ -202,8 +202,8 @@ REFUSED: dict[str, str] = {
         "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`; 4 combination "
         "expressions",
     "Cosmos3OmniPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 3 combination "
-        "expressions",
+        "its transformer returns per-modality lists (vision, sound, action), each masked and stepped by its own "
+        "scheduler, which apg does not capture",
     "CosmosTextToWorldPipeline":
         "not yet verified: [uncond, cond], c + s(c - u) on `transformer`, scale `guidance_scale`",
     "CosmosVideoToWorldPipeline":
@@ -232,12 +232,10 @@ REFUSED: dict[str, str] = {
     "FluxKontextInpaintPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "GlmImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "HeliosPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 3 combination "
-        "expressions",
+    "HeliosPipeline": "its HeliosScheduler (chunked sampling over a latent history) is not a scheduler apg supports",
     "HeliosPyramidPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 4 combination "
-        "expressions",
+        "its HeliosScheduler or HeliosDMDScheduler (pyramid stages, CFG-Zero* at the first steps) is not a scheduler "
+        "apg supports",
     "HunyuanDiTControlNetPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
         "`guidance_rescale`, 2 combination expressions",
@@ -274,7 +272,7 @@ REFUSED: dict[str, str] = {
     "KandinskyImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyInpaintPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyPriorPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
+    "KandinskyPriorPipeline": "its UnCLIPScheduler is not a scheduler apg supports",
     "KandinskyV22ControlnetImg2ImgPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyV22ControlnetPipeline":
@@ -282,9 +280,8 @@ REFUSED: dict[str, str] = {
     "KandinskyV22Img2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyV22InpaintPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyV22Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyV22PriorEmb2EmbPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
-    "KandinskyV22PriorPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
+    "KandinskyV22PriorEmb2EmbPipeline": "its UnCLIPScheduler is not a scheduler apg supports",
+    "KandinskyV22PriorPipeline": "its UnCLIPScheduler is not a scheduler apg supports",
     "KolorsImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KolorsPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
@@ -315,7 +312,9 @@ REFUSED: dict[str, str] = {
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
         "`guidance_rescale`, 2 combination expressions",
     "LattePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "LongCatAudioDiTPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "LongCatAudioDiTPipeline":
+        "its FlowMatch scheduler inverts sigmas (invert_sigmas=True: sample = s x0 + (1 - s) noise), a frame whose x0 "
+        "apg does not read",
     "LongCatImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LucyEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -351,8 +350,12 @@ REFUSED: dict[str, str] = {
         "the CFG line",
     "SanaVideoPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "SanaWMPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ShapEImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
-    "ShapEPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
+    "ShapEImg2ImgPipeline":
+        "its prior returns `predicted_image_embedding` (no `.sample`) with a variance half split off the last dim, "
+        "which apg does not capture",
+    "ShapEPipeline":
+        "its prior returns `predicted_image_embedding` (no `.sample`) with a variance half split off the last dim, "
+        "which apg does not capture",
     "SkyReelsV2DiffusionForcingImageToVideoPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "SkyReelsV2DiffusionForcingPipeline":
