@@ -174,8 +174,8 @@ REFUSED: dict[str, str] = {
         "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`; 4 combination "
         "expressions",
     "Cosmos3OmniPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 3 combination "
-        "expressions",
+        "its transformer returns per-modality lists (vision, sound, action), each masked and stepped by its own "
+        "scheduler, which apg does not capture",
     "CosmosTextToWorldPipeline":
         "not yet verified: [uncond, cond], c + s(c - u) on `transformer`, scale `guidance_scale`",
     "CosmosVideoToWorldPipeline":
@@ -188,12 +188,10 @@ REFUSED: dict[str, str] = {
         "call can be verified",
     "ErnieImagePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "GlmImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "HeliosPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 3 combination "
-        "expressions",
+    "HeliosPipeline": "its HeliosScheduler (chunked sampling over a latent history) is not a scheduler apg supports",
     "HeliosPyramidPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 4 combination "
-        "expressions",
+        "its HeliosScheduler or HeliosDMDScheduler (pyramid stages, CFG-Zero* at the first steps) is not a scheduler "
+        "apg supports",
     "HunyuanDiTControlNetPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
         "`guidance_rescale`, 2 combination expressions",
@@ -223,7 +221,7 @@ REFUSED: dict[str, str] = {
     "KandinskyImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyInpaintPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyPriorPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
+    "KandinskyPriorPipeline": "its UnCLIPScheduler is not a scheduler apg supports",
     "KandinskyV22ControlnetImg2ImgPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyV22ControlnetPipeline":
@@ -231,9 +229,8 @@ REFUSED: dict[str, str] = {
     "KandinskyV22Img2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyV22InpaintPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyV22Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyV22PriorEmb2EmbPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
-    "KandinskyV22PriorPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
+    "KandinskyV22PriorEmb2EmbPipeline": "its UnCLIPScheduler is not a scheduler apg supports",
+    "KandinskyV22PriorPipeline": "its UnCLIPScheduler is not a scheduler apg supports",
     "KolorsImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KolorsPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
@@ -257,7 +254,9 @@ REFUSED: dict[str, str] = {
     "LTXI2VLongMultiPromptPipeline":
         "denoises each temporal window from freshly reset timesteps (one call's momentum and step count would run "
         "across windows), its hard-conditioned tokens at timestep 0 but stepped at the window's sigma",
-    "LongCatAudioDiTPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "LongCatAudioDiTPipeline":
+        "its FlowMatch scheduler inverts sigmas (invert_sigmas=True: sample = s x0 + (1 - s) noise), a frame whose x0 "
+        "apg does not read",
     "LongCatImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LuminaPipeline": "not yet verified: [cond, uncond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -291,8 +290,12 @@ REFUSED: dict[str, str] = {
     "SanaWMPipeline":
         "steps the negated output as tokens with per-token timesteps, the first frame pinned at sigma 0 and kept "
         "aside; apg's x0 reads one sigma per step, so that frame would be guided at the wrong noise level",
-    "ShapEImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
-    "ShapEPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
+    "ShapEImg2ImgPipeline":
+        "its prior returns `predicted_image_embedding` (no `.sample`) with a variance half split off the last dim, "
+        "which apg does not capture",
+    "ShapEPipeline":
+        "its prior returns `predicted_image_embedding` (no `.sample`) with a variance half split off the last dim, "
+        "which apg does not capture",
     "SkyReelsV2DiffusionForcingImageToVideoPipeline":
         "diffusion forcing: each latent frame is stepped by its own copy of the scheduler at its own timestep (one "
         "guided pass, then one scheduler.step per updated frame), which apg's per-step capture does not follow",
@@ -382,9 +385,6 @@ REFUSED: dict[str, str] = {
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
     "StableUnCLIPImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "StableUnCLIPPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`; 2 combination "
-        "expressions",
     "StableVideoDiffusionPipeline":
         "per-frame guidance scales (`min_guidance_scale` to `max_guidance_scale`, one per frame), not one scale",
     "ZImageControlNetInpaintPipeline":
@@ -566,5 +566,7 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- family misc --
     # -- end of family misc --
     # -- family extra --
+    # Its prior runs first with its own CFG (`prior_guidance_scale`, `prior_scheduler`), left stock; then the unet.
+    "StableUnCLIPPipeline": dict(denoiser="unet", batch="uncond_first"),
     # -- end of family extra --
 }

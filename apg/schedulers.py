@@ -89,8 +89,8 @@ def check_scheduler(scheduler) -> str:
             f"supported with this scheduler: {list(predictions)}"
         )
     if family == "flow_match" and scheduler.config.get("invert_sigmas", False):
-        # Mochi's: the sigmas run up from 0 to 1 and x0 = sample + (1 - s) v, not the flow x0 sample - s v.
-        raise UnsupportedError(f"{name} with invert_sigmas=True is not supported: its x0 is not the flow x0 apg reads")
+        # Inverted, s runs 0 -> 1 with sample = s * x0 + (1 - s) * eps: not the frame flow_match reads x0 in.
+        raise UnsupportedError(f"{name} with invert_sigmas=True is not supported: apg reads x0 = sample - s * v")
     if family == "alpha_sigma" and prediction in ("flow_prediction", "v_prediction"):
         # Their step() writes x0 = sample - sigmas[i] * v for flow and alpha_t * sample - sigma_t * v for v: each
         # is a consistent parameterization only on its own kind of sigmas.

@@ -314,7 +314,10 @@ def read(name: str, source: _Source) -> Reading | None:
         form, batch = "guider", "guider"
     else:
         return None
-    denoiser = max(calls, key=calls.get) if calls else ""
+    # The most-called denoiser; a tie (StableUnCLIP: a prior loop, then a unet loop) is unclear.
+    most = max(calls.values(), default=0)
+    tied = [name for name, count in calls.items() if count == most]
+    denoiser = tied[0] if len(tied) == 1 else ""
     module = source.module(name)
     kind = ("onnx" if os.path.basename(module).startswith("pipeline_onnx") else
             "deprecated" if source.derives(name, "DeprecatedPipelineMixin") or module.startswith("deprecated")

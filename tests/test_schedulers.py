@@ -216,6 +216,7 @@ def test_clipping_acts_on_the_x0_apg_computes():
     ("KDPM2DiscreteScheduler", {"prediction_type": "sample"}, "'sample' of KDPM2DiscreteScheduler is not supported"),
     ("EDMEulerScheduler", {"prediction_type": "sample"}, "'sample' of EDMEulerScheduler is not supported"),
     ("IPNDMScheduler", {}, "scheduler IPNDMScheduler is not supported by apg"),
+    ("FlowMatchEulerDiscreteScheduler", {"invert_sigmas": True}, "invert_sigmas=True is not supported"),
 ])
 def test_unsupported_configurations_are_refused(cls_name, config, match):
     with pytest.raises(ValueError, match=match):
