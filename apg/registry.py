@@ -339,8 +339,6 @@ REFUSED: dict[str, str] = {
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "QwenImageEditPlusPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "QwenImageImg2ImgPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "QwenImageInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "QwenImageLayeredPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "SanaControlNetPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -553,6 +551,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- family animate --
     # -- end of family animate --
     # -- family qwen --
+    "QwenImageImg2ImgPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
+    "QwenImageInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
     # -- end of family qwen --
     # -- family flux --
     # -- end of family flux --
