@@ -335,10 +335,6 @@ REFUSED: dict[str, str] = {
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "QwenImageControlNetPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "QwenImageEditInpaintPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "QwenImageEditPlusPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "QwenImageLayeredPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "SanaControlNetPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -553,6 +549,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- family qwen --
     "QwenImageImg2ImgPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
     "QwenImageInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
+    "QwenImageEditPlusPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
+    "QwenImageEditInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
     # -- end of family qwen --
     # -- family flux --
     # -- end of family flux --

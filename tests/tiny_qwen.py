@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import unittest.mock
+
 import torch
 from tiny_image import _image, _qwen_call, _qwen_parts
 from tiny_pipelines import _no_bar
@@ -22,12 +26,23 @@ def _mask(size=32):
     return mask
 
 
-def _run(call, steps_of=lambda steps: steps):
-    """run(pipe, steps, seed, **extra) for a pipeline called with `call()`'s arguments, latents out."""
+def _small_images(module):
+    """Qwen-Image-Edit pipelines resize input images to a fixed area (~1024² px) whatever the call asks; keep them
+    at 32x32 here (`module`: the pipeline's module under diffusers.pipelines)."""
+    module = importlib.import_module(f"diffusers.pipelines.{module}")
+    original = module.calculate_dimensions
+    small = lambda area, ratio: original(32 * 32, ratio)  # noqa: E731
+    return unittest.mock.patch.object(module, "calculate_dimensions", small)
+
+
+def _run(call, steps_of=lambda steps: steps, module=None):
+    """run(pipe, steps, seed, **extra) for a pipeline called with `call()`'s arguments, latents out; `module`:
+    where to patch calculate_dimensions (see _small_images)."""
 
     def run(pipe, steps=3, seed=0, **extra):
         kwargs = {"output_type": "latent", **call(), **extra}
-        out = pipe(**kwargs, num_inference_steps=steps_of(steps), generator=torch.Generator().manual_seed(seed))
+        with _small_images(module) if module else contextlib.nullcontext():
+            out = pipe(**kwargs, num_inference_steps=steps_of(steps), generator=torch.Generator().manual_seed(seed))
         return out[0]
 
     return run
@@ -45,4 +60,10 @@ CASES: dict[str, Case] = {
     "QwenImageInpaintPipeline": Case(_qwen_build("QwenImageInpaintPipeline"), _run(
         lambda: {**_qwen_call(), **_QWEN_SIZE, "image": _image(32), "mask_image": _mask(), "strength": STRENGTH},
         _strength)),
+    "QwenImageEditPlusPipeline": Case(_qwen_build("QwenImageEditPlusPipeline", processor=None), _run(
+        lambda: {**_qwen_call(), **_QWEN_SIZE, "image": [_image(32), _image(32)]},
+        module="qwenimage.pipeline_qwenimage_edit_plus")),
+    "QwenImageEditInpaintPipeline": Case(_qwen_build("QwenImageEditInpaintPipeline", processor=None), _run(
+        lambda: {**_qwen_call(), **_QWEN_SIZE, "image": _image(32), "mask_image": _mask(), "strength": STRENGTH},
+        _strength, module="qwenimage.pipeline_qwenimage_edit_inpaint")),
 }
