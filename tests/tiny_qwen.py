@@ -17,7 +17,24 @@ STRENGTH = 0.75  # img2img / inpaint: steps * 4 // 3 scheduled, 3 of them run
 
 
 def _qwen_build(cls, **more):
-    return lambda: _no_bar(getattr(diffusers, cls)(**_qwen_parts(), **more))
+    """build() of a Qwen-Image class: _qwen_parts plus `more` (name -> a function making that part)."""
+    return lambda: _no_bar(getattr(diffusers, cls)(**_qwen_parts(), **{name: make() for name, make in more.items()}))
+
+
+_NONE = lambda: None  # noqa: E731 (a part left out: the calls pass embeddings)
+
+
+def _qwen_controlnet(extra_condition_channels=0):
+    """A ControlNet matching _qwen_parts' transformer; its zero-initialised projections made random so that the
+    residuals it adds are not zero."""
+    torch.manual_seed(1)
+    controlnet = diffusers.QwenImageControlNetModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=16, axes_dims_rope=(8, 4, 4), extra_condition_channels=extra_condition_channels,
+    ).eval()
+    for module in (controlnet.controlnet_x_embedder, *controlnet.controlnet_blocks):
+        torch.nn.init.normal_(module.weight, std=0.1)
+    return controlnet
 
 
 def _mask(size=32):
@@ -35,12 +52,15 @@ def _small_images(module):
     return unittest.mock.patch.object(module, "calculate_dimensions", small)
 
 
-def _run(call, steps_of=lambda steps: steps, module=None):
+def _run(call, steps_of=lambda steps: steps, module=None, global_seed=False):
     """run(pipe, steps, seed, **extra) for a pipeline called with `call()`'s arguments, latents out; `module`:
-    where to patch calculate_dimensions (see _small_images)."""
+    where to patch calculate_dimensions (see _small_images); `global_seed`: the pipeline draws from torch's global
+    generator too (a VAE sample without the call's generator), seeded here."""
 
     def run(pipe, steps=3, seed=0, **extra):
         kwargs = {"output_type": "latent", **call(), **extra}
+        if global_seed:
+            torch.manual_seed(seed)
         with _small_images(module) if module else contextlib.nullcontext():
             out = pipe(**kwargs, num_inference_steps=steps_of(steps), generator=torch.Generator().manual_seed(seed))
         return out[0]
@@ -60,10 +80,16 @@ CASES: dict[str, Case] = {
     "QwenImageInpaintPipeline": Case(_qwen_build("QwenImageInpaintPipeline"), _run(
         lambda: {**_qwen_call(), **_QWEN_SIZE, "image": _image(32), "mask_image": _mask(), "strength": STRENGTH},
         _strength)),
-    "QwenImageEditPlusPipeline": Case(_qwen_build("QwenImageEditPlusPipeline", processor=None), _run(
+    "QwenImageEditPlusPipeline": Case(_qwen_build("QwenImageEditPlusPipeline", processor=_NONE), _run(
         lambda: {**_qwen_call(), **_QWEN_SIZE, "image": [_image(32), _image(32)]},
         module="qwenimage.pipeline_qwenimage_edit_plus")),
-    "QwenImageEditInpaintPipeline": Case(_qwen_build("QwenImageEditInpaintPipeline", processor=None), _run(
+    "QwenImageEditInpaintPipeline": Case(_qwen_build("QwenImageEditInpaintPipeline", processor=_NONE), _run(
         lambda: {**_qwen_call(), **_QWEN_SIZE, "image": _image(32), "mask_image": _mask(), "strength": STRENGTH},
         _strength, module="qwenimage.pipeline_qwenimage_edit_inpaint")),
+    "QwenImageControlNetPipeline": Case(_qwen_build("QwenImageControlNetPipeline", controlnet=_qwen_controlnet),
+                                        _run(lambda: {**_qwen_call(), **_QWEN_SIZE, "control_image": _image(32)})),
+    "QwenImageControlNetInpaintPipeline": Case(
+        _qwen_build("QwenImageControlNetInpaintPipeline", controlnet=lambda: _qwen_controlnet(4)),
+        _run(lambda: {**_qwen_call(), **_QWEN_SIZE, "control_image": _image(32), "control_mask": _mask()},
+             global_seed=True)),
 }
