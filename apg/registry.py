@@ -331,7 +331,6 @@ REFUSED: dict[str, str] = {
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
     "QwenImage21Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "QwenImageLayeredPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "SanaControlNetPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "SanaImageToVideoPipeline":
@@ -550,6 +549,7 @@ STOCK_PIPELINES: dict[str, dict] = {
     # The ControlNet runs once per step on the cond inputs; both passes share its residuals: nothing to cut.
     "QwenImageControlNetPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
     "QwenImageControlNetInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
+    "QwenImageLayeredPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond("cfg_normalize"),)),
     # -- end of family qwen --
     # -- family flux --
     # -- end of family flux --

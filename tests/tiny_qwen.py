@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import types
 import unittest.mock
 
 import torch
@@ -74,6 +75,39 @@ def _strength(steps):
 
 _QWEN_SIZE = dict(height=32, width=32)
 
+
+def _layered_build():
+    parts = _qwen_parts()
+    torch.manual_seed(0)
+    parts["transformer"] = diffusers.QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4), use_additional_t_cond=True,
+        use_layer3d_rope=True,
+    ).eval()
+    return _no_bar(diffusers.QwenImageLayeredPipeline(**parts, processor=None))
+
+
+def _layered_run(**more):
+    """QwenImageLayeredPipeline decomposes `image` into 2 layers. It casts the image to its text encoder's dtype
+    (a stand-in here: the call passes embeddings, and a prompt so that it captions nothing), and its
+    output_type="latent" path fails (Diffusers 0.42: `images` unset), so the latents are read at each step's end."""
+
+    def run(pipe, steps=3, seed=0, **extra):
+        latents = []
+
+        def keep(pipe, i, t, tensors):
+            latents.append(tensors["latents"])
+            return {}
+
+        kwargs = {**_qwen_call(), "image": _image(32), "prompt": "a photo", "layers": 2, "output_type": "pt",
+                  "callback_on_step_end": keep, **more, **extra}
+        with _small_images("qwenimage.pipeline_qwenimage_layered"), unittest.mock.patch.object(
+                pipe, "text_encoder", types.SimpleNamespace(dtype=torch.float32)):
+            pipe(**kwargs, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
+        return latents[-1]
+
+    return run
+
 CASES: dict[str, Case] = {
     "QwenImageImg2ImgPipeline": Case(_qwen_build("QwenImageImg2ImgPipeline"), _run(
         lambda: {**_qwen_call(), **_QWEN_SIZE, "image": _image(32), "strength": STRENGTH}, _strength)),
@@ -92,4 +126,6 @@ CASES: dict[str, Case] = {
         _qwen_build("QwenImageControlNetInpaintPipeline", controlnet=lambda: _qwen_controlnet(4)),
         _run(lambda: {**_qwen_call(), **_QWEN_SIZE, "control_image": _image(32), "control_mask": _mask()},
              global_seed=True)),
+    "QwenImageLayeredPipeline": Case(_layered_build, _layered_run()),
+    "QwenImageLayeredPipeline/cfg_normalize": Case(_layered_build, _layered_run(cfg_normalize=True)),
 }
