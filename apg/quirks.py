@@ -307,6 +307,27 @@ SKIPPING = (BatchDims, ZeroOutput, Conditioners)  # declarations for apg/_skip.p
 # -- end of family animate --
 
 # -- family qwen --
+def target_tokens(pipe, output, model_output):
+    """The last tokens of a packed [B, N, C] output, as many as the latents have: Qwen-Image 2.1 prepends its
+    condition images' tokens to the noise and steps the rest."""
+    return output[:, -model_output.shape[1]:]
+
+
+@dataclass(frozen=True)
+class FirstStepCache(Quirk):
+    """The pipeline fills a KV cache of its condition tokens at the first step from each pass and reads it later
+    (call argument `arg`, on where the denoiser's config sets `flag`): no pass may be skipped, so skipping is off."""
+
+    arg: str = "use_kv_cache"
+    flag: str = "causal_condition"
+
+    def describe(self):
+        return f"no skipping while `{self.arg}` caches the first step's condition tokens"
+
+    def start(self, run):
+        denoiser = getattr(run.pipe, run.spec.denoiser)
+        if run.call_value(self.arg) and getattr(denoiser.config, self.flag, False):
+            run.skipper = None  # read after start() by apg/_run.py: a pass skipped at step 0 leaves its cache empty
 # -- end of family qwen --
 
 # -- family flux --

@@ -330,7 +330,6 @@ REFUSED: dict[str, str] = {
     "PixArtSigmaPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "QwenImage21Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "SanaControlNetPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "SanaImageToVideoPipeline":
@@ -550,6 +549,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     "QwenImageControlNetPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
     "QwenImageControlNetInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
     "QwenImageLayeredPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond("cfg_normalize"),)),
+    "QwenImage21Pipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(
+        SteppedPart(_q.target_tokens), _q.FirstStepCache("use_kv_cache", "causal_condition"))),
     # -- end of family qwen --
     # -- family flux --
     # -- end of family flux --

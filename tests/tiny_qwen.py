@@ -9,7 +9,7 @@ import unittest.mock
 
 import torch
 from tiny_image import _image, _qwen_call, _qwen_parts
-from tiny_pipelines import _no_bar
+from tiny_pipelines import _no_bar, make_scheduler
 from tiny_registry import Case
 
 import diffusers
@@ -76,6 +76,27 @@ def _strength(steps):
 _QWEN_SIZE = dict(height=32, width=32)
 
 
+class _Qwen3VLProcessor:
+    """What QwenImage21Pipeline's constructor reads of its processor (the system prompt's length, the image-pad
+    token); the calls pass embeddings, so nothing else is used."""
+
+    tokenizer = types.SimpleNamespace(encode=lambda text: [7])
+
+    def apply_chat_template(self, messages, **kwargs):
+        return [[0] * 5]
+
+
+def _qwen21_build():
+    """Qwen-Image 2.1: unpatched latents, 16 px per token: 64x64 images are 16 tokens of 4 channels."""
+    torch.manual_seed(0)
+    transformer = diffusers.QwenImage21Transformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+        context_in_dim=16, axes_dims_rope=(8, 4, 4),
+    ).eval()
+    return _no_bar(diffusers.QwenImage21Pipeline(scheduler=make_scheduler("flow_euler"), vae=None, text_encoder=None,
+                                                 processor=_Qwen3VLProcessor(), transformer=transformer))
+
+
 def _layered_build():
     parts = _qwen_parts()
     torch.manual_seed(0)
@@ -128,4 +149,5 @@ CASES: dict[str, Case] = {
              global_seed=True)),
     "QwenImageLayeredPipeline": Case(_layered_build, _layered_run()),
     "QwenImageLayeredPipeline/cfg_normalize": Case(_layered_build, _layered_run(cfg_normalize=True)),
+    "QwenImage21Pipeline": Case(_qwen21_build, _run(lambda: {**_qwen_call(), "height": 64, "width": 64})),
 }
