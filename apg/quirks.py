@@ -328,6 +328,26 @@ class FirstStepCache(Quirk):
         denoiser = getattr(run.pipe, run.spec.denoiser)
         if run.call_value(self.arg) and getattr(denoiser.config, self.flag, False):
             run.skipper = None  # read after start() by apg/_run.py: a pass skipped at step 0 leaves its cache empty
+
+
+@dataclass(frozen=True)
+class ClampedRenormToCond(Quirk):
+    """After its CFG line the pipeline scales the result by ||c|| / (||result|| + 1e-8) over the last dim, clamped to
+    [call argument `min_arg`, 1], where call argument `arg` is on (LongCat-Image): it only ever shrinks the result."""
+
+    arg: str = "enable_cfg_renorm"
+    min_arg: str = "cfg_renorm_min"
+
+    def describe(self):
+        return f"renormalised towards the cond prediction's norm, factor clamped to [`{self.min_arg}`, 1], " \
+               f"switched by `{self.arg}`"
+
+    def after(self, run, guided, pred_cond):
+        if not run.call_value(self.arg):
+            return guided
+        norm = torch.norm(guided, dim=-1, keepdim=True) + 1e-8  # the pipeline's own guard, not renorm_to_cond's
+        factor = torch.norm(pred_cond, dim=-1, keepdim=True) / norm
+        return guided * factor.clamp(min=run.call_value(self.min_arg), max=1.0)
 # -- end of family qwen --
 
 # -- family flux --

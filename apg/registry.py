@@ -317,7 +317,6 @@ REFUSED: dict[str, str] = {
     "LattePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatAudioDiTPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "LongCatImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LucyEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LuminaPipeline": "not yet verified: [cond, uncond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "MochiPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -551,6 +550,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     "QwenImageLayeredPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond("cfg_normalize"),)),
     "QwenImage21Pipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(
         SteppedPart(_q.target_tokens), _q.FirstStepCache("use_kv_cache", "causal_condition"))),
+    "LongCatImagePipeline": dict(denoiser="transformer", batch="separate", quirks=(
+        _q.ClampedRenormToCond("enable_cfg_renorm", "cfg_renorm_min"),)),
     # -- end of family qwen --
     # -- family flux --
     # -- end of family flux --

@@ -8,7 +8,7 @@ import types
 import unittest.mock
 
 import torch
-from tiny_image import _image, _qwen_call, _qwen_parts
+from tiny_image import TEXT_LEN, _embeds, _image, _qwen_call, _qwen_parts
 from tiny_pipelines import _no_bar, make_scheduler
 from tiny_registry import Case
 
@@ -97,6 +97,35 @@ def _qwen21_build():
                                                  processor=_Qwen3VLProcessor(), transformer=transformer))
 
 
+def _longcat_build(cls, vae=_NONE):
+    def build():
+        torch.manual_seed(0)
+        transformer = diffusers.LongCatImageTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16, axes_dims_rope=[4, 4, 8],
+        ).eval()  # 64 = the 16 latent channels the pipelines fix, packed 2x2
+        return _no_bar(getattr(diffusers, cls)(scheduler=make_scheduler("flow_euler"), vae=vae(), text_encoder=None,
+                                               tokenizer=None, text_processor=None, transformer=transformer))
+
+    return build
+
+
+def _longcat_run(call, module=None):
+    """LongCat-Image's encode_prompt takes len(prompt) even when given embeddings (Diffusers 0.42: prompt=None
+    fails), and check_inputs refuses both: the prompt reaches it as [""] here. Its prompt rewrite needs the text
+    encoder: off."""
+    inner = _run(lambda: {**call(), "prompt_embeds": _embeds(1, TEXT_LEN, 16, seed=10),
+                          "negative_prompt_embeds": _embeds(1, TEXT_LEN, 16, seed=11)}, module=module)
+
+    def run(pipe, steps=3, seed=0, **extra):
+        encode = pipe.encode_prompt
+        with unittest.mock.patch.object(pipe, "encode_prompt", lambda prompt=None, **kwargs: encode(
+                prompt=[""] if prompt is None else prompt, **kwargs)):
+            return inner(pipe, steps, seed, **extra)
+
+    return run
+
+
 def _layered_build():
     parts = _qwen_parts()
     torch.manual_seed(0)
@@ -150,4 +179,8 @@ CASES: dict[str, Case] = {
     "QwenImageLayeredPipeline": Case(_layered_build, _layered_run()),
     "QwenImageLayeredPipeline/cfg_normalize": Case(_layered_build, _layered_run(cfg_normalize=True)),
     "QwenImage21Pipeline": Case(_qwen21_build, _run(lambda: {**_qwen_call(), "height": 64, "width": 64})),
+    "LongCatImagePipeline": Case(_longcat_build("LongCatImagePipeline"), _longcat_run(
+        lambda: {"height": 32, "width": 32, "enable_prompt_rewrite": False})),
+    "LongCatImagePipeline/cfg_renorm_min": Case(_longcat_build("LongCatImagePipeline"), _longcat_run(
+        lambda: {"height": 32, "width": 32, "enable_prompt_rewrite": False, "cfg_renorm_min": 0.9})),
 }
