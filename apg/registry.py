@@ -316,7 +316,6 @@ REFUSED: dict[str, str] = {
         "`guidance_rescale`, 2 combination expressions",
     "LattePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatAudioDiTPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "LongCatImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LucyEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LuminaPipeline": "not yet verified: [cond, uncond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "MochiPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -552,6 +551,7 @@ STOCK_PIPELINES: dict[str, dict] = {
         SteppedPart(_q.target_tokens), _q.FirstStepCache("use_kv_cache", "causal_condition"))),
     "LongCatImagePipeline": dict(denoiser="transformer", batch="separate", quirks=(
         _q.ClampedRenormToCond("enable_cfg_renorm", "cfg_renorm_min"),)),
+    "LongCatImageEditPipeline": dict(denoiser="transformer", batch="separate"),
     # -- end of family qwen --
     # -- family flux --
     # -- end of family flux --

@@ -9,7 +9,7 @@ import unittest.mock
 
 import torch
 from tiny_image import TEXT_LEN, _embeds, _image, _qwen_call, _qwen_parts
-from tiny_pipelines import _no_bar, make_scheduler
+from tiny_pipelines import _flow_vae, _no_bar, make_scheduler
 from tiny_registry import Case
 
 import diffusers
@@ -44,25 +44,25 @@ def _mask(size=32):
     return mask
 
 
-def _small_images(module):
-    """Qwen-Image-Edit pipelines resize input images to a fixed area (~1024² px) whatever the call asks; keep them
-    at 32x32 here (`module`: the pipeline's module under diffusers.pipelines)."""
+def _small_images(module, side=32):
+    """Edit pipelines resize input images to a fixed area (~1024² px) whatever the call asks; keep them at
+    side x side here (`module`: the pipeline's module under diffusers.pipelines)."""
     module = importlib.import_module(f"diffusers.pipelines.{module}")
     original = module.calculate_dimensions
-    small = lambda area, ratio: original(32 * 32, ratio)  # noqa: E731
+    small = lambda area, ratio: original(side * side, ratio)  # noqa: E731
     return unittest.mock.patch.object(module, "calculate_dimensions", small)
 
 
-def _run(call, steps_of=lambda steps: steps, module=None, global_seed=False):
-    """run(pipe, steps, seed, **extra) for a pipeline called with `call()`'s arguments, latents out; `module`:
-    where to patch calculate_dimensions (see _small_images); `global_seed`: the pipeline draws from torch's global
-    generator too (a VAE sample without the call's generator), seeded here."""
+def _run(call, steps_of=lambda steps: steps, module=None, global_seed=False, side=32):
+    """run(pipe, steps, seed, **extra) for a pipeline called with `call()`'s arguments, latents out; `module`,
+    `side`: where to patch calculate_dimensions, and the image side (see _small_images); `global_seed`: the
+    pipeline draws from torch's global generator too (a VAE sample without the call's generator), seeded here."""
 
     def run(pipe, steps=3, seed=0, **extra):
         kwargs = {"output_type": "latent", **call(), **extra}
         if global_seed:
             torch.manual_seed(seed)
-        with _small_images(module) if module else contextlib.nullcontext():
+        with _small_images(module, side) if module else contextlib.nullcontext():
             out = pipe(**kwargs, num_inference_steps=steps_of(steps), generator=torch.Generator().manual_seed(seed))
         return out[0]
 
@@ -97,7 +97,13 @@ def _qwen21_build():
                                                  processor=_Qwen3VLProcessor(), transformer=transformer))
 
 
-def _longcat_build(cls, vae=_NONE):
+class _LongCatTextProcessor:
+    """What LongCatImageEditPipeline's constructor reads of its Qwen2-VL processor; the calls pass embeddings."""
+
+    image_processor = None
+
+
+def _longcat_build(cls, vae=_NONE, text_processor=_NONE):
     def build():
         torch.manual_seed(0)
         transformer = diffusers.LongCatImageTransformer2DModel(
@@ -105,17 +111,19 @@ def _longcat_build(cls, vae=_NONE):
             num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16, axes_dims_rope=[4, 4, 8],
         ).eval()  # 64 = the 16 latent channels the pipelines fix, packed 2x2
         return _no_bar(getattr(diffusers, cls)(scheduler=make_scheduler("flow_euler"), vae=vae(), text_encoder=None,
-                                               tokenizer=None, text_processor=None, transformer=transformer))
+                                               tokenizer=None, text_processor=text_processor(),
+                                               transformer=transformer))
 
     return build
 
 
-def _longcat_run(call, module=None):
+def _longcat_run(call, module=None, side=32):
     """LongCat-Image's encode_prompt takes len(prompt) even when given embeddings (Diffusers 0.42: prompt=None
     fails), and check_inputs refuses both: the prompt reaches it as [""] here. Its prompt rewrite needs the text
     encoder: off."""
     inner = _run(lambda: {**call(), "prompt_embeds": _embeds(1, TEXT_LEN, 16, seed=10),
-                          "negative_prompt_embeds": _embeds(1, TEXT_LEN, 16, seed=11)}, module=module)
+                          "negative_prompt_embeds": _embeds(1, TEXT_LEN, 16, seed=11)}, module=module,
+                 side=side)
 
     def run(pipe, steps=3, seed=0, **extra):
         encode = pipe.encode_prompt
@@ -183,4 +191,7 @@ CASES: dict[str, Case] = {
         lambda: {"height": 32, "width": 32, "enable_prompt_rewrite": False})),
     "LongCatImagePipeline/cfg_renorm_min": Case(_longcat_build("LongCatImagePipeline"), _longcat_run(
         lambda: {"height": 32, "width": 32, "enable_prompt_rewrite": False, "cfg_renorm_min": 0.9})),
+    "LongCatImageEditPipeline": Case(
+        _longcat_build("LongCatImageEditPipeline", lambda: _flow_vae(16), _LongCatTextProcessor),
+        _longcat_run(lambda: {"image": _image(16)}, module="longcat_image.pipeline_longcat_image_edit", side=16)),
 }
