@@ -322,7 +322,6 @@ REFUSED: dict[str, str] = {
     "NucleusMoEImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "OmniGenPipeline":
         "three-way guidance, u + s_i (i - u) + s (c - i) (`img_guidance_scale`), not the two-way CFG line",
-    "OvisImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "PRXPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "PRXPixelPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "PixArtSigmaPAGPipeline":
@@ -552,6 +551,7 @@ STOCK_PIPELINES: dict[str, dict] = {
     "LongCatImagePipeline": dict(denoiser="transformer", batch="separate", quirks=(
         _q.ClampedRenormToCond("enable_cfg_renorm", "cfg_renorm_min"),)),
     "LongCatImageEditPipeline": dict(denoiser="transformer", batch="separate"),
+    "OvisImagePipeline": dict(denoiser="transformer", batch="separate"),
     # -- end of family qwen --
     # -- family flux --
     # -- end of family flux --

@@ -134,6 +134,16 @@ def _longcat_run(call, module=None, side=32):
     return run
 
 
+def _ovis_build():
+    torch.manual_seed(0)
+    transformer = diffusers.OvisImageTransformer2DModel(
+        patch_size=1, in_channels=16, out_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(4, 4, 8),
+    ).eval()
+    return _no_bar(diffusers.OvisImagePipeline(scheduler=make_scheduler("flow_euler"), vae=_flow_vae(4),
+                                               text_encoder=None, tokenizer=None, transformer=transformer))
+
+
 def _layered_build():
     parts = _qwen_parts()
     torch.manual_seed(0)
@@ -194,4 +204,7 @@ CASES: dict[str, Case] = {
     "LongCatImageEditPipeline": Case(
         _longcat_build("LongCatImageEditPipeline", lambda: _flow_vae(16), _LongCatTextProcessor),
         _longcat_run(lambda: {"image": _image(16)}, module="longcat_image.pipeline_longcat_image_edit", side=16)),
+    "OvisImagePipeline": Case(_ovis_build, _run(lambda: dict(
+        prompt_embeds=_embeds(1, TEXT_LEN, 16, seed=10), negative_prompt_embeds=_embeds(1, TEXT_LEN, 16, seed=11),
+        negative_prompt=None, height=16, width=16))),  # its default negative_prompt "" clashes with the embeds
 }
