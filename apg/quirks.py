@@ -348,6 +348,10 @@ class ClampedRenormToCond(Quirk):
         norm = torch.norm(guided, dim=-1, keepdim=True) + 1e-8  # the pipeline's own guard, not renorm_to_cond's
         factor = torch.norm(pred_cond, dim=-1, keepdim=True) / norm
         return guided * factor.clamp(min=run.call_value(self.min_arg), max=1.0)
+
+
+GLM_IMAGE = ("it runs its transformer on the condition images before the loop (to fill its KV cache), a denoiser call "
+             "that is no pass of the CFG line")
 # -- end of family qwen --
 
 # -- family flux --

@@ -231,7 +231,6 @@ REFUSED: dict[str, str] = {
     "FluxInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "FluxKontextInpaintPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "GlmImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "HeliosPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 3 combination "
         "expressions",
@@ -552,6 +551,7 @@ STOCK_PIPELINES: dict[str, dict] = {
         _q.ClampedRenormToCond("enable_cfg_renorm", "cfg_renorm_min"),)),
     "LongCatImageEditPipeline": dict(denoiser="transformer", batch="separate"),
     "OvisImagePipeline": dict(denoiser="transformer", batch="separate"),
+    "GlmImagePipeline": dict(denoiser="transformer", batch="separate", quirks=(Refuse("image", _q.GLM_IMAGE),)),
     # -- end of family qwen --
     # -- family flux --
     # -- end of family flux --

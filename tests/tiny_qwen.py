@@ -144,6 +144,25 @@ def _ovis_build():
                                                text_encoder=None, tokenizer=None, transformer=transformer))
 
 
+def _glm_build():
+    """GLM-Image's diffusion decoder alone: the call passes the prior tokens its vision-language model would
+    generate (one per 2x2 latent patch: 32x32 images are 4), and the glyph embeddings."""
+    torch.manual_seed(0)
+    transformer = diffusers.GlmImageTransformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+        text_embed_dim=16, time_embed_dim=16, condition_dim=8, prior_vq_quantizer_codebook_size=32,
+    ).eval()
+    return _no_bar(diffusers.GlmImagePipeline(
+        tokenizer=None, processor=None, text_encoder=None, vision_language_encoder=None, vae=None,
+        transformer=transformer, scheduler=make_scheduler("flow_euler")))
+
+
+def _glm_call():
+    prior = torch.randint(0, 32, (1, 4), generator=torch.Generator().manual_seed(12))
+    return dict(prompt_embeds=_embeds(1, TEXT_LEN, 16, seed=10),
+                negative_prompt_embeds=_embeds(1, TEXT_LEN, 16, seed=11), prior_token_ids=prior, height=32, width=32)
+
+
 def _layered_build():
     parts = _qwen_parts()
     torch.manual_seed(0)
@@ -207,4 +226,5 @@ CASES: dict[str, Case] = {
     "OvisImagePipeline": Case(_ovis_build, _run(lambda: dict(
         prompt_embeds=_embeds(1, TEXT_LEN, 16, seed=10), negative_prompt_embeds=_embeds(1, TEXT_LEN, 16, seed=11),
         negative_prompt=None, height=16, width=16))),  # its default negative_prompt "" clashes with the embeds
+    "GlmImagePipeline": Case(_glm_build, _run(_glm_call)),
 }
