@@ -220,7 +220,6 @@ REFUSED: dict[str, str] = {
     "EasyAnimatePipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
         "`guidance_rescale`, 2 combination expressions",
-    "ErnieImagePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Flux2KleinInpaintPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
         "distilled checkpoints (`config.is_distilled`)",
@@ -552,6 +551,7 @@ STOCK_PIPELINES: dict[str, dict] = {
     "LongCatImageEditPipeline": dict(denoiser="transformer", batch="separate"),
     "OvisImagePipeline": dict(denoiser="transformer", batch="separate"),
     "GlmImagePipeline": dict(denoiser="transformer", batch="separate", quirks=(Refuse("image", _q.GLM_IMAGE),)),
+    "ErnieImagePipeline": dict(denoiser="transformer", batch="uncond_first"),
     # -- end of family qwen --
     # -- family flux --
     # -- end of family flux --

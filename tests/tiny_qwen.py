@@ -163,6 +163,26 @@ def _glm_call():
                 negative_prompt_embeds=_embeds(1, TEXT_LEN, 16, seed=11), prior_token_ids=prior, height=32, width=32)
 
 
+def _ernie_build():
+    """ERNIE-Image: channel-first latents [B, 4, 4, 4] (64x64 images, a VAE factor of 16 without a VAE)."""
+    torch.manual_seed(0)
+    transformer = diffusers.ErnieImageTransformer2DModel(
+        hidden_size=32, num_attention_heads=2, num_layers=1, ffn_hidden_size=32, in_channels=4, out_channels=4,
+        text_in_dim=16, rope_axes_dim=(4, 6, 6),
+    ).eval()
+    for layer in (transformer.adaLN_modulation[-1], transformer.final_linear):  # zero-initialised: a zero output
+        torch.nn.init.normal_(layer.weight, std=0.2)
+        torch.nn.init.normal_(layer.bias, std=0.2)
+    return _no_bar(diffusers.ErnieImagePipeline(transformer=transformer, vae=None, text_encoder=None, tokenizer=None,
+                                                scheduler=make_scheduler("flow_euler")))
+
+
+def _ernie_call():
+    # one [tokens, C] tensor per prompt; the negative one shorter, so the joint batch pads it
+    return dict(prompt_embeds=[_embeds(TEXT_LEN, 16, seed=10)], negative_prompt_embeds=[_embeds(5, 16, seed=11)],
+                height=64, width=64, use_pe=False)
+
+
 def _layered_build():
     parts = _qwen_parts()
     torch.manual_seed(0)
@@ -227,4 +247,5 @@ CASES: dict[str, Case] = {
         prompt_embeds=_embeds(1, TEXT_LEN, 16, seed=10), negative_prompt_embeds=_embeds(1, TEXT_LEN, 16, seed=11),
         negative_prompt=None, height=16, width=16))),  # its default negative_prompt "" clashes with the embeds
     "GlmImagePipeline": Case(_glm_build, _run(_glm_call)),
+    "ErnieImagePipeline": Case(_ernie_build, _run(_ernie_call)),
 }
