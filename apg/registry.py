@@ -317,7 +317,6 @@ REFUSED: dict[str, str] = {
     "LucyEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LuminaPipeline": "not yet verified: [cond, uncond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "MochiPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "NucleusMoEImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "OmniGenPipeline":
         "three-way guidance, u + s_i (i - u) + s (c - i) (`img_guidance_scale`), not the two-way CFG line",
     "PRXPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -552,6 +551,7 @@ STOCK_PIPELINES: dict[str, dict] = {
     "OvisImagePipeline": dict(denoiser="transformer", batch="separate"),
     "GlmImagePipeline": dict(denoiser="transformer", batch="separate", quirks=(Refuse("image", _q.GLM_IMAGE),)),
     "ErnieImagePipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "NucleusMoEImagePipeline": dict(denoiser="transformer", batch="separate", quirks=(Negated(), RenormToCond())),
     # -- end of family qwen --
     # -- family flux --
     # -- end of family flux --

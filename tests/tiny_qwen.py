@@ -183,6 +183,18 @@ def _ernie_call():
                 height=64, width=64, use_pe=False)
 
 
+def _nucleus_build():
+    """Nucleus-MoE-Image: Qwen-Image's packed latents and VAE; its one layer is dense (as its first three are)."""
+    parts = _qwen_parts()
+    torch.manual_seed(0)
+    transformer = diffusers.NucleusMoEImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=16, axes_dims_rope=(8, 4, 4), num_experts=4, moe_intermediate_dim=16,
+    ).eval()
+    return _no_bar(diffusers.NucleusMoEImagePipeline(transformer=transformer, scheduler=parts["scheduler"],
+                                                     vae=parts["vae"], text_encoder=None, processor=None))
+
+
 def _layered_build():
     parts = _qwen_parts()
     torch.manual_seed(0)
@@ -248,4 +260,5 @@ CASES: dict[str, Case] = {
         negative_prompt=None, height=16, width=16))),  # its default negative_prompt "" clashes with the embeds
     "GlmImagePipeline": Case(_glm_build, _run(_glm_call)),
     "ErnieImagePipeline": Case(_ernie_build, _run(_ernie_call)),
+    "NucleusMoEImagePipeline": Case(_nucleus_build, _run(lambda: {**_qwen_call(), **_QWEN_SIZE})),
 }
