@@ -350,6 +350,25 @@ class ClampedRenormToCond(Quirk):
         return guided * factor.clamp(min=run.call_value(self.min_arg), max=1.0)
 
 
+@dataclass(frozen=True)
+class RenormToCondOver(Quirk):
+    """After its CFG line the pipeline rescales the result to the cond prediction's norm over dim `dim`, the
+    result's norm clamped at `eps` (JoyImage: over the channels C of its [B, items, C, T, H, W] latents)."""
+
+    dim: int = 2
+    eps: float = 1e-6
+
+    def describe(self):
+        return f"renormalised to the cond prediction's norm over dim {self.dim}"
+
+    def after(self, run, guided, pred_cond):
+        norm = torch.norm(guided, dim=self.dim, keepdim=True).clamp_min(self.eps)
+        return guided * (torch.norm(pred_cond, dim=self.dim, keepdim=True) / norm)
+
+
+JOY_IMAGE = ("its reference latents ride in the stepped tensor (restored after each step), so a nonlinear rule "
+             "would see their predictions too")
+
 GLM_IMAGE = ("it runs its transformer on the condition images before the loop (to fill its KV cache), a denoiser call "
              "that is no pass of the CFG line")
 # -- end of family qwen --

@@ -259,7 +259,6 @@ REFUSED: dict[str, str] = {
     "Ideogram4Pipeline":
         "not yet verified: two models, text tokens first, a negated output and a per-step scale schedule "
         "(`gw[i]`), written s c + (1 - s) u",
-    "JoyImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "JoyImageEditPlusPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Kandinsky3Img2ImgPipeline":
@@ -552,6 +551,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     "GlmImagePipeline": dict(denoiser="transformer", batch="separate", quirks=(Refuse("image", _q.GLM_IMAGE),)),
     "ErnieImagePipeline": dict(denoiser="transformer", batch="uncond_first"),
     "NucleusMoEImagePipeline": dict(denoiser="transformer", batch="separate", quirks=(Negated(), RenormToCond())),
+    "JoyImageEditPipeline": dict(denoiser="transformer", batch="separate", quirks=(
+        _q.RenormToCondOver(2, 1e-6), Refuse("image", _q.JOY_IMAGE))),
     # -- end of family qwen --
     # -- family flux --
     # -- end of family flux --

@@ -195,6 +195,31 @@ def _nucleus_build():
                                                      vae=parts["vae"], text_encoder=None, processor=None))
 
 
+def _joy_build(cls):
+    def build():
+        torch.manual_seed(0)
+        transformer = diffusers.JoyImageEditTransformer3DModel(
+            patch_size=[1, 2, 2], in_channels=4, hidden_size=32, num_attention_heads=2, text_dim=16, num_layers=1,
+            rope_dim_list=[4, 6, 6],
+        ).eval()
+        return _no_bar(getattr(diffusers, cls)(scheduler=make_scheduler("flow_euler"), vae=None, text_encoder=None,
+                                               tokenizer=None, transformer=transformer, processor=None))
+
+    return build
+
+
+def _joy_run(call):
+    """JoyImage resizes every request to a ~1024² px bucket; the call's own size is kept here."""
+    inner = _run(call)
+
+    def run(pipe, steps=3, seed=0, **extra):
+        with unittest.mock.patch.object(pipe.vae_image_processor, "get_default_height_width",
+                                        lambda image, height, width: (height, width)):
+            return inner(pipe, steps, seed, **extra)
+
+    return run
+
+
 def _layered_build():
     parts = _qwen_parts()
     torch.manual_seed(0)
@@ -261,4 +286,5 @@ CASES: dict[str, Case] = {
     "GlmImagePipeline": Case(_glm_build, _run(_glm_call)),
     "ErnieImagePipeline": Case(_ernie_build, _run(_ernie_call)),
     "NucleusMoEImagePipeline": Case(_nucleus_build, _run(lambda: {**_qwen_call(), **_QWEN_SIZE})),
+    "JoyImageEditPipeline": Case(_joy_build("JoyImageEditPipeline"), _joy_run(lambda: {**_qwen_call(), **_QWEN_SIZE})),
 }
