@@ -259,8 +259,6 @@ REFUSED: dict[str, str] = {
     "Ideogram4Pipeline":
         "not yet verified: two models, text tokens first, a negated output and a per-step scale schedule "
         "(`gw[i]`), written s c + (1 - s) u",
-    "JoyImageEditPlusPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Kandinsky3Img2ImgPipeline":
         "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
     "Kandinsky3Pipeline": "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
@@ -553,6 +551,9 @@ STOCK_PIPELINES: dict[str, dict] = {
     "NucleusMoEImagePipeline": dict(denoiser="transformer", batch="separate", quirks=(Negated(), RenormToCond())),
     "JoyImageEditPipeline": dict(denoiser="transformer", batch="separate", quirks=(
         _q.RenormToCondOver(2, 1e-6), Refuse("image", _q.JOY_IMAGE))),
+    # shape_list: one (t, h, w) list per sample
+    "JoyImageEditPlusPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        _q.RenormToCondOver(2, 1e-6), Refuse("images", _q.JOY_IMAGE), BatchDims({"shape_list": ENTRIES}))),
     # -- end of family qwen --
     # -- family flux --
     # -- end of family flux --

@@ -195,10 +195,10 @@ def _nucleus_build():
                                                      vae=parts["vae"], text_encoder=None, processor=None))
 
 
-def _joy_build(cls):
+def _joy_build(cls, transformer_cls="JoyImageEditTransformer3DModel"):
     def build():
         torch.manual_seed(0)
-        transformer = diffusers.JoyImageEditTransformer3DModel(
+        transformer = getattr(diffusers, transformer_cls)(
             patch_size=[1, 2, 2], in_channels=4, hidden_size=32, num_attention_heads=2, text_dim=16, num_layers=1,
             rope_dim_list=[4, 6, 6],
         ).eval()
@@ -215,6 +215,20 @@ def _joy_run(call):
     def run(pipe, steps=3, seed=0, **extra):
         with unittest.mock.patch.object(pipe.vae_image_processor, "get_default_height_width",
                                         lambda image, height, width: (height, width)):
+            return inner(pipe, steps, seed, **extra)
+
+    return run
+
+
+def _joy_plus_run():
+    """JoyImageEditPlusPipeline formats its prompt even when given embeddings (Diffusers 0.42: prompt=None fails),
+    and check_inputs refuses both: a prompt is passed, and check_inputs sees none."""
+    inner = _run(lambda: {**_qwen_call(), "prompt": "a photo", "height": 32, "width": 32})
+
+    def run(pipe, steps=3, seed=0, **extra):
+        check = pipe.check_inputs
+        with unittest.mock.patch.object(pipe, "check_inputs", lambda prompt, *args, **kwargs: check(
+                None, *args, **kwargs)):
             return inner(pipe, steps, seed, **extra)
 
     return run
@@ -287,4 +301,6 @@ CASES: dict[str, Case] = {
     "ErnieImagePipeline": Case(_ernie_build, _run(_ernie_call)),
     "NucleusMoEImagePipeline": Case(_nucleus_build, _run(lambda: {**_qwen_call(), **_QWEN_SIZE})),
     "JoyImageEditPipeline": Case(_joy_build("JoyImageEditPipeline"), _joy_run(lambda: {**_qwen_call(), **_QWEN_SIZE})),
+    "JoyImageEditPlusPipeline": Case(
+        _joy_build("JoyImageEditPlusPipeline", "JoyImageEditPlusTransformer3DModel"), _joy_plus_run()),
 }
