@@ -86,14 +86,15 @@ class _Qwen3VLProcessor:
         return [[0] * 5]
 
 
-def _qwen21_build():
+def _qwen21_build(vae=_NONE):
     """Qwen-Image 2.1: unpatched latents, 16 px per token: 64x64 images are 16 tokens of 4 channels."""
+    vae = vae()
     torch.manual_seed(0)
     transformer = diffusers.QwenImage21Transformer2DModel(
         patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
         context_in_dim=16, axes_dims_rope=(8, 4, 4),
     ).eval()
-    return _no_bar(diffusers.QwenImage21Pipeline(scheduler=make_scheduler("flow_euler"), vae=None, text_encoder=None,
+    return _no_bar(diffusers.QwenImage21Pipeline(scheduler=make_scheduler("flow_euler"), vae=vae, text_encoder=None,
                                                  processor=_Qwen3VLProcessor(), transformer=transformer))
 
 
@@ -234,6 +235,37 @@ def _joy_plus_run():
     return run
 
 
+def _qwen21_vae():
+    """16x down (four 2x stages), RGBA in: a 64x64 condition image is 4x4 latent tokens."""
+    torch.manual_seed(3)
+    return diffusers.AutoencoderKLQwenImage21(
+        base_dim=8, decoder_base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False] * 4, latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    ).eval()
+
+
+def _qwen21_image_run():
+    """Qwen-Image 2.1 with a condition image, whose tokens it prepends to the noise. Its text encoder would embed
+    the prompt with one image-pad slot per 2x2 image tokens (4 here); encode_prompt is replaced by that layout:
+    the call's embeddings with 4 slots after the first 2 tokens."""
+    slots = 4
+    inner = _run(lambda: {**_qwen_call(), "image": _image(64), "output_resolution": 64})
+
+    def encode(prompt=None, image=None, device=None, num_images_per_prompt=1, prompt_embeds=None,
+               prompt_embeds_mask=None, image_pad_mask=None):
+        def with_slots(x, fill):
+            return torch.cat([x[:, :2], x.new_full((x.shape[0], slots, *x.shape[2:]), fill), x[:, 2:]], dim=1)
+
+        pad = torch.zeros(prompt_embeds.shape[:2], dtype=torch.bool)
+        return with_slots(prompt_embeds, 0), with_slots(prompt_embeds_mask, 1), with_slots(pad, True)
+
+    def run(pipe, steps=3, seed=0, **extra):
+        with unittest.mock.patch.object(pipe, "encode_prompt", encode):
+            return inner(pipe, steps, seed, **extra)
+
+    return run
+
+
 def _layered_build():
     parts = _qwen_parts()
     torch.manual_seed(0)
@@ -303,4 +335,5 @@ CASES: dict[str, Case] = {
     "JoyImageEditPipeline": Case(_joy_build("JoyImageEditPipeline"), _joy_run(lambda: {**_qwen_call(), **_QWEN_SIZE})),
     "JoyImageEditPlusPipeline": Case(
         _joy_build("JoyImageEditPlusPipeline", "JoyImageEditPlusTransformer3DModel"), _joy_plus_run()),
+    "QwenImage21Pipeline/image": Case(lambda: _qwen21_build(_qwen21_vae), _qwen21_image_run()),
 }
