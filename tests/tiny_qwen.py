@@ -298,6 +298,7 @@ def _layered_run(**more):
 
     return run
 
+
 CASES: dict[str, Case] = {
     "QwenImageImg2ImgPipeline": Case(_qwen_build("QwenImageImg2ImgPipeline"), _run(
         lambda: {**_qwen_call(), **_QWEN_SIZE, "image": _image(32), "strength": STRENGTH}, _strength)),
