@@ -378,6 +378,70 @@ COGVIDEOX_CONDITIONED = ZeroOutput(_frames_first_out_channels)
 # -- end of family animate --
 
 # -- family qwen --
+def target_tokens(pipe, output, model_output):
+    """The last tokens of a packed [B, N, C] output, as many as the latents have: Qwen-Image 2.1 prepends its
+    condition images' tokens to the noise and steps the rest."""
+    return output[:, -model_output.shape[1]:]
+
+
+@dataclass(frozen=True)
+class FirstStepCache(Quirk):
+    """The pipeline fills a KV cache of its condition tokens at the first step from each pass and reads it later
+    (call argument `arg`, on where the denoiser's config sets `flag`): no pass may be skipped, so skipping is off."""
+
+    arg: str = "use_kv_cache"
+    flag: str = "causal_condition"
+
+    def describe(self):
+        return f"no skipping while `{self.arg}` caches the first step's condition tokens"
+
+    def start(self, run):
+        denoiser = getattr(run.pipe, run.spec.denoiser)
+        if run.call_value(self.arg) and getattr(denoiser.config, self.flag, False):
+            run.skipper = None  # read after start() by apg/_run.py: a pass skipped at step 0 leaves its cache empty
+
+
+@dataclass(frozen=True)
+class ClampedRenormToCond(Quirk):
+    """After its CFG line the pipeline scales the result by ||c|| / (||result|| + 1e-8) over the last dim, clamped to
+    [call argument `min_arg`, 1], where call argument `arg` is on (LongCat-Image): it only ever shrinks the result."""
+
+    arg: str = "enable_cfg_renorm"
+    min_arg: str = "cfg_renorm_min"
+
+    def describe(self):
+        return f"renormalised towards the cond prediction's norm, factor clamped to [`{self.min_arg}`, 1], " \
+               f"switched by `{self.arg}`"
+
+    def after(self, run, guided, pred_cond):
+        if not run.call_value(self.arg):
+            return guided
+        norm = torch.norm(guided, dim=-1, keepdim=True) + 1e-8  # the pipeline's own guard, not renorm_to_cond's
+        factor = torch.norm(pred_cond, dim=-1, keepdim=True) / norm
+        return guided * factor.clamp(min=run.call_value(self.min_arg), max=1.0)
+
+
+@dataclass(frozen=True)
+class RenormToCondOver(Quirk):
+    """After its CFG line the pipeline rescales the result to the cond prediction's norm over dim `dim`, the
+    result's norm clamped at `eps` (JoyImage: over the channels C of its [B, items, C, T, H, W] latents)."""
+
+    dim: int = 2
+    eps: float = 1e-6
+
+    def describe(self):
+        return f"renormalised to the cond prediction's norm over dim {self.dim}"
+
+    def after(self, run, guided, pred_cond):
+        norm = torch.norm(guided, dim=self.dim, keepdim=True).clamp_min(self.eps)
+        return guided * (torch.norm(pred_cond, dim=self.dim, keepdim=True) / norm)
+
+
+JOY_IMAGE = ("its reference latents ride in the stepped tensor (restored after each step), so a nonlinear rule "
+             "would see their predictions too")
+
+GLM_IMAGE = ("it runs its transformer on the condition images before the loop (to fill its KV cache), a denoiser call "
+             "that is no pass of the CFG line")
 # -- end of family qwen --
 
 # -- family flux --

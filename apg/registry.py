@@ -186,8 +186,6 @@ REFUSED: dict[str, str] = {
     "EasyAnimateControlPipeline":
         "its __call__ fails in this Diffusers (it passes encode_prompt an unknown `text_encoder_index`), so no "
         "call can be verified",
-    "ErnieImagePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "GlmImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "HeliosPipeline": "its HeliosScheduler (chunked sampling over a latent history) is not a scheduler apg supports",
     "HeliosPyramidPipeline":
         "its HeliosScheduler or HeliosDMDScheduler (pyramid stages, CFG-Zero* at the first steps) is not a scheduler "
@@ -209,9 +207,6 @@ REFUSED: dict[str, str] = {
     "Ideogram4Pipeline":
         "not yet verified: two models, text tokens first, a negated output and a per-step scale schedule "
         "(`gw[i]`), written s c + (1 - s) u",
-    "JoyImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "JoyImageEditPlusPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Kandinsky3Img2ImgPipeline":
         "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
     "Kandinsky3Pipeline": "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
@@ -257,33 +252,17 @@ REFUSED: dict[str, str] = {
     "LongCatAudioDiTPipeline":
         "its FlowMatch scheduler inverts sigmas (invert_sigmas=True: sample = s x0 + (1 - s) noise), a frame whose x0 "
         "apg does not read",
-    "LongCatImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "LongCatImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LuminaPipeline": "not yet verified: [cond, uncond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "MochiPipeline":
         "its scheduler inverts the flow sigmas (`invert_sigmas`: x0 = sample + (1 - s) v), which apg's flow x0 "
         "reading (sample - s v) does not follow",
-    "NucleusMoEImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "OmniGenPipeline":
         "three-way guidance, u + s_i (i - u) + s (c - i) (`img_guidance_scale`), not the two-way CFG line",
-    "OvisImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "PRXPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "PRXPixelPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "PixArtSigmaPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "QwenImage21Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "QwenImageControlNetInpaintPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "QwenImageControlNetPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "QwenImageEditInpaintPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "QwenImageEditPlusPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "QwenImageImg2ImgPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "QwenImageInpaintPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "QwenImageLayeredPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "SanaPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
@@ -515,6 +494,28 @@ STOCK_PIPELINES: dict[str, dict] = {
         *_RESCALE, *_LEARNED_SIGMA)),
     # -- end of family animate --
     # -- family qwen --
+    "QwenImageImg2ImgPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
+    "QwenImageInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
+    "QwenImageEditPlusPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
+    "QwenImageEditInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
+    # The ControlNet runs once per step on the cond inputs; both passes share its residuals: nothing to cut.
+    "QwenImageControlNetPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
+    "QwenImageControlNetInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond(),)),
+    "QwenImageLayeredPipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(RenormToCond("cfg_normalize"),)),
+    "QwenImage21Pipeline": dict(denoiser="transformer", **_TRUE_CFG, quirks=(
+        SteppedPart(_q.target_tokens), _q.FirstStepCache("use_kv_cache", "causal_condition"))),
+    "LongCatImagePipeline": dict(denoiser="transformer", batch="separate", quirks=(
+        _q.ClampedRenormToCond("enable_cfg_renorm", "cfg_renorm_min"),)),
+    "LongCatImageEditPipeline": dict(denoiser="transformer", batch="separate"),
+    "OvisImagePipeline": dict(denoiser="transformer", batch="separate"),
+    "GlmImagePipeline": dict(denoiser="transformer", batch="separate", quirks=(Refuse("image", _q.GLM_IMAGE),)),
+    "ErnieImagePipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "NucleusMoEImagePipeline": dict(denoiser="transformer", batch="separate", quirks=(Negated(), RenormToCond())),
+    "JoyImageEditPipeline": dict(denoiser="transformer", batch="separate", quirks=(
+        _q.RenormToCondOver(2, 1e-6), Refuse("image", _q.JOY_IMAGE))),
+    # shape_list: one (t, h, w) list per sample
+    "JoyImageEditPlusPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        _q.RenormToCondOver(2, 1e-6), Refuse("images", _q.JOY_IMAGE), BatchDims({"shape_list": ENTRIES}))),
     # -- end of family qwen --
     # -- family flux --
     "FluxInpaintPipeline": dict(denoiser="transformer", **_TRUE_CFG),
