@@ -453,8 +453,6 @@ REFUSED: dict[str, str] = {
     "ZImageControlNetInpaintPipeline":
         "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
     "ZImageControlNetPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ZImageImg2ImgPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ZImageInpaintPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
     "ZImageOmniPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
 }
 
@@ -559,5 +557,12 @@ STOCK_PIPELINES: dict[str, dict] = {
     # -- family video_more --
     # -- end of family video_more --
     # -- family misc --
+    # Z-Image variants: ZImagePipeline's loop (img2img strength; inpaint blends the known region after each step).
+    "ZImageImg2ImgPipeline": dict(denoiser="transformer", batch="cond_first", quirks=(
+        Outputs(_z_image_output), Negated(), CondPlus(), *_Z_IMAGE_REFUSED,
+        BatchDims({"x": ENTRIES, "cap_feats": ENTRIES}))),
+    "ZImageInpaintPipeline": dict(denoiser="transformer", batch="cond_first", quirks=(
+        Outputs(_z_image_output), Negated(), CondPlus(), *_Z_IMAGE_REFUSED,
+        BatchDims({"x": ENTRIES, "cap_feats": ENTRIES}))),
     # -- end of family misc --
 }
