@@ -450,9 +450,6 @@ REFUSED: dict[str, str] = {
     "WanAnimatePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "WanVACEPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "WanVideoToVideoPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ZImageControlNetInpaintPipeline":
-        "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ZImageControlNetPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
     "ZImageOmniPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
 }
 
@@ -563,6 +560,13 @@ STOCK_PIPELINES: dict[str, dict] = {
         BatchDims({"x": ENTRIES, "cap_feats": ENTRIES}))),
     "ZImageInpaintPipeline": dict(denoiser="transformer", batch="cond_first", quirks=(
         Outputs(_z_image_output), Negated(), CondPlus(), *_Z_IMAGE_REFUSED,
+        BatchDims({"x": ENTRIES, "cap_feats": ENTRIES}))),
+    # The ControlNet runs on the same list batch first (its control image [2B, C, 1, H, W] along dim 0).
+    "ZImageControlNetPipeline": dict(denoiser="transformer", batch="cond_first", quirks=(
+        Outputs(_z_image_output), Negated(), CondPlus(), *_Z_IMAGE_REFUSED, *_CONTROLNET,
+        BatchDims({"x": ENTRIES, "cap_feats": ENTRIES}))),
+    "ZImageControlNetInpaintPipeline": dict(denoiser="transformer", batch="cond_first", quirks=(
+        Outputs(_z_image_output), Negated(), CondPlus(), *_Z_IMAGE_REFUSED, *_CONTROLNET,
         BatchDims({"x": ENTRIES, "cap_feats": ENTRIES}))),
     # -- end of family misc --
 }

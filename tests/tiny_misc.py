@@ -39,3 +39,26 @@ CASES["ZImageImg2ImgPipeline"] = Case(lambda: _z_image("ZImageImg2ImgPipeline"),
                                       _z_image_run(image=IMAGE, strength=0.75))
 CASES["ZImageInpaintPipeline"] = Case(lambda: _z_image("ZImageInpaintPipeline"),
                                       _z_image_run(image=IMAGE, mask_image=MASK, strength=0.75))
+
+
+def _z_image_controlnet(control_in_dim):
+    """One control layer at transformer layer 0; shares the transformer's embedders (the pipeline ties them)."""
+    torch.manual_seed(5)
+    controlnet = diffusers.ZImageControlNetModel(
+        control_layers_places=[0], control_refiner_layers_places=[0], control_in_dim=control_in_dim,
+        all_patch_size=(2,), all_f_patch_size=(1,), dim=32, n_refiner_layers=1, n_heads=2, n_kv_heads=2,
+    ).eval()
+    with torch.no_grad():  # its output projections start at zero: the control would not reach the transformer
+        for param in controlnet.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.2)
+    return controlnet
+
+
+# The control image's 4 latent channels (ControlNet) or control, mask and masked-image latents, 4 + 1 + 4 (inpaint).
+CASES["ZImageControlNetPipeline"] = Case(
+    lambda: _z_image("ZImageControlNetPipeline", controlnet=_z_image_controlnet(4)),
+    _z_image_run(control_image=IMAGE))
+CASES["ZImageControlNetInpaintPipeline"] = Case(
+    lambda: _z_image("ZImageControlNetInpaintPipeline", controlnet=_z_image_controlnet(9)),
+    _z_image_run(image=IMAGE, mask_image=MASK, control_image=IMAGE))
