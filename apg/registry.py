@@ -450,7 +450,6 @@ REFUSED: dict[str, str] = {
     "WanAnimatePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "WanVACEPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "WanVideoToVideoPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ZImageOmniPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
 }
 
 
@@ -568,5 +567,9 @@ STOCK_PIPELINES: dict[str, dict] = {
     "ZImageControlNetInpaintPipeline": dict(denoiser="transformer", batch="cond_first", quirks=(
         Outputs(_z_image_output), Negated(), CondPlus(), *_Z_IMAGE_REFUSED, *_CONTROLNET,
         BatchDims({"x": ENTRIES, "cap_feats": ENTRIES}))),
+    # Omni: each sample a list of [condition images..., target]; only the target comes back.
+    "ZImageOmniPipeline": dict(denoiser="transformer", batch="cond_first", quirks=(
+        Outputs(_z_image_output), Negated(), CondPlus(), *_Z_IMAGE_REFUSED,
+        BatchDims({"x": ENTRIES, "cap_feats": ENTRIES, "siglip_feats": ENTRIES, "image_noise_mask": ENTRIES}))),
     # -- end of family misc --
 }

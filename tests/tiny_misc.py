@@ -62,3 +62,22 @@ CASES["ZImageControlNetPipeline"] = Case(
 CASES["ZImageControlNetInpaintPipeline"] = Case(
     lambda: _z_image("ZImageControlNetInpaintPipeline", controlnet=_z_image_controlnet(9)),
     _z_image_run(image=IMAGE, mask_image=MASK, control_image=IMAGE))
+
+
+def _z_image_omni():
+    """Omni with no condition image: its transformer in omni mode (lists of lists), no SigLIP run."""
+    base = tiny_z_image_pipeline()
+    pipe = diffusers.ZImageOmniPipeline(**base.components, siglip=None, siglip_processor=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _z_image_omni_run(pipe, steps=3, seed=0, **extra):
+    inputs = {**CONTROL_FAMILIES["z_image"][1]}
+    inputs["prompt_embeds"] = [inputs["prompt_embeds"]]  # one list of segments per sample
+    inputs["negative_prompt_embeds"] = [inputs["negative_prompt_embeds"]]
+    out = pipe(**inputs, output_type="latent", num_inference_steps=steps, generator=_generator(seed), **extra)
+    return torch.as_tensor(out[0])
+
+
+CASES["ZImageOmniPipeline"] = Case(_z_image_omni, _z_image_omni_run)
