@@ -250,14 +250,6 @@ REFUSED: dict[str, str] = {
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "HunyuanVideoImageToVideoPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
-    "IFImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "IFImg2ImgSuperResolutionPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "IFInpaintingPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "IFInpaintingSuperResolutionPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "IFPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "IFSuperResolutionPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "Ideogram4Pipeline":
         "not yet verified: two models, text tokens first, a negated output and a per-step scale schedule "
         "(`gw[i]`), written s c + (1 - s) u",
@@ -571,5 +563,12 @@ STOCK_PIPELINES: dict[str, dict] = {
     "ZImageOmniPipeline": dict(denoiser="transformer", batch="cond_first", quirks=(
         Outputs(_z_image_output), Negated(), CondPlus(), *_Z_IMAGE_REFUSED,
         BatchDims({"x": ENTRIES, "cap_feats": ENTRIES, "siglip_feats": ENTRIES, "image_noise_mask": ENTRIES}))),
+    # DeepFloyd IF: pixel UNets with learned-variance channels; the pipeline guides the noise channels only.
+    "IFPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "IFImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "IFInpaintingPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "IFSuperResolutionPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "IFImg2ImgSuperResolutionPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "IFInpaintingSuperResolutionPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     # -- end of family misc --
 }

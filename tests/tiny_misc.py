@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 from tiny_control import FAMILIES as CONTROL_FAMILIES
-from tiny_control import IMAGE, MASK, tiny_z_image_pipeline
+from tiny_control import IMAGE, MASK, _randn, tiny_z_image_pipeline
+from tiny_pipelines import _sd_unet
 from tiny_registry import Case
 
 import diffusers
@@ -81,3 +82,44 @@ def _z_image_omni_run(pipe, steps=3, seed=0, **extra):
 
 
 CASES["ZImageOmniPipeline"] = Case(_z_image_omni, _z_image_omni_run)
+
+
+# -- DeepFloyd IF: pixel-space UNets with learned-variance output channels (3 image channels in, 6 out) ----------
+IF_SIZE = 16  # pixels: the UNet runs on the image itself
+IF_IMAGE = _randn(1, 3, IF_SIZE, IF_SIZE, seed=6).clamp(-1, 1)  # [-1, 1], as IF's stages hand images on
+IF_LOW = _randn(1, 3, IF_SIZE // 2, IF_SIZE // 2, seed=7).clamp(-1, 1)  # a stage-1 image for the super-resolution ones
+IF_MASK = (torch.arange(IF_SIZE)[None, None, :, None] >= IF_SIZE // 2).float().expand(1, 1, IF_SIZE, IF_SIZE)
+
+
+def _if(cls_name, super_resolution=False):
+    """An IF stage; its scheduler's variance is not learned ("fixed_small"): the pipeline steps 3 channels. x0 is not
+    clipped, so the test can read it (clipping acts on the guided x0, as on the stock one)."""
+    unet = _sd_unet(in_channels=6 if super_resolution else 3, out_channels=6, sample_size=IF_SIZE,
+                    **(dict(class_embed_type="timestep") if super_resolution else {}))  # noise level as class label
+    extra = dict(image_noising_scheduler=diffusers.DDPMScheduler()) if super_resolution else {}
+    pipe = getattr(diffusers, cls_name)(
+        tokenizer=None, text_encoder=None, unet=unet, scheduler=diffusers.DDPMScheduler(variance_type="fixed_small", clip_sample=False),
+        safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _if_run(**inputs):
+    def run(pipe, steps=3, seed=0, **extra):
+        out = pipe(prompt_embeds=_randn(1, 8, 32, seed=8), negative_prompt_embeds=_randn(1, 8, 32, seed=9),
+                   **inputs, output_type="pt", num_inference_steps=steps, generator=_generator(seed), **extra)
+        return torch.as_tensor(out[0])
+    return run
+
+
+CASES["IFPipeline"] = Case(lambda: _if("IFPipeline"), _if_run(height=IF_SIZE, width=IF_SIZE))
+CASES["IFImg2ImgPipeline"] = Case(lambda: _if("IFImg2ImgPipeline"), _if_run(image=IF_IMAGE, strength=0.75))
+CASES["IFInpaintingPipeline"] = Case(lambda: _if("IFInpaintingPipeline"),
+                                     _if_run(image=IF_IMAGE, mask_image=IF_MASK, strength=0.75))
+CASES["IFSuperResolutionPipeline"] = Case(lambda: _if("IFSuperResolutionPipeline", True),
+                                          _if_run(image=IF_LOW, height=IF_SIZE, width=IF_SIZE))
+CASES["IFImg2ImgSuperResolutionPipeline"] = Case(lambda: _if("IFImg2ImgSuperResolutionPipeline", True),
+                                                 _if_run(image=IF_LOW, original_image=IF_IMAGE, strength=0.75))
+CASES["IFInpaintingSuperResolutionPipeline"] = Case(
+    lambda: _if("IFInpaintingSuperResolutionPipeline", True),
+    _if_run(image=IF_LOW, original_image=IF_IMAGE, mask_image=IF_MASK, strength=0.75))
