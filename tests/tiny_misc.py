@@ -97,8 +97,9 @@ def _if(cls_name, super_resolution=False):
     unet = _sd_unet(in_channels=6 if super_resolution else 3, out_channels=6, sample_size=IF_SIZE,
                     **(dict(class_embed_type="timestep") if super_resolution else {}))  # noise level as class label
     extra = dict(image_noising_scheduler=diffusers.DDPMScheduler()) if super_resolution else {}
+    scheduler = diffusers.DDPMScheduler(variance_type="fixed_small", clip_sample=False)
     pipe = getattr(diffusers, cls_name)(
-        tokenizer=None, text_encoder=None, unet=unet, scheduler=diffusers.DDPMScheduler(variance_type="fixed_small", clip_sample=False),
+        tokenizer=None, text_encoder=None, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
