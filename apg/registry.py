@@ -256,9 +256,6 @@ REFUSED: dict[str, str] = {
     "JoyImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "JoyImageEditPlusPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "Kandinsky3Img2ImgPipeline":
-        "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
-    "Kandinsky3Pipeline": "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
     "Kandinsky5I2IPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Kandinsky5I2VPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Kandinsky5T2IPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -570,5 +567,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     "IFSuperResolutionPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "IFImg2ImgSuperResolutionPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "IFInpaintingSuperResolutionPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    # Kandinsky 3 writes (s + 1) c - s u: CFG at w = s + 1.
+    "Kandinsky3Pipeline": dict(denoiser="unet", batch="uncond_first", quirks=(CondPlus(),)),
+    "Kandinsky3Img2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(CondPlus(),)),
     # -- end of family misc --
 }

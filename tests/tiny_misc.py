@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from tiny_control import FAMILIES as CONTROL_FAMILIES
 from tiny_control import IMAGE, MASK, _randn, tiny_z_image_pipeline
-from tiny_pipelines import _sd_unet
+from tiny_pipelines import _sd_unet, make_scheduler
 from tiny_registry import Case
 
 import diffusers
@@ -124,3 +124,37 @@ CASES["IFImg2ImgSuperResolutionPipeline"] = Case(lambda: _if("IFImg2ImgSuperReso
 CASES["IFInpaintingSuperResolutionPipeline"] = Case(
     lambda: _if("IFInpaintingSuperResolutionPipeline", True),
     _if_run(image=IF_LOW, original_image=IF_IMAGE, mask_image=IF_MASK, strength=0.75))
+
+
+# -- Kandinsky 3: its own UNet and MoVQ; text embeddings with their masks given ---------------------------------
+def _kandinsky3(cls_name):
+    torch.manual_seed(0)
+    unet = diffusers.Kandinsky3UNet(
+        in_channels=4, time_embedding_dim=4, groups=2, attention_head_dim=4, layers_per_block=2,
+        block_out_channels=(32, 64), cross_attention_dim=4, encoder_hid_dim=16,
+    ).eval()
+    torch.manual_seed(3)
+    movq = diffusers.VQModel(
+        block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=2,
+        num_vq_embeddings=8, vq_embed_dim=4,
+    ).eval()
+    pipe = getattr(diffusers, cls_name)(tokenizer=None, text_encoder=None, unet=unet,
+                                        scheduler=make_scheduler("ddpm"), movq=movq)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _kandinsky3_run(**inputs):
+    def run(pipe, steps=3, seed=0, **extra):
+        mask = torch.ones(1, 8, dtype=torch.long)
+        out = pipe(prompt_embeds=_randn(1, 8, 16, seed=8), negative_prompt_embeds=_randn(1, 8, 16, seed=9),
+                   attention_mask=mask, negative_attention_mask=mask, **inputs, output_type="latent",
+                   num_inference_steps=steps, generator=_generator(seed), **extra)
+        return torch.as_tensor(out[0])
+    return run
+
+
+CASES["Kandinsky3Pipeline"] = Case(lambda: _kandinsky3("Kandinsky3Pipeline"), _kandinsky3_run(height=32, width=32))
+CASES["Kandinsky3Img2ImgPipeline"] = Case(lambda: _kandinsky3("Kandinsky3Img2ImgPipeline"),
+                                          _kandinsky3_run(image=IMAGE, strength=0.75))
