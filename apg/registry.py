@@ -352,7 +352,6 @@ REFUSED: dict[str, str] = {
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "SkyReelsV2Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableAudio3Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "StableAudioPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableDiffusion3ControlNetInpaintingPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableDiffusion3ControlNetPipeline":
@@ -570,5 +569,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     # Kandinsky 3 writes (s + 1) c - s u: CFG at w = s + 1.
     "Kandinsky3Pipeline": dict(denoiser="unet", batch="uncond_first", quirks=(CondPlus(),)),
     "Kandinsky3Img2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(CondPlus(),)),
+    # Without a negative prompt the uncond half is zero embeddings, so it always runs; rotary_embedding: (cos, sin).
+    "StableAudioPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        BatchDims({"rotary_embedding": None}),)),
     # -- end of family misc --
 }

@@ -158,3 +158,35 @@ def _kandinsky3_run(**inputs):
 CASES["Kandinsky3Pipeline"] = Case(lambda: _kandinsky3("Kandinsky3Pipeline"), _kandinsky3_run(height=32, width=32))
 CASES["Kandinsky3Img2ImgPipeline"] = Case(lambda: _kandinsky3("Kandinsky3Img2ImgPipeline"),
                                           _kandinsky3_run(image=IMAGE, strength=0.75))
+
+
+# -- Stable Audio: a DiT on [B, C, length] latents, EDM DPM-Solver; the uncond half is zeros without a negative ----
+def _stable_audio():
+    torch.manual_seed(0)
+    transformer = diffusers.StableAudioDiTModel(
+        sample_size=8, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+        num_key_value_attention_heads=1, out_channels=4, cross_attention_dim=8, time_proj_dim=8,
+        global_states_input_dim=16, cross_attention_input_dim=8,
+    ).eval()
+    torch.manual_seed(1)
+    projection = diffusers.StableAudioProjectionModel(text_encoder_dim=8, conditioning_dim=8, min_value=0,
+                                                      max_value=32)
+    torch.manual_seed(3)
+    vae = diffusers.AutoencoderOobleck(encoder_hidden_size=4, downsampling_ratios=[1, 2], channel_multiples=[1, 2],
+                                       decoder_channels=4, decoder_input_channels=4, audio_channels=2,
+                                       sampling_rate=4).eval()
+    pipe = diffusers.StableAudioPipeline(
+        vae=vae, text_encoder=None, projection_model=projection, tokenizer=None, transformer=transformer,
+        scheduler=diffusers.EDMDPMSolverMultistepScheduler(solver_order=2, prediction_type="v_prediction",
+                                                           sigma_data=1.0, sigma_schedule="exponential"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _stable_audio_run(pipe, steps=3, seed=0, **extra):
+    out = pipe(prompt_embeds=_randn(1, 6, 8, seed=8), negative_prompt_embeds=_randn(1, 6, 8, seed=9),
+               output_type="latent", num_inference_steps=steps, generator=_generator(seed), **extra)
+    return torch.as_tensor(out[0])
+
+
+CASES["StableAudioPipeline"] = Case(_stable_audio, _stable_audio_run)
