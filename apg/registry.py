@@ -196,8 +196,6 @@ REFUSED: dict[str, str] = {
         "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
     "Cosmos2VideoToWorldPipeline":
         "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
-    "Cosmos2_5_PredictBasePipeline":
-        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
     "Cosmos2_5_TransferPipeline":
         "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`; 4 combination "
         "expressions",
@@ -572,5 +570,10 @@ STOCK_PIPELINES: dict[str, dict] = {
     # Without a negative prompt the uncond half is zero embeddings, so it always runs; rotary_embedding: (cos, sin).
     "StableAudioPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
         BatchDims({"rotary_embedding": None}),)),
+    # Cosmos 2.5 text-to-world (cond pass first): with `image` or `video` it steps the conditioning frames' known
+    # velocity in both halves, which apg does not reproduce.
+    "Cosmos2_5_PredictBasePipeline": dict(denoiser="transformer", batch="separate", quirks=(CondPlus(), *(
+        Refuse(arg, "it steps the conditioning frames' known velocity, not a guided one") for arg in ("image", "video")
+    ))),
     # -- end of family misc --
 }

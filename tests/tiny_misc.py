@@ -190,3 +190,45 @@ def _stable_audio_run(pipe, steps=3, seed=0, **extra):
 
 
 CASES["StableAudioPipeline"] = Case(_stable_audio, _stable_audio_run)
+
+
+# -- Cosmos 2.5 Predict, text-to-world: Wan VAE (tiny_video), a tiny Cosmos DiT, a stand-in safety checker --------
+class _NoGuardrail:
+    """Stands in for cosmos_guardrail's checker (not installed): the pipeline refuses to run without one."""
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def check_text_safety(self, prompt):
+        return True
+
+    def check_video_safety(self, video):
+        return video
+
+
+def _cosmos2_5_predict():
+    from tiny_video import _wan_vae
+
+    torch.manual_seed(0)
+    transformer = diffusers.CosmosTransformer3DModel(
+        in_channels=16 + 1, out_channels=16, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+        mlp_ratio=2, text_embed_dim=16, adaln_lora_dim=4, max_size=(4, 16, 16), patch_size=(1, 2, 2),
+        rope_scale=(1.0, 1.0, 1.0), concat_padding_mask=True, extra_pos_embed_type=None,
+    ).eval()
+    pipe = diffusers.Cosmos2_5_PredictBasePipeline(
+        text_encoder=None, tokenizer=None, transformer=transformer, vae=_wan_vae(),
+        scheduler=diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                    flow_shift=3.0),
+        safety_checker=_NoGuardrail())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _cosmos2_5_run(pipe, steps=3, seed=0, **extra):
+    out = pipe(prompt_embeds=_randn(1, 6, 16, seed=8), negative_prompt_embeds=_randn(1, 6, 16, seed=9), height=32,
+               width=32, num_frames=1, output_type="latent", num_inference_steps=steps, generator=_generator(seed),
+               **extra)
+    return torch.as_tensor(out[0])
+
+
+CASES["Cosmos2_5_PredictBasePipeline"] = Case(_cosmos2_5_predict, _cosmos2_5_run)
