@@ -573,7 +573,8 @@ STOCK_PIPELINES: dict[str, dict] = {
     # Cosmos 2.5 text-to-world (cond pass first): with `image` or `video` it steps the conditioning frames' known
     # velocity in both halves, which apg does not reproduce.
     "Cosmos2_5_PredictBasePipeline": dict(denoiser="transformer", batch="separate", quirks=(CondPlus(), *(
-        Refuse(arg, "it steps the conditioning frames' known velocity, not a guided one") for arg in ("image", "video")
+        _q.RefuseGiven(arg, "it steps the conditioning frames' known velocity, not a guided one")
+        for arg in ("image", "video")
     ))),
     # -- end of family misc --
 }
