@@ -193,19 +193,23 @@ REFUSED: dict[str, str] = {
     "CogView4ControlPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ConsisIDPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Cosmos2TextToImagePipeline":
-        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
+        "it steps (x - x0) / sigma with x0 = c_skip x + c_out output: what is stepped depends on the latents x, which "
+        "apg's capture of the outputs does not see",
     "Cosmos2VideoToWorldPipeline":
-        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
+        "it steps (x - x0) / sigma with x0 = c_skip x + c_out output (conditioning frames replaced): what is stepped "
+        "depends on the latents x, which apg's capture of the outputs does not see",
     "Cosmos2_5_TransferPipeline":
-        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`; 4 combination "
-        "expressions",
+        "autoregressive chunks, each restarting the scheduler, whose conditioning frames step their known velocity in "
+        "both halves: not reproduced",
     "Cosmos3OmniPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 3 combination "
         "expressions",
     "CosmosTextToWorldPipeline":
-        "not yet verified: [uncond, cond], c + s(c - u) on `transformer`, scale `guidance_scale`",
+        "it calls scheduler.step twice per step (the x0 of both halves, then the combined x0 as pred_original_sample), "
+        "which apg's step capture does not follow",
     "CosmosVideoToWorldPipeline":
-        "not yet verified: [uncond, cond], c + s(c - u) on `transformer`, scale `guidance_scale`",
+        "it calls scheduler.step twice per step (the x0 of both halves, then the combined x0 as pred_original_sample), "
+        "which apg's step capture does not follow",
     "DreamLitePipeline":
         "three-way guidance with an image scale (`image_guidance_scale`, InstructPix2Pix style), not the two-way "
         "CFG line",
