@@ -266,13 +266,6 @@ REFUSED: dict[str, str] = {
     "KandinskyInpaintPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyPriorPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
-    "KandinskyV22ControlnetImg2ImgPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyV22ControlnetPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyV22Img2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyV22InpaintPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyV22Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyV22PriorEmb2EmbPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
     "KandinskyV22PriorPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
@@ -580,5 +573,11 @@ STOCK_PIPELINES: dict[str, dict] = {
         _q.RefuseGiven(arg, "it steps the conditioning frames' known velocity, not a guided one")
         for arg in ("image", "video")
     ))),
+    # Kandinsky 2.2 decoders: IF's pattern (learned-variance channels, the cond half's variance appended).
+    "KandinskyV22Pipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "KandinskyV22Img2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "KandinskyV22InpaintPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "KandinskyV22ControlnetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "KandinskyV22ControlnetImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     # -- end of family misc --
 }

@@ -1,4 +1,4 @@
-"""DeepFloyd IF with its shipped learned-variance scheduler ("learned_range"): the pipeline hands scheduler.step the
+"""DeepFloyd IF (and Kandinsky 2.2) with a learned-variance scheduler ("learned_range"): the pipeline hands the step the
 guided noise channels followed by the cond half's variance channels; apg guides the first and passes the second on.
 
 tests/test_every_pipeline.py runs the IF classes with a fixed-variance scheduler (its x0 check steps the noise
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 W = 4.0
 
 
-@pytest.mark.parametrize("key", ["IFPipeline", "IFSuperResolutionPipeline"])
+@pytest.mark.parametrize("key", ["IFPipeline", "IFSuperResolutionPipeline", "KandinskyV22Pipeline"])
 def test_learned_variance_guided_and_passed_on(key):
     case = TINY[key]
     pipe = case.build()

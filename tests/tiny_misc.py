@@ -127,20 +127,24 @@ CASES["IFInpaintingSuperResolutionPipeline"] = Case(
 
 
 # -- Kandinsky 3: its own UNet and MoVQ; text embeddings with their masks given ---------------------------------
+def _movq():
+    """A MoVQ (VQ) autoencoder of scale factor 2."""
+    torch.manual_seed(3)
+    return diffusers.VQModel(
+        block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=2,
+        num_vq_embeddings=8, vq_embed_dim=4,
+    ).eval()
+
+
 def _kandinsky3(cls_name):
     torch.manual_seed(0)
     unet = diffusers.Kandinsky3UNet(
         in_channels=4, time_embedding_dim=4, groups=2, attention_head_dim=4, layers_per_block=2,
         block_out_channels=(32, 64), cross_attention_dim=4, encoder_hid_dim=16,
     ).eval()
-    torch.manual_seed(3)
-    movq = diffusers.VQModel(
-        block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=2,
-        num_vq_embeddings=8, vq_embed_dim=4,
-    ).eval()
     pipe = getattr(diffusers, cls_name)(tokenizer=None, text_encoder=None, unet=unet,
-                                        scheduler=make_scheduler("ddpm"), movq=movq)
+                                        scheduler=make_scheduler("ddpm"), movq=_movq())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -232,3 +236,37 @@ def _cosmos2_5_run(pipe, steps=3, seed=0, **extra):
 
 
 CASES["Cosmos2_5_PredictBasePipeline"] = Case(_cosmos2_5_predict, _cosmos2_5_run)
+
+
+# -- Kandinsky 2.2 decoders: a UNet on image embeddings (+ a hint: ControlNet) with learned-variance channels ---------
+def _kandinsky22(cls_name, in_channels=4, hint=False):
+    """DDPM with a fixed variance: the pipeline steps the noise channels (tests/test_learned_variance.py: learned).
+    in_channels: latents + mask + masked image (inpainting: 9); latents + the hint's embedding (ControlNet: 8)."""
+    unet = _sd_unet(in_channels=8 if hint else in_channels, out_channels=8,
+                    addition_embed_type="image_hint" if hint else "image", encoder_hid_dim=16,
+                    encoder_hid_dim_type="image_proj", cross_attention_dim=32)
+    pipe = getattr(diffusers, cls_name)(unet=unet, scheduler=make_scheduler("ddpm"), movq=_movq())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _kandinsky22_run(output_type="latent", **inputs):
+    def run(pipe, steps=3, seed=0, **extra):
+        out = pipe(image_embeds=_randn(1, 16, seed=8), negative_image_embeds=_randn(1, 16, seed=9), height=32,
+                   width=32, **inputs, output_type=output_type, num_inference_steps=steps, generator=_generator(seed),
+                   **extra)
+        return torch.as_tensor(out[0])
+    return run
+
+
+HINT = _randn(1, 3, 128, 128, seed=10).clamp(0, 1)  # the UNet's hint embedding downsamples 8x to the 16x16 latents
+CASES["KandinskyV22Pipeline"] = Case(lambda: _kandinsky22("KandinskyV22Pipeline"), _kandinsky22_run())
+CASES["KandinskyV22Img2ImgPipeline"] = Case(lambda: _kandinsky22("KandinskyV22Img2ImgPipeline"),
+                                            _kandinsky22_run(image=IMAGE, strength=0.75))
+CASES["KandinskyV22InpaintPipeline"] = Case(lambda: _kandinsky22("KandinskyV22InpaintPipeline", in_channels=9),
+                                            _kandinsky22_run(image=IMAGE, mask_image=MASK.contiguous()))  # written to
+CASES["KandinskyV22ControlnetPipeline"] = Case(lambda: _kandinsky22("KandinskyV22ControlnetPipeline", hint=True),
+                                               _kandinsky22_run("pt", hint=HINT))  # no latent output
+CASES["KandinskyV22ControlnetImg2ImgPipeline"] = Case(
+    lambda: _kandinsky22("KandinskyV22ControlnetImg2ImgPipeline", hint=True),
+    _kandinsky22_run("pt", hint=HINT, image=IMAGE, strength=0.75))
