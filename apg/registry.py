@@ -309,8 +309,9 @@ REFUSED: dict[str, str] = {
     "OmniGenPipeline":
         "three-way guidance, u + s_i (i - u) + s (c - i) (`img_guidance_scale`), not the two-way CFG line",
     "OvisImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "PRXPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "PRXPixelPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "PRXPixelPipeline":
+        "it predicts x0 and steps (x - x0) / t: what is stepped depends on the latents x, which apg's capture of the "
+        "outputs does not see",
     "PixArtSigmaPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
@@ -579,5 +580,6 @@ STOCK_PIPELINES: dict[str, dict] = {
     "KandinskyV22InpaintPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "KandinskyV22ControlnetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "KandinskyV22ControlnetImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "PRXPipeline": dict(denoiser="transformer", batch="uncond_first"),
     # -- end of family misc --
 }

@@ -18,6 +18,15 @@ def _generator(seed):
     return torch.Generator().manual_seed(seed)
 
 
+def _unzero(module):
+    """`module` with its zero-initialised parameters drawn at random, so that what they gate reaches the output."""
+    with torch.no_grad():
+        for param in module.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.2)
+    return module
+
+
 # -- Z-Image variants: the ZImagePipeline parts (tiny_control), its VAE given the shift factor they encode with ------
 def _z_image(cls_name, **extra):
     """A Z-Image variant built from tiny_z_image_pipeline's components (+ `extra` modules)."""
@@ -49,11 +58,7 @@ def _z_image_controlnet(control_in_dim):
         control_layers_places=[0], control_refiner_layers_places=[0], control_in_dim=control_in_dim,
         all_patch_size=(2,), all_f_patch_size=(1,), dim=32, n_refiner_layers=1, n_heads=2, n_kv_heads=2,
     ).eval()
-    with torch.no_grad():  # its output projections start at zero: the control would not reach the transformer
-        for param in controlnet.parameters():
-            if not param.any():
-                param.normal_(0.0, 0.2)
-    return controlnet
+    return _unzero(controlnet)  # its output projections start at zero: the control would not reach the transformer
 
 
 # The control image's 4 latent channels (ControlNet) or control, mask and masked-image latents, 4 + 1 + 4 (inpaint).
@@ -270,3 +275,29 @@ CASES["KandinskyV22ControlnetPipeline"] = Case(lambda: _kandinsky22("KandinskyV2
 CASES["KandinskyV22ControlnetImg2ImgPipeline"] = Case(
     lambda: _kandinsky22("KandinskyV22ControlnetImg2ImgPipeline", hint=True),
     _kandinsky22_run("pt", hint=HINT, image=IMAGE, strength=0.75))
+
+
+# -- PRX: a flow DiT on latents (no VAE: latent output), embeddings and masks given -------------------------------
+def _prx():
+    torch.manual_seed(0)
+    transformer = diffusers.PRXTransformer2DModel(
+        in_channels=4, patch_size=2, context_in_dim=16, hidden_size=32, mlp_ratio=2.0, num_heads=2, depth=1,
+        axes_dim=[8, 8],
+    ).eval()
+    _unzero(transformer)
+    pipe = diffusers.PRXPipeline(transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
+                                 text_encoder=None, tokenizer=None, vae=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _prx_run(pipe, steps=3, seed=0, **extra):
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    out = pipe(prompt_embeds=_randn(1, 6, 16, seed=8), negative_prompt_embeds=_randn(1, 6, 16, seed=9),
+               prompt_attention_mask=mask, negative_prompt_attention_mask=mask, height=64, width=64,
+               use_resolution_binning=False, output_type="latent", num_inference_steps=steps,
+               generator=_generator(seed), **extra)
+    return torch.as_tensor(out[0])
+
+
+CASES["PRXPipeline"] = Case(_prx, _prx_run)
