@@ -173,8 +173,12 @@ REFUSED: dict[str, str] = {
         "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "AnimateDiffVideoToVideoPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "AnyFlowFARPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "AnyFlowPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "AnyFlowFARPipeline":
+        "autoregressive chunks, each restarting FlowMapEulerDiscreteScheduler (a mean-velocity flow map), a scheduler apg"
+        " reads no x0 from",
+    "AnyFlowPipeline":
+        "it steps a mean velocity from t to the next step's r with FlowMapEulerDiscreteScheduler, a scheduler apg reads "
+        "no x0 from",
     "AudioLDM2Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "BriaFibo2Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "BriaFiboEditPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -303,7 +307,9 @@ REFUSED: dict[str, str] = {
     "LongCatImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LongCatImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LucyEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "LuminaPipeline": "not yet verified: [cond, uncond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "LuminaPipeline":
+        "it guides only the first three latent channels and steps the cond prediction's fourth, which apg's guidance of "
+        "the whole output does not reproduce",
     "MochiPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "NucleusMoEImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "OmniGenPipeline":
