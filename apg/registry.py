@@ -174,11 +174,11 @@ REFUSED: dict[str, str] = {
     "AnimateDiffVideoToVideoPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "AnyFlowFARPipeline":
-        "autoregressive chunks, each restarting FlowMapEulerDiscreteScheduler (a mean-velocity flow map), a scheduler apg"
-        " reads no x0 from",
+        "autoregressive chunks, each restarting FlowMapEulerDiscreteScheduler (a mean-velocity flow map), a scheduler"
+        " apg reads no x0 from",
     "AnyFlowPipeline":
-        "it steps a mean velocity from t to the next step's r with FlowMapEulerDiscreteScheduler, a scheduler apg reads "
-        "no x0 from",
+        "it steps a mean velocity from t to the next step's r with FlowMapEulerDiscreteScheduler, a scheduler apg "
+        "reads no x0 from",
     "AudioLDM2Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "BriaFibo2Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "BriaFiboEditPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -197,23 +197,23 @@ REFUSED: dict[str, str] = {
     "CogView4ControlPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "ConsisIDPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Cosmos2TextToImagePipeline":
-        "it steps (x - x0) / sigma with x0 = c_skip x + c_out output: what is stepped depends on the latents x, which "
-        "apg's capture of the outputs does not see",
+        "it steps (x - x0) / sigma with x0 = c_skip x + c_out output: what is stepped depends on the latents x, which"
+        " apg's capture of the outputs does not see",
     "Cosmos2VideoToWorldPipeline":
         "it steps (x - x0) / sigma with x0 = c_skip x + c_out output (conditioning frames replaced): what is stepped "
         "depends on the latents x, which apg's capture of the outputs does not see",
     "Cosmos2_5_TransferPipeline":
-        "autoregressive chunks, each restarting the scheduler, whose conditioning frames step their known velocity in "
-        "both halves: not reproduced",
+        "autoregressive chunks, each restarting the scheduler, whose conditioning frames step their known velocity in"
+        " both halves: not reproduced",
     "Cosmos3OmniPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 3 combination "
         "expressions",
     "CosmosTextToWorldPipeline":
-        "it calls scheduler.step twice per step (the x0 of both halves, then the combined x0 as pred_original_sample), "
-        "which apg's step capture does not follow",
+        "it calls scheduler.step twice per step (the x0 of both halves, then the combined x0 as "
+        "pred_original_sample), which apg's step capture does not follow",
     "CosmosVideoToWorldPipeline":
-        "it calls scheduler.step twice per step (the x0 of both halves, then the combined x0 as pred_original_sample), "
-        "which apg's step capture does not follow",
+        "it calls scheduler.step twice per step (the x0 of both halves, then the combined x0 as "
+        "pred_original_sample), which apg's step capture does not follow",
     "DreamLitePipeline":
         "three-way guidance with an image scale (`image_guidance_scale`, InstructPix2Pix style), not the two-way "
         "CFG line",
@@ -308,8 +308,8 @@ REFUSED: dict[str, str] = {
     "LongCatImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LucyEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "LuminaPipeline":
-        "it guides only the first three latent channels and steps the cond prediction's fourth, which apg's guidance of "
-        "the whole output does not reproduce",
+        "it guides only the first three latent channels and steps the cond prediction's fourth, which apg's guidance "
+        "of the whole output does not reproduce",
     "MochiPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "NucleusMoEImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "OmniGenPipeline":
