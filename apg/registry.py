@@ -179,7 +179,6 @@ REFUSED: dict[str, str] = {
     "AnyFlowPipeline":
         "it steps a mean velocity from t to the next step's r with FlowMapEulerDiscreteScheduler, a scheduler apg "
         "reads no x0 from",
-    "AudioLDM2Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "BriaFibo2Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "BriaFiboEditPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "BriaFiboPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
@@ -587,5 +586,6 @@ STOCK_PIPELINES: dict[str, dict] = {
     "KandinskyV22ControlnetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "KandinskyV22ControlnetImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "PRXPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "AudioLDM2Pipeline": dict(denoiser="unet", batch="uncond_first"),
     # -- end of family misc --
 }

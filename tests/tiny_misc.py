@@ -301,3 +301,41 @@ def _prx_run(pipe, steps=3, seed=0, **extra):
 
 
 CASES["PRXPipeline"] = Case(_prx, _prx_run)
+
+
+# -- AudioLDM 2: a UNet with two cross-attentions (GPT-2's generated embeds, T5's); embeddings given; the vocoder
+# sizes the mel spectrogram (latent output); T5 and GPT-2 are only read for their kind and dtype ---------------
+def _audioldm2():
+    from tiny_pipelines import _sd_vae, _t5
+    from transformers import GPT2Config, GPT2Model, SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    torch.manual_seed(0)
+    unet = diffusers.AudioLDM2UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=16, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=(16, 16),
+    ).eval()
+    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(
+        model_in_dim=16, sampling_rate=16, upsample_initial_channel=8, upsample_rates=[2], upsample_kernel_sizes=[4],
+        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1]])).eval()
+    pipe = diffusers.AudioLDM2Pipeline(
+        vae=_sd_vae(), text_encoder=None, text_encoder_2=_t5(), projection_model=None,
+        language_model=GPT2Model(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=16, n_positions=16,
+                                            bos_token_id=0, eos_token_id=0)).eval(),
+        tokenizer=None, tokenizer_2=None, feature_extractor=None, unet=unet, scheduler=make_scheduler("ddim"),
+        vocoder=vocoder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _audioldm2_run(pipe, steps=3, seed=0, **extra):
+    mask = torch.ones(1, 6, dtype=torch.long)
+    out = pipe(prompt_embeds=_randn(1, 6, 16, seed=8), negative_prompt_embeds=_randn(1, 6, 16, seed=9),
+               generated_prompt_embeds=_randn(1, 5, 16, seed=10),
+               negative_generated_prompt_embeds=_randn(1, 5, 16, seed=11),
+               attention_mask=mask, negative_attention_mask=mask, audio_length_in_s=2.0, output_type="latent",
+               num_inference_steps=steps, generator=_generator(seed), **extra)
+    return torch.as_tensor(out[0])
+
+
+CASES["AudioLDM2Pipeline"] = Case(_audioldm2, _audioldm2_run)
