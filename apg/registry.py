@@ -265,9 +265,6 @@ REFUSED: dict[str, str] = {
     "Kandinsky5I2VPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Kandinsky5T2IPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Kandinsky6TI2VAPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "KandinskyImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyInpaintPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyPriorPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
     "KandinskyV22PriorEmb2EmbPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
@@ -587,5 +584,9 @@ STOCK_PIPELINES: dict[str, dict] = {
     "KandinskyV22ControlnetImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "PRXPipeline": dict(denoiser="transformer", batch="uncond_first"),
     "AudioLDM2Pipeline": dict(denoiser="unet", batch="uncond_first"),
+    # Kandinsky 2.1 decoders: the same learned-variance pattern.
+    "KandinskyPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "KandinskyImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "KandinskyInpaintPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     # -- end of family misc --
 }

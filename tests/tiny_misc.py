@@ -339,3 +339,37 @@ def _audioldm2_run(pipe, steps=3, seed=0, **extra):
 
 
 CASES["AudioLDM2Pipeline"] = Case(_audioldm2, _audioldm2_run)
+
+
+# -- Kandinsky 2.1 decoders: a prompt is required (byte-level tokenizer, a tiny M-CLIP) besides the image embeds --
+def _kandinsky21(cls_name, in_channels=4):
+    from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
+    from tiny_pipelines import clip_tokenizer
+
+    tokenizer = clip_tokenizer(max_length=77)
+    torch.manual_seed(1)
+    text_encoder = MultilingualCLIP(MCLIPConfig(
+        transformerDimSize=32, imageDimSize=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=37, vocab_size=len(tokenizer), max_position_embeddings=128, pad_token_id=1)).eval()
+    unet = _sd_unet(in_channels=in_channels, out_channels=8, addition_embed_type="text_image", encoder_hid_dim=32,
+                    encoder_hid_dim_type="text_image_proj", cross_attention_dim=32)
+    pipe = getattr(diffusers, cls_name)(text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                        scheduler=make_scheduler("ddim"), movq=_movq())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _kandinsky21_run(**inputs):
+    def run(pipe, steps=3, seed=0, **extra):
+        out = pipe(prompt="a red cat", negative_prompt="a blue car", image_embeds=_randn(1, 32, seed=8),
+                   negative_image_embeds=_randn(1, 32, seed=9), height=32, width=32, **inputs, output_type="pt",
+                   num_inference_steps=steps, generator=_generator(seed), **extra)
+        return torch.as_tensor(out[0])
+    return run
+
+
+CASES["KandinskyPipeline"] = Case(lambda: _kandinsky21("KandinskyPipeline"), _kandinsky21_run())
+CASES["KandinskyImg2ImgPipeline"] = Case(lambda: _kandinsky21("KandinskyImg2ImgPipeline"),
+                                         _kandinsky21_run(image=IMAGE, strength=0.75))
+CASES["KandinskyInpaintPipeline"] = Case(lambda: _kandinsky21("KandinskyInpaintPipeline", in_channels=9),
+                                         _kandinsky21_run(image=IMAGE, mask_image=MASK.contiguous()))
