@@ -256,8 +256,8 @@ REFUSED: dict[str, str] = {
     "HunyuanVideoImageToVideoPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "Ideogram4Pipeline":
-        "not yet verified: two models, text tokens first, a negated output and a per-step scale schedule "
-        "(`gw[i]`), written s c + (1 - s) u",
+        "two models (the cond pass on `transformer` with the text tokens first, the uncond pass on a text-free "
+        "`unconditional_transformer`) and a per-step weight schedule by default: not reproduced cleanly",
     "JoyImageEditPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "JoyImageEditPlusPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
