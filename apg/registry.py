@@ -349,7 +349,6 @@ REFUSED: dict[str, str] = {
     "SkyReelsV2ImageToVideoPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "SkyReelsV2Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "StableAudio3Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableDiffusion3ControlNetInpaintingPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableDiffusion3ControlNetPipeline":
@@ -588,5 +587,6 @@ STOCK_PIPELINES: dict[str, dict] = {
     "KandinskyPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "KandinskyImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "KandinskyInpaintPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "StableAudio3Pipeline": dict(denoiser="transformer", batch="uncond_first"),
     # -- end of family misc --
 }

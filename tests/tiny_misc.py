@@ -373,3 +373,42 @@ CASES["KandinskyImg2ImgPipeline"] = Case(lambda: _kandinsky21("KandinskyImg2ImgP
                                          _kandinsky21_run(image=IMAGE, strength=0.75))
 CASES["KandinskyInpaintPipeline"] = Case(lambda: _kandinsky21("KandinskyInpaintPipeline", in_channels=9),
                                          _kandinsky21_run(image=IMAGE, mask_image=MASK.contiguous()))
+
+
+# -- Stable Audio 3: a tiny DiT; the SAME autoencoder only sizes the latents (latent output): a stand-in -------------
+class _LatentSizes:
+    """Stands in for AutoencoderSAME where only its sizes are read: 2 samples per latent frame, 4 latent channels."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.config, self.downsampling_ratio = SimpleNamespace(sampling_rate=8, latent_dim=4), 2
+
+    def to(self, *args, **kwargs):
+        return self
+
+
+def _stable_audio3():
+    torch.manual_seed(0)
+    transformer = diffusers.StableAudio3DiTModel(
+        io_channels=4, patch_size=1, embed_dim=16, depth=1, num_heads=2, cond_token_dim=16, global_cond_dim=16,
+        local_add_cond_dim=4, timestep_features_dim=8, ff_mult=2.0, num_memory_tokens=2,
+    ).eval()
+    duration = diffusers.pipelines.stable_audio_3.modeling_stable_audio_3.StableAudio3DurationEmbedder(
+        output_dim=16, fourier_dim=8)
+    pipe = diffusers.StableAudio3Pipeline(vae=_LatentSizes(), text_encoder=None, tokenizer=None,
+                                          duration_embedder=duration, transformer=_unzero(transformer),
+                                          scheduler=diffusers.FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _stable_audio3_run(pipe, steps=3, seed=0, **extra):
+    mask = torch.ones(1, 6, dtype=torch.long)
+    out = pipe(prompt_embeds=_randn(1, 6, 16, seed=8), negative_prompt_embeds=_randn(1, 6, 16, seed=9),
+               encoder_attention_mask=mask, negative_encoder_attention_mask=mask, duration=2.0, output_type="latent",
+               num_inference_steps=steps, generator=_generator(seed), **extra)
+    return torch.as_tensor(out[0])
+
+
+CASES["StableAudio3Pipeline"] = Case(_stable_audio3, _stable_audio3_run)
