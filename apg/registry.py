@@ -265,10 +265,15 @@ REFUSED: dict[str, str] = {
     "Kandinsky5I2VPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Kandinsky5T2IPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Kandinsky6TI2VAPipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "KandinskyPriorPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
+    "KandinskyPriorPipeline":
+        "its prior returns `predicted_image_embedding` (no `.sample` for apg's capture) and steps UnCLIPScheduler, a "
+        "scheduler apg reads no x0 from",
     "KandinskyV22PriorEmb2EmbPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
-    "KandinskyV22PriorPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
+        "its prior returns `predicted_image_embedding` (no `.sample` for apg's capture) and steps UnCLIPScheduler, a "
+        "scheduler apg reads no x0 from",
+    "KandinskyV22PriorPipeline":
+        "its prior returns `predicted_image_embedding` (no `.sample` for apg's capture) and steps UnCLIPScheduler, a "
+        "scheduler apg reads no x0 from",
     "KolorsImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KolorsPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
@@ -338,8 +343,12 @@ REFUSED: dict[str, str] = {
         "the CFG line",
     "SanaVideoPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "SanaWMPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ShapEImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
-    "ShapEPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
+    "ShapEImg2ImgPipeline":
+        "its prior returns `predicted_image_embedding` with learned-variance features along the last dim, which apg's"
+        " capture (`.sample`, extra channels along dim 1) does not read",
+    "ShapEPipeline":
+        "its prior returns `predicted_image_embedding` with learned-variance features along the last dim, which apg's"
+        " capture (`.sample`, extra channels along dim 1) does not read",
     "SkyReelsV2DiffusionForcingImageToVideoPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "SkyReelsV2DiffusionForcingPipeline":
@@ -428,8 +437,8 @@ REFUSED: dict[str, str] = {
         "the CFG line",
     "StableUnCLIPImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "StableUnCLIPPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`; 2 combination "
-        "expressions",
+        "two CFG lines per call, the prior's (`prior_guidance_scale`, on `predicted_image_embedding`) and the UNet's, "
+        "which one guidance does not reproduce",
     "StableVideoDiffusionPipeline":
         "per-frame guidance scales (`min_guidance_scale` to `max_guidance_scale`, one per frame), not one scale",
     "WanAnimatePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
