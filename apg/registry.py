@@ -205,8 +205,8 @@ REFUSED: dict[str, str] = {
         "autoregressive chunks, each restarting the scheduler, whose conditioning frames step their known velocity in"
         " both halves: not reproduced",
     "Cosmos3OmniPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 3 combination "
-        "expressions",
+        "three CFG lines per step on separate outputs (vision, sound and action velocities), which apg's capture of "
+        "one denoiser output does not follow",
     "CosmosTextToWorldPipeline":
         "it calls scheduler.step twice per step (the x0 of both halves, then the combined x0 as "
         "pred_original_sample), which apg's step capture does not follow",
@@ -238,11 +238,10 @@ REFUSED: dict[str, str] = {
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `true_cfg_scale`",
     "GlmImagePipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "HeliosPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 3 combination "
-        "expressions",
+        "it steps HeliosScheduler, a scheduler apg reads no x0 from, restarted for each autoregressive chunk",
     "HeliosPyramidPipeline":
-        "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 4 combination "
-        "expressions",
+        "it steps HeliosScheduler or HeliosDMDScheduler, schedulers apg reads no x0 from, over pyramid stages and "
+        "autoregressive chunks",
     "HunyuanDiTControlNetPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
         "`guidance_rescale`, 2 combination expressions",
