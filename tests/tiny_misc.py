@@ -1,5 +1,6 @@
-"""Tiny cases: (family module of tests/tiny_registry.py) misc: Z-Image variants, Cosmos 2, DeepFloyd IF, Stable Audio,
-Kandinsky 3 and more. Each builder reuses the tiny parts of tiny_pipelines / tiny_control and seeds torch itself."""
+"""Tiny cases (family module of tests/tiny_registry.py), misc: Z-Image variants, DeepFloyd IF, Kandinsky 2.1 / 2.2 / 3,
+Stable Audio (1 and 3), AudioLDM 2, Cosmos 2.5 Predict and PRX. Each builder reuses the tiny parts of tiny_pipelines /
+tiny_control / tiny_video and seeds torch itself."""
 
 from __future__ import annotations
 
