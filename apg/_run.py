@@ -207,6 +207,9 @@ class _GuidedRun:
     def guide_output(self, model_output, timestep, sample):
         """Model output whose x0 is the guided x0 (or, in raw space, the guided output itself)."""
         name = type(self.pipe).__name__
+        variance = _learned_variance(self.pipe.scheduler, model_output, sample)
+        if variance is not None:  # the noise channels are guided; the variance the pipeline chose passes as it is
+            return torch.cat([self.guide_output(model_output[:, :sample.shape[1]], timestep, sample), variance], 1)
         if model_output.shape != sample.shape:
             raise RuntimeError(
                 f"{name}: scheduler.step got model_output {tuple(model_output.shape)} "
@@ -248,6 +251,14 @@ class _GuidedRun:
                 f"steps batch {model_output.shape[0]}; the pipeline did not run its unconditional pass as registered"
             )
         return guided
+
+
+def _learned_variance(scheduler, model_output, sample):
+    """The variance channels a learned-variance scheduler reads after the noise ones (DeepFloyd IF), else None."""
+    learned = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+    if learned and model_output.shape[1] == 2 * sample.shape[1] and model_output.shape[2:] == sample.shape[2:]:
+        return model_output[:, sample.shape[1]:]
+    return None
 
 
 def _pipeline_scale(guidance: Guidance) -> float:

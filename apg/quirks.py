@@ -553,6 +553,21 @@ def framepack_sections(run):
 # -- end of family video_more --
 
 # -- family misc --
+@dataclass(frozen=True)
+class RefuseGiven(Quirk):
+    """Call argument `arg` (an image, a video) given at all: apg cannot reproduce what the pipeline then does."""
+
+    arg: str
+    reason: str
+
+    def describe(self):
+        return f"refused: `{self.arg}`"
+
+    def start(self, run):
+        if run.call_value(self.arg) is not None:  # named, not shown: the value is a tensor or an image
+            raise UnsupportedError(f"{self.arg} is not supported by apg with {type(run.pipe).__name__}: {self.reason}")
+
+
 # -- end of family misc --
 
 # -- family extra --

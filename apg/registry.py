@@ -160,26 +160,31 @@ REFUSED: dict[str, str] = {
     "AnimateDiffPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "AnyFlowFARPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "AnyFlowPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "AudioLDM2Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+    "AnyFlowFARPipeline":
+        "autoregressive chunks, each restarting FlowMapEulerDiscreteScheduler (a mean-velocity flow map), a scheduler"
+        " apg reads no x0 from",
+    "AnyFlowPipeline":
+        "it steps a mean velocity from t to the next step's r with FlowMapEulerDiscreteScheduler, a scheduler apg "
+        "reads no x0 from",
     "ConsisIDPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "Cosmos2TextToImagePipeline":
-        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
+        "it steps (x - x0) / sigma with x0 = c_skip x + c_out output: what is stepped depends on the latents x, which"
+        " apg's capture of the outputs does not see",
     "Cosmos2VideoToWorldPipeline":
-        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
-    "Cosmos2_5_PredictBasePipeline":
-        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`",
+        "it steps (x - x0) / sigma with x0 = c_skip x + c_out output (conditioning frames replaced): what is stepped "
+        "depends on the latents x, which apg's capture of the outputs does not see",
     "Cosmos2_5_TransferPipeline":
-        "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`; 4 combination "
-        "expressions",
+        "autoregressive chunks, each restarting the scheduler, whose conditioning frames step their known velocity in"
+        " both halves: not reproduced",
     "Cosmos3OmniPipeline":
         "its transformer returns per-modality lists (vision, sound, action), each masked and stepped by its own "
         "scheduler, which apg does not capture",
     "CosmosTextToWorldPipeline":
-        "not yet verified: [uncond, cond], c + s(c - u) on `transformer`, scale `guidance_scale`",
+        "it calls scheduler.step twice per step (the x0 of both halves, then the combined x0 as "
+        "pred_original_sample), which apg's step capture does not follow",
     "CosmosVideoToWorldPipeline":
-        "not yet verified: [uncond, cond], c + s(c - u) on `transformer`, scale `guidance_scale`",
+        "it calls scheduler.step twice per step (the x0 of both halves, then the combined x0 as "
+        "pred_original_sample), which apg's step capture does not follow",
     "DreamLitePipeline":
         "three-way guidance with an image scale (`image_guidance_scale`, InstructPix2Pix style), not the two-way "
         "CFG line",
@@ -196,34 +201,13 @@ REFUSED: dict[str, str] = {
     "HunyuanDiTPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "IFImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "IFImg2ImgSuperResolutionPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "IFInpaintingPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "IFInpaintingSuperResolutionPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "IFPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "IFSuperResolutionPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "Ideogram4Pipeline":
-        "not yet verified: two models, text tokens first, a negated output and a per-step scale schedule "
-        "(`gw[i]`), written s c + (1 - s) u",
-    "Kandinsky3Img2ImgPipeline":
-        "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
-    "Kandinsky3Pipeline": "not yet verified: [uncond, cond] on `unet`, written (s + 1) c - s u (CFG at w = s + 1)",
+        "two models (the cond pass on `transformer` with the text tokens first, the uncond pass on a text-free "
+        "`unconditional_transformer`) and a per-step weight schedule by default: not reproduced cleanly",
     "Kandinsky6TI2VAPipeline":
         "one CFG line over a (video, audio) output pair; the audio is stepped by a copy of the scheduler made inside "
         "the call, which apg's one guided output per step does not cover",
-    "KandinskyImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyInpaintPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyPriorPipeline": "its UnCLIPScheduler is not a scheduler apg supports",
-    "KandinskyV22ControlnetImg2ImgPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyV22ControlnetPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyV22Img2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyV22InpaintPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "KandinskyV22Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KandinskyV22PriorEmb2EmbPipeline": "its UnCLIPScheduler is not a scheduler apg supports",
     "KandinskyV22PriorPipeline": "its UnCLIPScheduler is not a scheduler apg supports",
     "KolorsImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
@@ -252,14 +236,17 @@ REFUSED: dict[str, str] = {
     "LongCatAudioDiTPipeline":
         "its FlowMatch scheduler inverts sigmas (invert_sigmas=True: sample = s x0 + (1 - s) noise), a frame whose x0 "
         "apg does not read",
-    "LuminaPipeline": "not yet verified: [cond, uncond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "LuminaPipeline":
+        "it guides only the first three latent channels and steps the cond prediction's fourth, which apg's guidance "
+        "of the whole output does not reproduce",
     "MochiPipeline":
         "its scheduler inverts the flow sigmas (`invert_sigmas`: x0 = sample + (1 - s) v), which apg's flow x0 "
         "reading (sample - s v) does not follow",
     "OmniGenPipeline":
         "three-way guidance, u + s_i (i - u) + s (c - i) (`img_guidance_scale`), not the two-way CFG line",
-    "PRXPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "PRXPixelPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "PRXPixelPipeline":
+        "it predicts x0 and steps (x - x0) / t: what is stepped depends on the latents x, which apg's capture of the "
+        "outputs does not see",
     "PixArtSigmaPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
@@ -284,8 +271,6 @@ REFUSED: dict[str, str] = {
     "SkyReelsV2DiffusionForcingVideoToVideoPipeline":
         "diffusion forcing: each latent frame is stepped by its own copy of the scheduler at its own timestep (one "
         "guided pass, then one scheduler.step per updated frame), which apg's per-step capture does not follow",
-    "StableAudio3Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "StableAudioPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableDiffusion3ControlNetInpaintingPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableDiffusion3ControlNetPipeline":
@@ -366,12 +351,6 @@ REFUSED: dict[str, str] = {
     "StableUnCLIPImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "StableVideoDiffusionPipeline":
         "per-frame guidance scales (`min_guidance_scale` to `max_guidance_scale`, one per frame), not one scale",
-    "ZImageControlNetInpaintPipeline":
-        "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ZImageControlNetPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ZImageImg2ImgPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ZImageInpaintPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
-    "ZImageOmniPipeline": "not yet verified: unclear, c + s(c - u) on `transformer`, scale `guidance_scale`",
 }
 
 
@@ -565,6 +544,56 @@ STOCK_PIPELINES: dict[str, dict] = {
         _q.OneSegment(_q.framepack_sections),)),
     # -- end of family video_more --
     # -- family misc --
+    # Z-Image variants: ZImagePipeline's loop (img2img strength; inpaint blends the known region after each step).
+    "ZImageImg2ImgPipeline": dict(denoiser="transformer", batch="cond_first", quirks=(
+        Outputs(_z_image_output), Negated(), CondPlus(), *_Z_IMAGE_REFUSED,
+        BatchDims({"x": ENTRIES, "cap_feats": ENTRIES}))),
+    "ZImageInpaintPipeline": dict(denoiser="transformer", batch="cond_first", quirks=(
+        Outputs(_z_image_output), Negated(), CondPlus(), *_Z_IMAGE_REFUSED,
+        BatchDims({"x": ENTRIES, "cap_feats": ENTRIES}))),
+    # The ControlNet runs on the same list batch first (its control image [2B, C, 1, H, W] along dim 0).
+    "ZImageControlNetPipeline": dict(denoiser="transformer", batch="cond_first", quirks=(
+        Outputs(_z_image_output), Negated(), CondPlus(), *_Z_IMAGE_REFUSED, *_CONTROLNET,
+        BatchDims({"x": ENTRIES, "cap_feats": ENTRIES}))),
+    "ZImageControlNetInpaintPipeline": dict(denoiser="transformer", batch="cond_first", quirks=(
+        Outputs(_z_image_output), Negated(), CondPlus(), *_Z_IMAGE_REFUSED, *_CONTROLNET,
+        BatchDims({"x": ENTRIES, "cap_feats": ENTRIES}))),
+    # Omni: each sample a list of [condition images..., target]; only the target comes back.
+    "ZImageOmniPipeline": dict(denoiser="transformer", batch="cond_first", quirks=(
+        Outputs(_z_image_output), Negated(), CondPlus(), *_Z_IMAGE_REFUSED,
+        BatchDims({"x": ENTRIES, "cap_feats": ENTRIES, "siglip_feats": ENTRIES, "image_noise_mask": ENTRIES}))),
+    # DeepFloyd IF: pixel UNets with learned-variance channels; the pipeline guides the noise channels only.
+    "IFPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "IFImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "IFInpaintingPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "IFSuperResolutionPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "IFImg2ImgSuperResolutionPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "IFInpaintingSuperResolutionPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    # Kandinsky 3 writes (s + 1) c - s u: CFG at w = s + 1.
+    "Kandinsky3Pipeline": dict(denoiser="unet", batch="uncond_first", quirks=(CondPlus(),)),
+    "Kandinsky3Img2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=(CondPlus(),)),
+    # Without a negative prompt the uncond half is zero embeddings, so it always runs; rotary_embedding: (cos, sin).
+    "StableAudioPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        BatchDims({"rotary_embedding": None}),)),
+    # Cosmos 2.5 text-to-world (cond pass first): with `image` or `video` it steps the conditioning frames' known
+    # velocity in both halves, which apg does not reproduce.
+    "Cosmos2_5_PredictBasePipeline": dict(denoiser="transformer", batch="separate", quirks=(CondPlus(), *(
+        _q.RefuseGiven(arg, "it steps the conditioning frames' known velocity, not a guided one")
+        for arg in ("image", "video")
+    ))),
+    # Kandinsky 2.2 decoders: IF's pattern (learned-variance channels, the cond half's variance appended).
+    "KandinskyV22Pipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "KandinskyV22Img2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "KandinskyV22InpaintPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "KandinskyV22ControlnetPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "KandinskyV22ControlnetImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "PRXPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "AudioLDM2Pipeline": dict(denoiser="unet", batch="uncond_first"),
+    # Kandinsky 2.1 decoders: the same learned-variance pattern.
+    "KandinskyPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "KandinskyImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "KandinskyInpaintPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "StableAudio3Pipeline": dict(denoiser="transformer", batch="uncond_first"),
     # -- end of family misc --
     # -- family extra --
     # Its prior runs first with its own CFG (`prior_guidance_scale`, `prior_scheduler`), left stock; then the unet.
