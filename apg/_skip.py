@@ -128,6 +128,8 @@ class Skipper:
             return Plan(True, True, float("nan"), True)  # no timestep to read the noise level from: run both
         timestep, sigma = upcoming(scheduler, run.family, model_timestep)
         run.step_scale(module, timestep)
+        if any(quirk.both_passes(run) for quirk in run.spec.quirks):
+            return Plan(True, True, sigma, run.scale_fixed)
         # A later scale other than this one (Wan 2.2's second expert, CogVideoX's dynamic scale) makes a
         # momentum state built at w = 1 count.
         fixed = run.scale_fixed

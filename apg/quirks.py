@@ -12,6 +12,7 @@ default:
     scale_varies(run)                       whether scale() may change the weight within this call
     stepped(pipe, pred, model_output)       the part of a prediction that is stepped
     after(run, guided, pred_cond)           what the pipeline does after its CFG line, done to apg's result too
+    both_passes(run)                        this step runs every pass whatever the rule needs (skipping reads it)
 
 Skipping (apg/_skip.py) reads three declarations: BatchDims, ZeroOutput, Conditioners. A call's arguments are
 read through `run.call_value(name)`: the value passed, else the default in the pipeline's signature.
@@ -74,6 +75,9 @@ class Quirk:
 
     def after(self, run, guided, pred_cond):
         return guided
+
+    def both_passes(self, run) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
@@ -387,18 +391,17 @@ def target_tokens(pipe, output, model_output):
 @dataclass(frozen=True)
 class FirstStepCache(Quirk):
     """The pipeline fills a KV cache of its condition tokens at the first step from each pass and reads it later
-    (call argument `arg`, on where the denoiser's config sets `flag`): no pass may be skipped, so skipping is off."""
+    (call argument `arg`, on where the denoiser's config sets `flag`): that step runs both passes."""
 
     arg: str = "use_kv_cache"
     flag: str = "causal_condition"
 
     def describe(self):
-        return f"no skipping while `{self.arg}` caches the first step's condition tokens"
+        return f"both passes at the first step while `{self.arg}` caches its condition tokens"
 
-    def start(self, run):
+    def both_passes(self, run):  # a pass skipped at step 0 would leave its cache empty for the later steps
         denoiser = getattr(run.pipe, run.spec.denoiser)
-        if run.call_value(self.arg) and getattr(denoiser.config, self.flag, False):
-            run.skipper = None  # read after start() by apg/_run.py: a pass skipped at step 0 leaves its cache empty
+        return run.step == 0 and bool(run.call_value(self.arg)) and getattr(denoiser.config, self.flag, False)
 
 
 @dataclass(frozen=True)

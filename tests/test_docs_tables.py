@@ -58,11 +58,11 @@ def test_missing_markers_are_an_error_and_the_rest_is_kept():
     script = _script()
     with pytest.raises(ValueError, match="<!-- schedulers:start -->"):
         script.render("<!-- pipelines:start -->\n<!-- pipelines:end -->\n")
-    text = "intro\n<!-- pipelines:start -->\nold\n<!-- pipelines:end -->\nmiddle\n" \
+    text = "intro\n<!-- pipelines:start -->\nstale table\n<!-- pipelines:end -->\nmiddle\n" \
            "<!-- schedulers:start --><!-- schedulers:end -->\noutro\n"
     out = script.render(text)
     assert out.startswith("intro\n<!-- pipelines:start -->\n| pipeline |") and "\nmiddle\n" in out
-    assert out.endswith("<!-- schedulers:end -->\noutro\n") and "old" not in out
+    assert out.endswith("<!-- schedulers:end -->\noutro\n") and "stale table" not in out
     assert script.render(out) == out
 
 
