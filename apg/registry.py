@@ -378,8 +378,6 @@ REFUSED: dict[str, str] = {
         "the CFG line",
     "StableDiffusionAdapterPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "StableDiffusionControlNetImg2ImgPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "StableDiffusionControlNetInpaintPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "StableDiffusionControlNetPAGInpaintPipeline":
@@ -549,6 +547,7 @@ STOCK_PIPELINES: dict[str, dict] = {
         BatchDims({"x": ENTRIES, "cap_feats": ENTRIES}))),
     # Issue 17: the rest of Diffusers' CFG classes, by family (each verified by tests/tiny_<family>.py).
     # -- family sd_more --
+    "StableDiffusionControlNetImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_CONTROLNET),
     # -- end of family sd_more --
     # -- family animate --
     # -- end of family animate --
