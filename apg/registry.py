@@ -378,8 +378,6 @@ REFUSED: dict[str, str] = {
         "the CFG line",
     "StableDiffusionAdapterPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "StableDiffusionControlNetInpaintPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "StableDiffusionControlNetPAGInpaintPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
@@ -409,24 +407,12 @@ REFUSED: dict[str, str] = {
     "StableDiffusionXLAdapterPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`; `guidance_rescale`, 2 "
         "combination expressions",
-    "StableDiffusionXLControlNetImg2ImgPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "StableDiffusionXLControlNetInpaintPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`; `guidance_rescale`, 2 "
-        "combination expressions",
     "StableDiffusionXLControlNetPAGImg2ImgPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
     "StableDiffusionXLControlNetPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "StableDiffusionXLControlNetUnionImg2ImgPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "StableDiffusionXLControlNetUnionInpaintPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`; `guidance_rescale`, 2 "
-        "combination expressions",
-    "StableDiffusionXLControlNetUnionPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "StableDiffusionXLInstructPix2PixPipeline":
         "InstructPix2Pix: three-way guidance, u + s (c - i) + s_i (i - u) over three passes "
         "(`image_guidance_scale`), not the two-way CFG line",
@@ -548,6 +534,18 @@ STOCK_PIPELINES: dict[str, dict] = {
     # Issue 17: the rest of Diffusers' CFG classes, by family (each verified by tests/tiny_<family>.py).
     # -- family sd_more --
     "StableDiffusionControlNetImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_CONTROLNET),
+    "StableDiffusionControlNetInpaintPipeline":
+        dict(denoiser="unet", batch="uncond_first", quirks=(*_CONTROLNET, *_LEARNED_SIGMA)),
+    "StableDiffusionXLControlNetImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_CONTROLNET),
+    "StableDiffusionXLControlNetInpaintPipeline":
+        dict(denoiser="unet", batch="uncond_first", quirks=(*_CONTROLNET, _q.RescaleArg("guidance_rescale"),
+                                                            *_LEARNED_SIGMA)),
+    "StableDiffusionXLControlNetUnionPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_CONTROLNET),
+    "StableDiffusionXLControlNetUnionImg2ImgPipeline":
+        dict(denoiser="unet", batch="uncond_first", quirks=_CONTROLNET),
+    # a 4-channel UNet only: the known region is blended back after each step
+    "StableDiffusionXLControlNetUnionInpaintPipeline":
+        dict(denoiser="unet", batch="uncond_first", quirks=(*_CONTROLNET, _q.RescaleArg("guidance_rescale"))),
     # -- end of family sd_more --
     # -- family animate --
     # -- end of family animate --
