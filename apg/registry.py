@@ -285,7 +285,6 @@ REFUSED: dict[str, str] = {
     "KandinskyV22PriorEmb2EmbPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
     "KandinskyV22PriorPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`",
-    "KolorsImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KolorsPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
@@ -364,12 +363,6 @@ REFUSED: dict[str, str] = {
     "SkyReelsV2Pipeline": "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableAudio3Pipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableAudioPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "StableDiffusion3ControlNetInpaintingPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "StableDiffusion3ControlNetPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "StableDiffusion3InpaintPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableDiffusion3PAGImg2ImgPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
@@ -546,6 +539,11 @@ STOCK_PIPELINES: dict[str, dict] = {
     # a 4-channel UNet only: the known region is blended back after each step
     "StableDiffusionXLControlNetUnionInpaintPipeline":
         dict(denoiser="unet", batch="uncond_first", quirks=(*_CONTROLNET, _q.RescaleArg("guidance_rescale"))),
+    "KolorsImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "StableDiffusion3ControlNetPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_CONTROLNET),
+    "StableDiffusion3ControlNetInpaintingPipeline":
+        dict(denoiser="transformer", batch="uncond_first", quirks=_CONTROLNET),
+    "StableDiffusion3InpaintPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_LEARNED_SIGMA),
     # -- end of family sd_more --
     # -- family animate --
     # -- end of family animate --

@@ -7,11 +7,13 @@ from __future__ import annotations
 import functools
 
 import torch
-from tiny_control import _SDXL_UNET, IMAGE, MASK, _controlnet, _inpaint_unet, _PROMPT
-from tiny_pipelines import _no_bar, tiny_sd_pipeline, tiny_sdxl_pipeline
+from tiny_control import _SDXL_UNET, IMAGE, MASK, _controlnet, _inpaint_unet, _PROMPT, tiny_kolors_pipeline
+from tiny_pipelines import _flow_vae, _no_bar, tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
 from tiny_registry import Case
+from transformers import BatchEncoding
 
 import diffusers
+from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
 
 
 def _case(build, steps_factor=1, **kwargs):
@@ -42,8 +44,49 @@ def _union_controlnet():
     ).eval()
 
 
+_SD3 = dict(sample_size=16, patch_size=1, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+            caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64)  # tiny_sd3_pipeline's
+
+
+def _sd3_controlnet(extra_conditioning_channels=0):
+    """SD3's ControlNet: the inpainting one reads the mask as one more channel of its condition."""
+    torch.manual_seed(4)
+    return diffusers.SD3ControlNetModel(in_channels=4, out_channels=4,
+                                        extra_conditioning_channels=extra_conditioning_channels, **_SD3).eval()
+
+
+def _sd3_transformer_16():
+    """16 latent channels, as shipped: SD3 inpainting blends the known region back only then."""
+    torch.manual_seed(0)
+    return diffusers.SD3Transformer2DModel(in_channels=16, out_channels=16, **_SD3).eval()
+
+
+class _CharTokenizer:
+    """Kolors' ChatGLM tokenizer as its pipeline calls it (ids, mask, positions): one id per character, no vocab
+    file. KolorsImg2ImgPipeline needs a text encoder: its __call__ drops `pooled_prompt_embeds`."""
+
+    def __call__(self, text, max_length, return_tensors="pt", **kwargs):
+        texts = [text] if isinstance(text, str) else text
+        ids = torch.tensor([[1 + ord(c) % 31 for c in t[:max_length]] + [0] * (max_length - len(t)) for t in texts])
+        positions = torch.arange(max_length).expand(len(texts), -1)
+        return BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": positions})
+
+
+def _chatglm():
+    """A 1-layer ChatGLM, 16 wide (tiny_kolors_pipeline's UNet projects 16-wide text states), 256 positions."""
+    model = ChatGLMModel(ChatGLMConfig(
+        num_layers=1, padded_vocab_size=32, hidden_size=16, ffn_hidden_size=32, kv_channels=8, num_attention_heads=2,
+        seq_length=256, original_rope=True, use_cache=False)).eval()
+    torch.manual_seed(2)
+    with torch.no_grad():  # it builds its layers with skip_init: the weights are uninitialised memory
+        for param in model.parameters():
+            param.normal_(0.0, 0.2) if param.ndim > 1 else param.fill_(1.0)  # 1-d: the RMSNorm weights
+    return model
+
+
 _sd_with = functools.partial(_with, tiny_sd_pipeline)
 _sdxl_with = functools.partial(_with, tiny_sdxl_pipeline)
+_sd3_with = functools.partial(_with, tiny_sd3_pipeline)
 _sdxl_controlnet = functools.partial(_controlnet, sdxl=True)
 _sdxl_inpaint_unet = functools.partial(_inpaint_unet, sdxl=True)
 _sd_inpaint_unet = functools.partial(_inpaint_unet, sdxl=False)
@@ -51,6 +94,7 @@ _sd_inpaint_unet = functools.partial(_inpaint_unet, sdxl=False)
 _IMG2IMG = {"image": IMAGE, "strength": 0.5}  # half the steps run: steps_factor=2
 _INPAINT = {"image": IMAGE, "mask_image": MASK}
 _UNION = {"control_mode": 1}
+_SD3_CALL = {**_PROMPT, "height": 16, "width": 16, "max_sequence_length": 16}  # its VAE does not downsample
 
 CASES: dict[str, Case] = {
     "StableDiffusionControlNetImg2ImgPipeline": _case(
@@ -74,4 +118,18 @@ CASES: dict[str, Case] = {
     "StableDiffusionXLControlNetUnionInpaintPipeline": _case(
         _sdxl_with("StableDiffusionXLControlNetUnionInpaintPipeline", controlnet=_union_controlnet),  # 4 channels
         **_PROMPT, **_INPAINT, **_UNION, control_image=IMAGE),
+    "KolorsImg2ImgPipeline": _case(
+        _with(tiny_kolors_pipeline, "KolorsImg2ImgPipeline", text_encoder=_chatglm, tokenizer=_CharTokenizer),
+        steps_factor=2, **_PROMPT, **_IMG2IMG),  # its prompts are 256 tokens: __call__ does not pass its length
+    "StableDiffusion3ControlNetPipeline": _case(
+        _sd3_with("StableDiffusion3ControlNetPipeline", controlnet=_sd3_controlnet), **_SD3_CALL,
+        control_image=IMAGE[..., :16, :16]),
+    "StableDiffusion3ControlNetInpaintingPipeline": _case(
+        _sd3_with("StableDiffusion3ControlNetInpaintingPipeline",
+                  controlnet=functools.partial(_sd3_controlnet, extra_conditioning_channels=1)), **_SD3_CALL,
+        control_image=IMAGE[..., :16, :16], control_mask=MASK[..., 8:24, :16]),
+    "StableDiffusion3InpaintPipeline": _case(
+        _sd3_with("StableDiffusion3InpaintPipeline", vae=functools.partial(_flow_vae, 16),
+                  transformer=_sd3_transformer_16), steps_factor=2, **_SD3_CALL, image=IMAGE[..., :16, :16],
+        mask_image=MASK[..., 8:24, :16], strength=0.5),
 }
