@@ -369,18 +369,12 @@ REFUSED: dict[str, str] = {
     "StableDiffusion3PAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "StableDiffusionAdapterPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "StableDiffusionControlNetPAGInpaintPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
     "StableDiffusionControlNetPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "StableDiffusionDepth2ImgPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "StableDiffusionImageVariationPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "StableDiffusionInstructPix2PixPipeline":
         "InstructPix2Pix: three-way guidance, u + s (c - i) + s_i (i - u) over three passes "
         "(`image_guidance_scale`), not the two-way CFG line",
@@ -397,9 +391,6 @@ REFUSED: dict[str, str] = {
         "the CFG line",
     "StableDiffusionUpscalePipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "StableDiffusionXLAdapterPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`; `guidance_rescale`, 2 "
-        "combination expressions",
     "StableDiffusionXLControlNetPAGImg2ImgPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
@@ -544,6 +535,11 @@ STOCK_PIPELINES: dict[str, dict] = {
     "StableDiffusion3ControlNetInpaintingPipeline":
         dict(denoiser="transformer", batch="uncond_first", quirks=_CONTROLNET),
     "StableDiffusion3InpaintPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "StableDiffusionAdapterPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "StableDiffusionXLAdapterPipeline":
+        dict(denoiser="unet", batch="uncond_first", quirks=(_q.RescaleArg("guidance_rescale"),)),
+    "StableDiffusionDepth2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "StableDiffusionImageVariationPipeline": dict(denoiser="unet", batch="uncond_first"),
     # -- end of family sd_more --
     # -- family animate --
     # -- end of family animate --

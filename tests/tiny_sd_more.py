@@ -5,12 +5,14 @@ tests/tiny_pipelines.py parts."""
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 from tiny_control import _SDXL_UNET, IMAGE, MASK, _controlnet, _inpaint_unet, _PROMPT, tiny_kolors_pipeline
-from tiny_pipelines import _flow_vae, _no_bar, tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
+from tiny_pipelines import (_flow_vae, _no_bar, _sd_unet, _sd_vae, make_scheduler, tiny_sd3_pipeline, tiny_sd_pipeline,
+                            tiny_sdxl_pipeline)
 from tiny_registry import Case
-from transformers import BatchEncoding
+from transformers import BatchEncoding, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 import diffusers
 from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
@@ -29,8 +31,14 @@ def _case(build, steps_factor=1, **kwargs):
 
 def _with(base, cls, **parts):
     """A builder of `cls` from `base()`'s components plus `parts`: name -> builder (a ControlNet, a UNet)."""
-    return lambda: _no_bar(getattr(diffusers, cls)(**{**base().components,
-                                                      **{name: part() for name, part in parts.items()}}))
+    cls = getattr(diffusers, cls)
+    takes = inspect.signature(cls.__init__).parameters  # the base's components it has no use for are left out
+
+    def build():
+        components = {name: part for name, part in base().components.items() if name in takes and name not in parts}
+        return _no_bar(cls(**components, **{name: part() for name, part in parts.items()}))
+
+    return build
 
 
 def _union_controlnet():
@@ -84,6 +92,27 @@ def _chatglm():
     return model
 
 
+def _adapter():
+    """A T2I-Adapter whose features match the tiny UNets' down blocks, added after the first block's downsampling
+    and in the second block: 4 then 8 channels, both at 8x8 (the XL type: no downsampling between them)."""
+    torch.manual_seed(5)
+    return diffusers.T2IAdapter(in_channels=3, channels=[4, 8], num_res_blocks=1, downscale_factor=4,
+                                adapter_type="full_adapter_xl").eval()
+
+
+def _depth_unet():
+    """Depth-to-image: latents and the depth map in (5 channels), noise out (4)."""
+    return _sd_unet(in_channels=5)
+
+
+def _clip_vision():
+    """The image encoder of image variation: its projected embedding (32) is the UNet's one cross-attention token."""
+    torch.manual_seed(6)
+    return CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, projection_dim=32, num_hidden_layers=1, num_attention_heads=2,
+        image_size=32, patch_size=8)).eval()
+
+
 _sd_with = functools.partial(_with, tiny_sd_pipeline)
 _sdxl_with = functools.partial(_with, tiny_sdxl_pipeline)
 _sd3_with = functools.partial(_with, tiny_sd3_pipeline)
@@ -132,4 +161,19 @@ CASES: dict[str, Case] = {
         _sd3_with("StableDiffusion3InpaintPipeline", vae=functools.partial(_flow_vae, 16),
                   transformer=_sd3_transformer_16), steps_factor=2, **_SD3_CALL, image=IMAGE[..., :16, :16],
         mask_image=MASK[..., 8:24, :16], strength=0.5),
+    "StableDiffusionAdapterPipeline": _case(
+        _sd_with("StableDiffusionAdapterPipeline", adapter=_adapter), **_PROMPT, image=IMAGE),
+    "StableDiffusionXLAdapterPipeline": _case(
+        _sdxl_with("StableDiffusionXLAdapterPipeline", adapter=_adapter), **_PROMPT, image=IMAGE),
+    "StableDiffusionDepth2ImgPipeline": _case(
+        _sd_with("StableDiffusionDepth2ImgPipeline", unet=_depth_unet, depth_estimator=lambda: None,
+                 feature_extractor=lambda: None),
+        steps_factor=2, prompt=_PROMPT["prompt"], negative_prompt=_PROMPT["negative_prompt"], **_IMG2IMG,
+        depth_map=IMAGE[:, 0]),
+    "StableDiffusionImageVariationPipeline": _case(
+        lambda: _no_bar(diffusers.StableDiffusionImageVariationPipeline(
+            vae=_sd_vae(), image_encoder=_clip_vision(), unet=_sd_unet(), scheduler=make_scheduler("ddim"),
+            safety_checker=None, feature_extractor=CLIPImageProcessor(size=32, crop_size=32),
+            requires_safety_checker=False)),
+        image=IMAGE, height=32, width=32),
 }
