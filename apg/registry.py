@@ -238,9 +238,6 @@ REFUSED: dict[str, str] = {
     "HeliosPyramidPipeline":
         "not yet verified: two passes, u + s(c - u) on `transformer`, scale `guidance_scale`; 4 combination "
         "expressions",
-    "HunyuanDiTControlNetPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
-        "`guidance_rescale`, 2 combination expressions",
     "HunyuanDiTPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
@@ -291,7 +288,6 @@ REFUSED: dict[str, str] = {
     "Krea2Pipeline":
         "not yet verified: two passes, c + s(c - u) on `transformer`, scale `guidance_scale`; CFG off on step-"
         "distilled checkpoints (`config.is_distilled`)",
-    "LDMTextToImagePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "LTX2ConditionPipeline":
         "LTX-2: spatio-temporal (STG, `stg_scale`) and modality (`modality_scale`) guidance terms, and a separate"
         " audio scale, are added to the CFG line",
@@ -389,8 +385,6 @@ REFUSED: dict[str, str] = {
     "StableDiffusionPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "StableDiffusionUpscalePipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "StableDiffusionXLControlNetPAGImg2ImgPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
@@ -409,7 +403,6 @@ REFUSED: dict[str, str] = {
     "StableDiffusionXLPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "StableUnCLIPImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "StableUnCLIPPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `prior`, scale `guidance_scale`; 2 combination "
         "expressions",
@@ -540,6 +533,11 @@ STOCK_PIPELINES: dict[str, dict] = {
         dict(denoiser="unet", batch="uncond_first", quirks=(_q.RescaleArg("guidance_rescale"),)),
     "StableDiffusionDepth2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "StableDiffusionImageVariationPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "StableDiffusionUpscalePipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "StableUnCLIPImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "LDMTextToImagePipeline": dict(denoiser="unet", batch="uncond_first"),
+    "HunyuanDiTControlNetPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        *_RESCALE, *_CONTROLNET, BatchDims({"image_rotary_emb": None}), *_LEARNED_SIGMA)),
     # -- end of family sd_more --
     # -- family animate --
     # -- end of family animate --

@@ -8,20 +8,24 @@ import functools
 import inspect
 
 import torch
-from tiny_control import _SDXL_UNET, IMAGE, MASK, _controlnet, _inpaint_unet, _PROMPT, tiny_kolors_pipeline
-from tiny_pipelines import (_flow_vae, _no_bar, _sd_unet, _sd_vae, make_scheduler, tiny_sd3_pipeline, tiny_sd_pipeline,
-                            tiny_sdxl_pipeline)
+from tiny_control import (_SDXL_UNET, FAMILIES, IMAGE, MASK, _controlnet, _inpaint_unet, _PROMPT, _rand,
+                          tiny_hunyuandit_pipeline, tiny_kolors_pipeline)
+from tiny_pipelines import (_clip_text, _flow_vae, _no_bar, _sd_unet, _sd_vae, clip_tokenizer, make_scheduler,
+                            tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline)
 from tiny_registry import Case
 from transformers import BatchEncoding, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 import diffusers
 from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
+from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertConfig, LDMBertModel
+from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
 
 
 def _case(build, steps_factor=1, **kwargs):
     """A Case calling the pipeline with `kwargs` (latents out); img2img strengths get `steps_factor` x the steps."""
 
     def run(pipe, steps=3, seed=0, **extra):
+        torch.manual_seed(seed)  # HunyuanDiT's ControlNet samples its control image's latents from the global RNG
         out = pipe(**{"output_type": "latent", **kwargs, **extra}, num_inference_steps=steps * steps_factor,
                    generator=torch.Generator().manual_seed(seed))
         return torch.as_tensor(out[0])
@@ -105,12 +109,61 @@ def _depth_unet():
     return _sd_unet(in_channels=5)
 
 
-def _clip_vision():
-    """The image encoder of image variation: its projected embedding (32) is the UNet's one cross-attention token."""
+def _clip_vision(projection_dim=32):
+    """A CLIP image encoder; image variation's projected embedding (32) is the UNet's one cross-attention token."""
     torch.manual_seed(6)
     return CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, projection_dim=32, num_hidden_layers=1, num_attention_heads=2,
+        hidden_size=16, intermediate_size=32, projection_dim=projection_dim, num_hidden_layers=1, num_attention_heads=2,
         image_size=32, patch_size=8)).eval()
+
+
+def tiny_upscale_pipeline():
+    """The x4 upscaler: latents and the low-res image in (7 channels), noise out (4); `noise_level` as class label."""
+    base = tiny_sd_pipeline().components
+    return _no_bar(diffusers.StableDiffusionUpscalePipeline(
+        vae=base["vae"], text_encoder=base["text_encoder"], tokenizer=base["tokenizer"],
+        unet=_sd_unet(in_channels=7, num_class_embeds=100), low_res_scheduler=diffusers.DDPMScheduler(),
+        scheduler=make_scheduler("ddim")))
+
+
+def tiny_unclip_img2img_pipeline():
+    """Stable unCLIP img2img: the noised CLIP image embedding (16) and its noise level's (16) are the class label."""
+    base = tiny_sd_pipeline().components
+    return _no_bar(diffusers.StableUnCLIPImg2ImgPipeline(
+        feature_extractor=CLIPImageProcessor(size=32, crop_size=32), image_encoder=_clip_vision(projection_dim=16),
+        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=16),
+        image_noising_scheduler=diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+        tokenizer=base["tokenizer"], text_encoder=base["text_encoder"], vae=base["vae"],
+        scheduler=make_scheduler("ddim"),
+        unet=_sd_unet(class_embed_type="projection", projection_class_embeddings_input_dim=32)))
+
+
+def tiny_ldm_pipeline():
+    """LDM text-to-image: LDMBert (32 wide) for text; a KL VAE (it takes one as well as a VQ one: no quantising)."""
+    tokenizer = clip_tokenizer(max_length=77)  # it pads prompts to 77 tokens
+    torch.manual_seed(1)
+    bert = LDMBertModel(LDMBertConfig(
+        vocab_size=len(tokenizer), encoder_layers=1, encoder_ffn_dim=32, encoder_attention_heads=2, head_dim=16,
+        d_model=32, init_std=0.5)).eval()  # 0.02 gives prompts too alike to tell APG from CFG in the images
+    return _no_bar(diffusers.LDMTextToImagePipeline(vqvae=_sd_vae(), bert=bert, tokenizer=tokenizer, unet=_sd_unet(),
+                                                    scheduler=make_scheduler("ddim")))
+
+
+def tiny_hunyuandit_controlnet_pipeline():
+    """HunyuanDiT with 4 layers (its ControlNet feeds the skip connections of the second half: 4 // 2 - 1 blocks)."""
+    base = tiny_hunyuandit_pipeline().components
+    torch.manual_seed(0)
+    transformer = diffusers.HunyuanDiT2DModel.from_config({**base["transformer"].config, "num_layers": 4}).eval()
+    cls = diffusers.HunyuanDiT2DControlNetModel
+    takes = inspect.signature(cls.__init__).parameters  # from_transformer would drop the pooled projection's width
+    torch.manual_seed(4)
+    controlnet = cls(**{k: v for k, v in transformer.config.items() if k in takes}, transformer_num_layers=4).eval()
+    with torch.no_grad():  # its output blocks start at zero: the control would not reach the transformer
+        for param in controlnet.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.2)
+    return _no_bar(diffusers.HunyuanDiTControlNetPipeline(**{**base, "transformer": transformer},
+                                                          controlnet=controlnet))
 
 
 _sd_with = functools.partial(_with, tiny_sd_pipeline)
@@ -123,6 +176,7 @@ _sd_inpaint_unet = functools.partial(_inpaint_unet, sdxl=False)
 _IMG2IMG = {"image": IMAGE, "strength": 0.5}  # half the steps run: steps_factor=2
 _INPAINT = {"image": IMAGE, "mask_image": MASK}
 _UNION = {"control_mode": 1}
+_TEXT = {name: _PROMPT[name] for name in ("prompt", "negative_prompt")}  # for calls that take no size
 _SD3_CALL = {**_PROMPT, "height": 16, "width": 16, "max_sequence_length": 16}  # its VAE does not downsample
 
 CASES: dict[str, Case] = {
@@ -168,7 +222,7 @@ CASES: dict[str, Case] = {
     "StableDiffusionDepth2ImgPipeline": _case(
         _sd_with("StableDiffusionDepth2ImgPipeline", unet=_depth_unet, depth_estimator=lambda: None,
                  feature_extractor=lambda: None),
-        steps_factor=2, prompt=_PROMPT["prompt"], negative_prompt=_PROMPT["negative_prompt"], **_IMG2IMG,
+        steps_factor=2, **_TEXT, **_IMG2IMG,
         depth_map=IMAGE[:, 0]),
     "StableDiffusionImageVariationPipeline": _case(
         lambda: _no_bar(diffusers.StableDiffusionImageVariationPipeline(
@@ -176,4 +230,10 @@ CASES: dict[str, Case] = {
             safety_checker=None, feature_extractor=CLIPImageProcessor(size=32, crop_size=32),
             requires_safety_checker=False)),
         image=IMAGE, height=32, width=32),
+    "StableDiffusionUpscalePipeline": _case(tiny_upscale_pipeline, **_TEXT, image=IMAGE[..., :16, :16]),
+    "StableUnCLIPImg2ImgPipeline": _case(tiny_unclip_img2img_pipeline, **_PROMPT, image=IMAGE),
+    "LDMTextToImagePipeline": _case(  # images out: it has no latent output; 16x16 latents (it divides by 8)
+        tiny_ldm_pipeline, prompt=_PROMPT["prompt"], height=128, width=128, output_type="pt"),
+    "HunyuanDiTControlNetPipeline": _case(
+        tiny_hunyuandit_controlnet_pipeline, **FAMILIES["hunyuandit"][1], control_image=_rand(1, 3, 64, 64, seed=7)),
 }
