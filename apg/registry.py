@@ -375,7 +375,8 @@ REFUSED: dict[str, str] = {
         "InstructPix2Pix: three-way guidance, u + s (c - i) + s_i (i - u) over three passes "
         "(`image_guidance_scale`), not the two-way CFG line",
     "StableDiffusionLatentUpscalePipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+        "its CFG line combines c_skip x + c_out F(x), preconditioned outside the UNet from the noisy input (the "
+        "UNet's last channel dropped, its timestep log(sigma) / 4), which the captured UNet output does not give apg",
     "StableDiffusionPAGImg2ImgPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
