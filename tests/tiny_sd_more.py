@@ -67,10 +67,11 @@ def _sd3_controlnet(extra_conditioning_channels=0):
                                         extra_conditioning_channels=extra_conditioning_channels, **_SD3).eval()
 
 
-def _sd3_transformer_16():
-    """16 latent channels, as shipped: SD3 inpainting blends the known region back only then."""
+def _sd3_transformer_16(in_channels=16):
+    """16 latent channels, as shipped: SD3 inpainting blends the known region back after each step, or with 33
+    input channels (latents, mask, masked image) concatenates them."""
     torch.manual_seed(0)
-    return diffusers.SD3Transformer2DModel(in_channels=16, out_channels=16, **_SD3).eval()
+    return diffusers.SD3Transformer2DModel(in_channels=in_channels, out_channels=16, **_SD3).eval()
 
 
 class _CharTokenizer:
@@ -236,4 +237,16 @@ CASES: dict[str, Case] = {
         tiny_ldm_pipeline, prompt=_PROMPT["prompt"], height=128, width=128, output_type="pt"),
     "HunyuanDiTControlNetPipeline": _case(
         tiny_hunyuandit_controlnet_pipeline, **FAMILIES["hunyuandit"][1], control_image=_rand(1, 3, 64, 64, seed=7)),
+    # the other inpainting paths: a 4-channel UNet blends the known region back; 33 channels are concatenated
+    "StableDiffusionControlNetInpaintPipeline/4ch": _case(
+        _sd_with("StableDiffusionControlNetInpaintPipeline", controlnet=_controlnet), **_PROMPT, **_INPAINT,
+        control_image=IMAGE, strength=0.75),
+    "StableDiffusion3InpaintPipeline/33ch": _case(
+        _sd3_with("StableDiffusion3InpaintPipeline", vae=functools.partial(_flow_vae, 16),
+                  transformer=functools.partial(_sd3_transformer_16, 33)), **_SD3_CALL, image=IMAGE[..., :16, :16],
+        mask_image=MASK[..., 8:24, :16], strength=1.0),
+    # guess mode: the ControlNet runs on the cond half only, its residuals zero for the uncond half
+    "StableDiffusionXLControlNetInpaintPipeline/guess_mode": _case(
+        _sdxl_with("StableDiffusionXLControlNetInpaintPipeline", controlnet=_sdxl_controlnet,
+                   unet=_sdxl_inpaint_unet), **_PROMPT, **_INPAINT, control_image=IMAGE, guess_mode=True),
 }
