@@ -10,7 +10,7 @@ import inspect
 import torch
 from tiny_control import (_SDXL_UNET, FAMILIES, IMAGE, MASK, _controlnet, _inpaint_unet, _PROMPT, _rand,
                           tiny_hunyuandit_pipeline, tiny_kolors_pipeline)
-from tiny_pipelines import (_clip_text, _flow_vae, _no_bar, _sd_unet, _sd_vae, clip_tokenizer, make_scheduler,
+from tiny_pipelines import (_flow_vae, _no_bar, _sd_unet, _sd_vae, clip_tokenizer, make_scheduler,
                             tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline)
 from tiny_registry import Case
 from transformers import BatchEncoding, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
