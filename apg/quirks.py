@@ -313,6 +313,25 @@ SKIPPING = (BatchDims, ZeroOutput, Conditioners)  # declarations for apg/_skip.p
 
 # Quirks added for issue 17's families, one section each.
 # -- family sd_more --
+@dataclass(frozen=True)
+class RescaleArg(Quirk):
+    """Lin et al.'s rescale after the CFG line, from the call argument `arg`: the pipeline keeps no attribute for
+    it (SDXL ControlNet inpainting), so Rescale cannot read it."""
+
+    arg: str = "guidance_rescale"
+
+    def describe(self):
+        return f"`{self.arg}` re-applied to the guided output"
+
+    def after(self, run, guided, pred_cond):
+        rescale = run.call_value(self.arg)
+        if rescale > 0:
+            from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+            guided = rescale_noise_cfg(guided, pred_cond, guidance_rescale=rescale)
+        return guided
+
+
 # -- end of family sd_more --
 
 # -- family animate --

@@ -195,9 +195,6 @@ REFUSED: dict[str, str] = {
     "HeliosPyramidPipeline":
         "its HeliosScheduler or HeliosDMDScheduler (pyramid stages, CFG-Zero* at the first steps) is not a scheduler "
         "apg supports",
-    "HunyuanDiTControlNetPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; "
-        "`guidance_rescale`, 2 combination expressions",
     "HunyuanDiTPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
@@ -210,11 +207,9 @@ REFUSED: dict[str, str] = {
     "KandinskyPriorPipeline": "its UnCLIPScheduler is not a scheduler apg supports",
     "KandinskyV22PriorEmb2EmbPipeline": "its UnCLIPScheduler is not a scheduler apg supports",
     "KandinskyV22PriorPipeline": "its UnCLIPScheduler is not a scheduler apg supports",
-    "KolorsImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "KolorsPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "LDMTextToImagePipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "LTX2ConditionPipeline":
         "LTX-2: spatio-temporal (STG, `stg_scale`) and modality (`modality_scale`) guidance terms, and a separate"
         " audio scale, are added to the CFG line",
@@ -271,39 +266,24 @@ REFUSED: dict[str, str] = {
     "SkyReelsV2DiffusionForcingVideoToVideoPipeline":
         "diffusion forcing: each latent frame is stepped by its own copy of the scheduler at its own timestep (one "
         "guided pass, then one scheduler.step per updated frame), which apg's per-step capture does not follow",
-    "StableDiffusion3ControlNetInpaintingPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "StableDiffusion3ControlNetPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
-    "StableDiffusion3InpaintPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
     "StableDiffusion3PAGImg2ImgPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
     "StableDiffusion3PAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "StableDiffusionAdapterPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "StableDiffusionControlNetImg2ImgPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "StableDiffusionControlNetInpaintPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "StableDiffusionControlNetPAGInpaintPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
     "StableDiffusionControlNetPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "StableDiffusionDepth2ImgPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "StableDiffusionImageVariationPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "StableDiffusionInstructPix2PixPipeline":
         "InstructPix2Pix: three-way guidance, u + s (c - i) + s_i (i - u) over three passes "
         "(`image_guidance_scale`), not the two-way CFG line",
     "StableDiffusionLatentUpscalePipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
+        "its CFG line combines c_skip x + c_out F(x), preconditioned outside the UNet from the noisy input (the "
+        "UNet's last channel dropped, its timestep log(sigma) / 4), which the captured UNet output does not give apg",
     "StableDiffusionPAGImg2ImgPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
@@ -313,29 +293,12 @@ REFUSED: dict[str, str] = {
     "StableDiffusionPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "StableDiffusionUpscalePipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "StableDiffusionXLAdapterPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`; `guidance_rescale`, 2 "
-        "combination expressions",
-    "StableDiffusionXLControlNetImg2ImgPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "StableDiffusionXLControlNetInpaintPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`; `guidance_rescale`, 2 "
-        "combination expressions",
     "StableDiffusionXLControlNetPAGImg2ImgPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
     "StableDiffusionXLControlNetPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "StableDiffusionXLControlNetUnionImg2ImgPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
-    "StableDiffusionXLControlNetUnionInpaintPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`; `guidance_rescale`, 2 "
-        "combination expressions",
-    "StableDiffusionXLControlNetUnionPipeline":
-        "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "StableDiffusionXLInstructPix2PixPipeline":
         "InstructPix2Pix: three-way guidance, u + s (c - i) + s_i (i - u) over three passes "
         "(`image_guidance_scale`), not the two-way CFG line",
@@ -348,7 +311,6 @@ REFUSED: dict[str, str] = {
     "StableDiffusionXLPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
-    "StableUnCLIPImg2ImgPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `unet`, scale `guidance_scale`",
     "StableVideoDiffusionPipeline":
         "per-frame guidance scales (`min_guidance_scale` to `max_guidance_scale`, one per frame), not one scale",
 }
@@ -444,6 +406,34 @@ STOCK_PIPELINES: dict[str, dict] = {
         BatchDims({"x": ENTRIES, "cap_feats": ENTRIES}))),
     # Issue 17: the rest of Diffusers' CFG classes, by family (each verified by tests/tiny_<family>.py).
     # -- family sd_more --
+    "StableDiffusionControlNetImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_CONTROLNET),
+    "StableDiffusionControlNetInpaintPipeline":
+        dict(denoiser="unet", batch="uncond_first", quirks=(*_CONTROLNET, *_LEARNED_SIGMA)),
+    "StableDiffusionXLControlNetImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_CONTROLNET),
+    "StableDiffusionXLControlNetInpaintPipeline":
+        dict(denoiser="unet", batch="uncond_first", quirks=(*_CONTROLNET, _q.RescaleArg("guidance_rescale"),
+                                                            *_LEARNED_SIGMA)),
+    "StableDiffusionXLControlNetUnionPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_CONTROLNET),
+    "StableDiffusionXLControlNetUnionImg2ImgPipeline":
+        dict(denoiser="unet", batch="uncond_first", quirks=_CONTROLNET),
+    # a 4-channel UNet only: the known region is blended back after each step
+    "StableDiffusionXLControlNetUnionInpaintPipeline":
+        dict(denoiser="unet", batch="uncond_first", quirks=(*_CONTROLNET, _q.RescaleArg("guidance_rescale"))),
+    "KolorsImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "StableDiffusion3ControlNetPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_CONTROLNET),
+    "StableDiffusion3ControlNetInpaintingPipeline":
+        dict(denoiser="transformer", batch="uncond_first", quirks=_CONTROLNET),
+    "StableDiffusion3InpaintPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "StableDiffusionAdapterPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "StableDiffusionXLAdapterPipeline":
+        dict(denoiser="unet", batch="uncond_first", quirks=(_q.RescaleArg("guidance_rescale"),)),
+    "StableDiffusionDepth2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "StableDiffusionImageVariationPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "StableDiffusionUpscalePipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
+    "StableUnCLIPImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first"),
+    "LDMTextToImagePipeline": dict(denoiser="unet", batch="uncond_first"),
+    "HunyuanDiTControlNetPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        *_RESCALE, *_CONTROLNET, BatchDims({"image_rotary_emb": None}), *_LEARNED_SIGMA)),
     # -- end of family sd_more --
     # -- family animate --
     "AnimateDiffPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_q.ANIMATEDIFF),
