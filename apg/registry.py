@@ -166,7 +166,9 @@ REFUSED: dict[str, str] = {
     "AnyFlowPipeline":
         "it steps a mean velocity from t to the next step's r with FlowMapEulerDiscreteScheduler, a scheduler apg "
         "reads no x0 from",
-    "ConsisIDPipeline": "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`",
+    "ConsisIDPipeline":
+        "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; its module needs "
+        "OpenCV (cv2), which apg's test environment does not install",
     "Cosmos2TextToImagePipeline":
         "it steps (x - x0) / sigma with x0 = c_skip x + c_out output: what is stepped depends on the latents x, which"
         " apg's capture of the outputs does not see",
