@@ -75,12 +75,16 @@ def register_pipeline(pipeline_cls, *, denoiser: str, batch: str, scale_arg: str
     naming the class and what differed before that step is taken (apg/_verify.py). A call that breaks the
     pattern later (another number of denoiser passes per step, a batch that does not split in two) raises too.
 
-    ControlNet img2img, for example, batches `[uncond, cond]` through `self.unet`:
+    A subclass of a supported class inherits its entry. One whose `__call__` you rewrote, still batching
+    `[uncond, cond]` through `self.unet` with a ControlNet in front, is declared as:
 
         import apg
         from diffusers import StableDiffusionControlNetImg2ImgPipeline
 
-        apg.register_pipeline(StableDiffusionControlNetImg2ImgPipeline, denoiser="unet", batch="uncond_first",
+        class MyControlNetImg2Img(StableDiffusionControlNetImg2ImgPipeline):
+            ...  # your own __call__
+
+        apg.register_pipeline(MyControlNetImg2Img, denoiser="unet", batch="uncond_first",
                               quirks=(apg.quirks.Conditioners("controlnet"),))
         apg.guide(pipe, apg.APG(7.5, norm_threshold=15.0))  # pipe: a loaded pipeline of that class
     """

@@ -174,17 +174,19 @@ def test_register_pipeline_docstring_example():
     from diffusers import StableDiffusionControlNetImg2ImgPipeline
     from tiny_control import IMAGE, tiny_sd_controlnet_pipeline
 
-    class UserControlNetImg2Img(StableDiffusionControlNetImg2ImgPipeline):  # a subclass: the stock table stays
-        pass
+    class MyControlNetImg2Img(StableDiffusionControlNetImg2ImgPipeline):
+        def __call__(self, *args, **kwargs):  # a user's own __call__ (here: the stock one)
+            return super().__call__(*args, **kwargs)
 
-    pipe = UserControlNetImg2Img(**tiny_sd_controlnet_pipeline().components)
+    pipe = MyControlNetImg2Img(**tiny_sd_controlnet_pipeline().components)
     pipe.set_progress_bar_config(disable=True)
-    with pytest.raises(ValueError, match="UserControlNetImg2Img is not supported"):
-        apg.guide(pipe, apg.APG(SCALE))
-    apg.register_pipeline(UserControlNetImg2Img, denoiser="unet", batch="uncond_first")
     run = dict(prompt="a photo of a cat", negative_prompt="a blue car", image=IMAGE, control_image=IMAGE,
                strength=0.75, num_inference_steps=4, output_type="latent")
     stock = pipe(**run, guidance_scale=SCALE, generator=torch.Generator().manual_seed(0))[0]
-    with apg.guide(pipe, apg.APG(SCALE, eta=1.0, momentum=0.0)):
-        guided = pipe(**run, generator=torch.Generator().manual_seed(0))[0]
-    assert rel_diff(guided, stock) <= 1e-4
+    for registered in (False, True):  # the base's entry, inherited; then the class's own, as the docstring has it
+        if registered:
+            apg.register_pipeline(MyControlNetImg2Img, denoiser="unet", batch="uncond_first",
+                                  quirks=(apg.quirks.Conditioners("controlnet"),))
+        with apg.guide(pipe, apg.APG(SCALE, eta=1.0, momentum=0.0)):
+            guided = pipe(**run, generator=torch.Generator().manual_seed(0))[0]
+        assert rel_diff(guided, stock) <= 1e-4
