@@ -38,9 +38,10 @@ def _flux_parts():
                 text_encoder_2=None, tokenizer_2=None, transformer=_flux_transformer())
 
 
-def _build(cls, parts):
-    """A builder of a fresh `cls` pipeline from `parts()`, progress bar off."""
-    return lambda: _no_bar(cls(**parts()))
+def _build(name, parts):
+    """A builder of a fresh pipeline of Diffusers' class `name` from `parts()`, progress bar off (the class is
+    looked up when it is built: an older Diffusers may lack it)."""
+    return lambda: _no_bar(getattr(diffusers, name)(**parts()))
 
 
 def _run(inputs, steps_per=1.0):
@@ -216,35 +217,35 @@ def _cogview3_call():
 
 CASES: dict[str, Case] = {
     # strength 0.75 runs 3 of 4 steps
-    "FluxInpaintPipeline": Case(_build(diffusers.FluxInpaintPipeline, _flux_parts),
+    "FluxInpaintPipeline": Case(_build("FluxInpaintPipeline", _flux_parts),
                                 _run(lambda: {**_flux_call(), "image": _image(16), "mask_image": _mask(),
                                               "strength": 0.75}, 4 / 3)),
     # the ControlNet runs once per step, on the cond inputs; both transformer passes take its residuals
-    "FluxControlNetPipeline": Case(_build(diffusers.FluxControlNetPipeline, _flux_controlnet_parts),
+    "FluxControlNetPipeline": Case(_build("FluxControlNetPipeline", _flux_controlnet_parts),
                                    _run(lambda: {**_flux_call(), "control_image": _image(16)})),
     # the image's context tokens follow the latents' and are cut from each output, as the pipeline does
-    "FluxKontextInpaintPipeline": Case(_build(diffusers.FluxKontextInpaintPipeline, _flux_parts),
+    "FluxKontextInpaintPipeline": Case(_build("FluxKontextInpaintPipeline", _flux_parts),
                                        _run(lambda: {**_flux_call(), "image": _image(16), "mask_image": _mask(),
                                                      "max_area": 16 * 16, "_auto_resize": False})),
-    "ChromaImg2ImgPipeline": Case(_build(diffusers.ChromaImg2ImgPipeline, _chroma_parts),
+    "ChromaImg2ImgPipeline": Case(_build("ChromaImg2ImgPipeline", _chroma_parts),
                                   _run(lambda: {**_chroma_call(), "image": _image(16), "strength": 0.75}, 4 / 3)),
     # `true_cfg_scale` is in its signature but unused: `guidance_scale` turns CFG on
-    "ChromaInpaintPipeline": Case(_build(diffusers.ChromaInpaintPipeline, _chroma_inpaint_parts),
+    "ChromaInpaintPipeline": Case(_build("ChromaInpaintPipeline", _chroma_inpaint_parts),
                                   _run(lambda: {**_chroma_call(), "image": _image(16), "mask_image": _mask(),
                                                 "strength": 0.75}, 4 / 3)),
-    "Flux2KleinPipeline": Case(_build(diffusers.Flux2KleinPipeline, _flux2_parts), _run(_flux2_call)),
-    "Flux2KleinInpaintPipeline": Case(_build(diffusers.Flux2KleinInpaintPipeline, _flux2_parts),
+    "Flux2KleinPipeline": Case(_build("Flux2KleinPipeline", _flux2_parts), _run(_flux2_call)),
+    "Flux2KleinInpaintPipeline": Case(_build("Flux2KleinInpaintPipeline", _flux2_parts),
                                       _run(lambda: {**_flux2_call(), "image": _image(16), "mask_image": _mask(),
                                                     "strength": 0.75}, 4 / 3)),
     # written c + s (c - u), CFG on at any s > 0, step-distilled checkpoints included (they only fix `mu`)
-    "Krea2Pipeline": Case(_build(diffusers.Krea2Pipeline, _krea2_parts), _run(_krea2_call)),
-    "BriaPipeline": Case(_build(diffusers.BriaPipeline, _bria_parts), _run(_bria_call)),
-    "BriaFiboPipeline": Case(_build(diffusers.BriaFiboPipeline, _fibo_parts), _run(lambda: dict(_FIBO_CALL))),
-    "BriaFiboEditPipeline": Case(_build(diffusers.BriaFiboEditPipeline, _fibo_edit_parts), _run(_fibo_edit_call)),
-    "BriaFibo2Pipeline": Case(_build(diffusers.BriaFibo2Pipeline, _fibo2_parts), _run(_fibo2_call)),
-    "CogView4ControlPipeline": Case(_build(diffusers.CogView4ControlPipeline, _cogview4_control_parts),
+    "Krea2Pipeline": Case(_build("Krea2Pipeline", _krea2_parts), _run(_krea2_call)),
+    "BriaPipeline": Case(_build("BriaPipeline", _bria_parts), _run(_bria_call)),
+    "BriaFiboPipeline": Case(_build("BriaFiboPipeline", _fibo_parts), _run(lambda: dict(_FIBO_CALL))),
+    "BriaFiboEditPipeline": Case(_build("BriaFiboEditPipeline", _fibo_edit_parts), _run(_fibo_edit_call)),
+    "BriaFibo2Pipeline": Case(_build("BriaFibo2Pipeline", _fibo2_parts), _run(_fibo2_call)),
+    "CogView4ControlPipeline": Case(_build("CogView4ControlPipeline", _cogview4_control_parts),
                                     _run(lambda: {**tiny_control.FAMILIES["cogview4"][1],
                                                   "control_image": _image(32)})),
     # without a negative prompt its uncond pass reads zero embeddings (it replaces any negative embeddings passed)
-    "CogView3PlusPipeline": Case(_build(diffusers.CogView3PlusPipeline, _cogview3plus_parts), _run(_cogview3_call)),
+    "CogView3PlusPipeline": Case(_build("CogView3PlusPipeline", _cogview3plus_parts), _run(_cogview3_call)),
 }

@@ -24,14 +24,18 @@ class Case:
 
 
 def _gather() -> dict[str, Case]:
+    """Every family module's cases whose class the installed Diffusers has (an older one lacks the newest)."""
     import importlib
+
+    import diffusers
 
     cases: dict[str, Case] = {}
     for module in _FAMILY_MODULES:
         for key, case in importlib.import_module(module).CASES.items():
             if key in cases:
                 raise ValueError(f"tiny registry: {key!r} is in two family modules")
-            cases[key] = case
+            if class_name(key) in dir(diffusers):
+                cases[key] = case
     return cases
 
 
