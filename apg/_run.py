@@ -221,8 +221,8 @@ class _GuidedRun:
         if pred_uncond is None:
             return model_output  # a truncated step, unguided as stock
         for quirk in self.spec.quirks:  # [n, ...] shaped like model_output from here on
-            pred_cond = quirk.stepped(self.pipe, pred_cond, model_output)
-            pred_uncond = quirk.stepped(self.pipe, pred_uncond, model_output)
+            pred_cond = quirk.stepped(self.pipe, pred_cond, model_output, sample)
+            pred_uncond = quirk.stepped(self.pipe, pred_uncond, model_output, sample)
         channels, computed_in = model_output.shape[1], pred_cond.dtype
         # [n, C, ...] each, the model's parameterization; learned-sigma channels beyond C are dropped.
         pred_cond = pred_cond[:, :channels].to(model_output.dtype)

@@ -10,7 +10,7 @@ default:
     unguided(run)                           this step runs without its uncond pass, as stock
     scale(run, module, timestep, scale)     the CFG weight of this step, from the call's
     scale_varies(run)                       whether scale() may change the weight within this call
-    stepped(pipe, pred, model_output)       the part of a prediction that is stepped
+    stepped(pipe, pred, model_output, sample)  what the pipeline steps of a prediction (sample: the latents stepped)
     after(run, guided, pred_cond)           what the pipeline does after its CFG line, done to apg's result too
     both_passes(run)                        this step runs every pass whatever the rule needs (skipping reads it)
 
@@ -29,9 +29,9 @@ import torch
 from .errors import UnsupportedError
 from .guidance import _real
 
-__all__ = ["Quirk", "Rescale", "SecondExpert", "DynamicScale", "SteppedPart", "Refuse", "Negated", "RenormToCond",
-           "Truncation", "Outputs", "StepsBothHalves", "CondPlus", "BatchDims", "ZeroOutput", "Conditioners",
-           "ENTRIES", "SKIPPING", "renorm_to_cond"]
+__all__ = ["Quirk", "Rescale", "SecondExpert", "DynamicScale", "SteppedPart", "SteppedWithLatents", "Refuse",
+           "Negated", "RenormToCond", "Truncation", "Outputs", "StepsBothHalves", "CondPlus", "BatchDims", "ZeroOutput",
+           "Conditioners", "ENTRIES", "SKIPPING", "renorm_to_cond"]
 
 ENTRIES = "entries"  # a BatchDims value: a list with one entry per sample (Z-Image)
 FOLDED = "folded"  # a BatchDims value: [batch * k, ...], each sample's k rows together (AnimateDiff's frames)
@@ -70,7 +70,7 @@ class Quirk:
     def scale_varies(self, run) -> bool:
         return False
 
-    def stepped(self, pipe, pred, model_output):
+    def stepped(self, pipe, pred, model_output, sample):
         return pred
 
     def after(self, run, guided, pred_cond):
@@ -165,8 +165,29 @@ class SteppedPart(Quirk):
     def describe(self):
         return f"guides only the stepped part of the output (`{self.part.__name__}`)"
 
-    def stepped(self, pipe, pred, model_output):
+    def stepped(self, pipe, pred, model_output, sample):
         return self.part(pipe, pred, model_output)
+
+
+@dataclass(frozen=True)
+class SteppedWithLatents(Quirk):
+    """The pipeline steps `formula(output, x, s)`, an affine map of the output built from the latents x being
+    stepped and the scheduler's sigma s of the step (EDM preconditioning outside the model, an x0 prediction
+    turned into a velocity).
+
+    An affine map carries the CFG line over to what is stepped; apg reads the x0 of what is stepped with the
+    scheduler's own coefficients, as for any pipeline.
+    """
+
+    formula: Callable
+
+    def describe(self):
+        return f"steps `{self.formula.__name__}` of the output and the latents"
+
+    def stepped(self, pipe, pred, model_output, sample):
+        from .schedulers import current_sigma  # not at import: it loads Diffusers, which `import apg` does not
+
+        return self.formula(pred, sample, current_sigma(pipe.scheduler))
 
 
 @dataclass(frozen=True)
@@ -588,6 +609,24 @@ class RefuseGiven(Quirk):
     def start(self, run):
         if run.call_value(self.arg) is not None:  # named, not shown: the value is a tensor or an image
             raise UnsupportedError(f"{self.arg} is not supported by apg with {type(run.pipe).__name__}: {self.reason}")
+
+
+def cosmos2_stepped(output, latents, sigma):
+    """Cosmos 2: (x - x0) / s, x0 = c_skip x + c_out F with t = s / (s + 1), c_skip = 1 - t, c_out = -t (x0 rounded
+    to F's dtype, as it does)."""
+    t = sigma / (sigma + 1)
+    return (latents - ((1 - t) * latents + (-t) * output.float()).to(output.dtype)) / sigma
+
+
+def prx_pixel_stepped(output, latents, sigma):
+    """PRXPixel predicts x0 and steps (x - x0) / (t / 1000), that is s, clamped at 0.05."""
+    return (latents - output) / sigma.clamp(min=0.05)
+
+
+def latent_upscale_stepped(output, latents, sigma):
+    """The SD latent upscaler steps x0 = x / (s^2 + 1) + s / sqrt(s^2 + 1) F (Karras et al. 2022, table 1, sigma_data
+    = 1), F without its last (variance) channel."""
+    return latents / (sigma**2 + 1) + sigma / (sigma**2 + 1) ** 0.5 * output[:, : latents.shape[1]]
 
 
 # -- end of family misc --

@@ -173,12 +173,9 @@ REFUSED: dict[str, str] = {
     "ConsisIDPipeline":
         "not yet verified: [uncond, cond], u + s(c - u) on `transformer`, scale `guidance_scale`; its module needs "
         "OpenCV (cv2), which apg's test environment does not install",
-    "Cosmos2TextToImagePipeline":
-        "it steps (x - x0) / sigma with x0 = c_skip x + c_out output: what is stepped depends on the latents x, which"
-        " apg's capture of the outputs does not see",
     "Cosmos2VideoToWorldPipeline":
-        "it steps (x - x0) / sigma with x0 = c_skip x + c_out output (conditioning frames replaced): what is stepped "
-        "depends on the latents x, which apg's capture of the outputs does not see",
+        "it replaces the x0 of its conditioning frames by their clean latents, which it makes inside the call: from "
+        "the transformer's outputs and the latents stepped, apg cannot rebuild what it steps",
     "Cosmos2_5_TransferPipeline":
         "autoregressive chunks, each restarting the scheduler, whose conditioning frames step their known velocity in"
         " both halves: not reproduced",
@@ -234,20 +231,11 @@ REFUSED: dict[str, str] = {
     "LTXI2VLongMultiPromptPipeline":
         "denoises each temporal window from freshly reset timesteps (one call's momentum and step count would run "
         "across windows), its hard-conditioned tokens at timestep 0 but stepped at the window's sigma",
-    "LongCatAudioDiTPipeline":
-        "its FlowMatch scheduler inverts sigmas (invert_sigmas=True: sample = s x0 + (1 - s) noise), a frame whose x0 "
-        "apg does not read",
     "LuminaPipeline":
         "it guides only the first three latent channels and steps the cond prediction's fourth, which apg's guidance "
         "of the whole output does not reproduce",
-    "MochiPipeline":
-        "its scheduler inverts the flow sigmas (`invert_sigmas`: x0 = sample + (1 - s) v), which apg's flow x0 "
-        "reading (sample - s v) does not follow",
     "OmniGenPipeline":
         "three-way guidance, u + s_i (i - u) + s (c - i) (`img_guidance_scale`), not the two-way CFG line",
-    "PRXPixelPipeline":
-        "it predicts x0 and steps (x - x0) / t: what is stepped depends on the latents x, which apg's capture of the "
-        "outputs does not see",
     "PixArtSigmaPAGPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
@@ -287,9 +275,6 @@ REFUSED: dict[str, str] = {
     "StableDiffusionInstructPix2PixPipeline":
         "InstructPix2Pix: three-way guidance, u + s (c - i) + s_i (i - u) over three passes "
         "(`image_guidance_scale`), not the two-way CFG line",
-    "StableDiffusionLatentUpscalePipeline":
-        "its CFG line combines c_skip x + c_out F(x), preconditioned outside the UNet from the noisy input (the "
-        "UNet's last channel dropped, its timestep log(sigma) / 4), which the captured UNet output does not give apg",
     "StableDiffusionPAGImg2ImgPipeline":
         "PAG: a perturbed-attention guidance term (`pag_scale`, a third pass on perturbed attention) is added to "
         "the CFG line",
@@ -590,6 +575,19 @@ STOCK_PIPELINES: dict[str, dict] = {
     "KandinskyImg2ImgPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "KandinskyInpaintPipeline": dict(denoiser="unet", batch="uncond_first", quirks=_LEARNED_SIGMA),
     "StableAudio3Pipeline": dict(denoiser="transformer", batch="uncond_first"),
+    # Cosmos 2 (cond pass first) writes x0 = c_skip x + c_out F per pass, then x0_c + s (x0_c - x0_u): CFG at
+    # w = s + 1 on x0, stepped as (x - x0) / s on Karras sigmas from 80 (the EDM frame: apg.schedulers).
+    "Cosmos2TextToImagePipeline": dict(denoiser="transformer", batch="separate", quirks=(
+        CondPlus(), _q.SteppedWithLatents(_q.cosmos2_stepped))),
+    # PRXPixel's transformer predicts x0 in pixels; it steps (x - x0) / max(s, 0.05).
+    "PRXPixelPipeline": dict(denoiser="transformer", batch="uncond_first", quirks=(
+        _q.SteppedWithLatents(_q.prx_pixel_stepped),)),
+    # Inverted flow sigmas (s runs 0 -> 1, the model predicts x0 - eps): read by apg.schedulers.
+    "MochiPipeline": dict(denoiser="transformer", batch="uncond_first"),
+    "LongCatAudioDiTPipeline": dict(denoiser="transformer", batch="separate"),
+    # The SD latent upscaler preconditions outside its UNet and steps x0 (Euler, prediction "sample").
+    "StableDiffusionLatentUpscalePipeline": dict(denoiser="unet", batch="uncond_first", quirks=(
+        _q.SteppedWithLatents(_q.latent_upscale_stepped),)),
     # -- end of family misc --
     # -- family extra --
     # Its prior runs first with its own CFG (`prior_guidance_scale`, `prior_scheduler`), left stock; then the unet.

@@ -33,6 +33,7 @@ _ALL = _EPS_V_SAMPLE + ("flow_prediction",)
 #   edm             as karras_sigma, x0 through EDM preconditioning (c_skip, c_out with sigma_data)
 #   alpha_sigma     _sigma_to_alpha_sigma_t(sigmas[step_index]): VP, or flow with use_flow_sigmas
 #   flow_match      s = sigmas[step_index], sample = (1 - s) * x0 + s * eps, the model predicts v = eps - x0
+#                   (inverted and EDM-framed schedules: _flow_alpha_sigma)
 # Keyed by class name and resolved only for a scheduler in use: a class the installed Diffusers lacks is unsupported.
 _SUPPORTED = {
     "DDIMScheduler": ("alphas_cumprod", _EPS_V_SAMPLE),
@@ -88,9 +89,12 @@ def check_scheduler(scheduler) -> str:
             f"prediction_type {prediction!r} of {name} is not supported; "
             f"supported with this scheduler: {list(predictions)}"
         )
-    if family == "flow_match" and scheduler.config.get("invert_sigmas", False):
-        # Inverted, s runs 0 -> 1 with sample = s * x0 + (1 - s) * eps: not the frame flow_match reads x0 in.
-        raise UnsupportedError(f"{name} with invert_sigmas=True is not supported: apg reads x0 = sample - s * v")
+    if _inverted(scheduler) and (name != "FlowMatchEulerDiscreteScheduler" or scheduler.config.stochastic_sampling):
+        # Their step() writes x0 = sample - s * v, which is not the inverted frame's x0 (see _flow_alpha_sigma).
+        raise UnsupportedError(
+            f"{name} with invert_sigmas=True is not supported here: apg reads inverted sigmas only with "
+            "FlowMatchEulerDiscreteScheduler's deterministic step (stochastic_sampling=False)"
+        )
     if family == "alpha_sigma" and prediction in ("flow_prediction", "v_prediction"):
         # Their step() writes x0 = sample - sigmas[i] * v for flow and alpha_t * sample - sigma_t * v for v: each
         # is a consistent parameterization only on its own kind of sigmas.
@@ -133,6 +137,11 @@ def _upcoming_index(scheduler) -> int:
     return scheduler.index_for_timestep(scheduler.timesteps[0])
 
 
+def current_sigma(scheduler) -> torch.Tensor:
+    """The scheduler's sigma of the step about to be taken, as the entry of its table (a pipeline's `sigmas[i]`)."""
+    return scheduler.sigmas[_upcoming_index(scheduler)]
+
+
 def _evaluated_sigma(scheduler, index: int) -> float:
     """The sigma of the model evaluation at step index `index` (the second of a two-stage step: its own)."""
     second_stage = _SECOND_STAGE_SIGMA.get(type(scheduler).__name__)
@@ -154,7 +163,23 @@ def _alpha_sigma(scheduler, family: str, timestep, index: int | None = None) -> 
         alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(_on_host(scheduler.sigmas)[index])
         return float(alpha_t), float(sigma_t)
     sigma = _evaluated_sigma(scheduler, index)
-    return (1.0 - sigma, sigma) if family == "flow_match" else (1.0, sigma)  # karras_sigma, edm: alpha = 1
+    return _flow_alpha_sigma(scheduler, sigma) if family == "flow_match" else (1.0, sigma)  # karras_sigma, edm
+
+
+def _inverted(scheduler) -> bool:
+    return bool(scheduler.config.get("invert_sigmas", False))
+
+
+def _flow_alpha_sigma(scheduler, s: float) -> tuple[float, float]:
+    """(alpha_t, sigma_t) at FlowMatch sigma s, in the frame the schedule implies.
+
+    The Euler step, sample + (s' - s) v, lands on x0 at the schedule's end: s = 0, or s = 1 when inverted (Mochi:
+    sample = s x0 + (1 - s) eps, v = x0 - eps). A schedule past s = 1 (Cosmos 2's Karras sigmas up to 80) cannot be
+    the flow frame: it is the EDM frame sample = x0 + s eps, where the same step reads the same x0 = sample - s v.
+    """
+    if _inverted(scheduler):
+        return s, 1.0 - s
+    return (1.0, s) if float(_on_host(scheduler.sigmas)[0]) > 1.0 else (1.0 - s, s)
 
 
 def _x0_coefficients(scheduler, family: str, alpha: float, sigma: float, timestep) -> tuple[float, float]:
@@ -176,7 +201,9 @@ def _x0_coefficients(scheduler, family: str, alpha: float, sigma: float, timeste
     if prediction == "v_prediction":  # x0 = alpha x - sigma v in the variance-preserving frame x / r
         r_sq = alpha**2 + sigma**2  # 1 for VP schedules, 1 + sigma^2 for sigma-space samples
         return alpha / r_sq, -sigma / math.sqrt(r_sq)
-    return 1.0 / (alpha + sigma), -sigma / (alpha + sigma)  # flow: v = eps - x0, alpha + sigma = 1
+    # Flow, v = eps - x0: x0 = sample - s v, sigma_t = s in both frames of _flow_alpha_sigma; inverted, v = x0 - eps
+    # and sigma_t = 1 - s.
+    return 1.0, (sigma if _inverted(scheduler) else -sigma)
 
 
 def _edm_sigma(alpha: float, sigma: float) -> float:

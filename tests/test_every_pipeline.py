@@ -70,8 +70,9 @@ def scheduler_x0(scheduler, output, timestep, sample, step):
     if hasattr(scheduler, "convert_model_output"):  # multistep solvers in x0 form (dpmsolver++, UniPC's bh2)
         assert getattr(scheduler.config, "algorithm_type", "dpmsolver++") in ("dpmsolver++", "sde-dpmsolver++", "deis")
         return scheduler.convert_model_output(output, sample=sample)
-    if name.startswith("FlowMatch"):  # its step: sample + (s' - s) * v, with v = noise - x0
-        return sample - scheduler.sigmas[scheduler.step_index] * output
+    if name.startswith("FlowMatch"):  # its step, sample + (s' - s) v, to the schedule's end (1 inverted, else 0)
+        end = 1.0 if scheduler.config.get("invert_sigmas") else 0.0
+        return sample + (end - scheduler.sigmas[scheduler.step_index]) * output
     result = step(scheduler, output, timestep, sample)
     assert getattr(result, "pred_original_sample", None) is not None, f"no own x0 known for {name}"
     return result.pred_original_sample
@@ -111,10 +112,10 @@ def test_x0_is_the_schedulers_own(key, monkeypatch):
         cond = _cond_output(spec, pipe, outputs)
         outputs.clear()
         if cond is not None:
-            for quirk in spec.quirks:
-                cond = quirk.stepped(pipe, cond, model_output)
             # the cond rows of the sample: DiT steps the latents of both halves, apg's x0 is the cond half's
             rows = sample[: cond.shape[0]]
+            for quirk in spec.quirks:
+                cond = quirk.stepped(pipe, cond, model_output, rows)
             own.append(scheduler_x0(self, cond[:, : model_output.shape[1]], timestep, rows, original))
         return original(self, model_output, timestep, sample, *args, **kwargs)
 

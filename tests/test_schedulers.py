@@ -29,6 +29,9 @@ STEPS = 4
 SHAPE = (2, 4, 6, 6)  # [B, C, H, W] latents
 FLOW_SIGMAS = {"use_flow_sigmas": True, "flow_shift": 3.0}
 ZERO_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+# Cosmos 2's hub config: Karras sigmas from 80 in the EDM frame (its pipeline feeds the model x / (1 + s))
+COSMOS2 = {"use_karras_sigmas": True, "sigma_max": 80.0, "sigma_min": 0.002, "sigma_data": 1.0,
+           "final_sigmas_type": "sigma_min"}
 # id -> (scheduler class, config overrides, prediction types); together they cover SUPPORTED_SCHEDULERS
 CASES = {
     "ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}, None),
@@ -63,6 +66,8 @@ CASES = {
     "sasolver": ("SASolverScheduler", {}, None),
     "flow_euler": ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, None),
     "flow_euler_stochastic": ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0, "stochastic_sampling": True}, None),
+    "flow_euler_inverted": ("FlowMatchEulerDiscreteScheduler", {"invert_sigmas": True}, None),  # Mochi's
+    "flow_euler_edm": ("FlowMatchEulerDiscreteScheduler", COSMOS2, None),
     "flow_heun": ("FlowMatchHeunDiscreteScheduler", {"shift": 3.0}, None),
     "flow_lcm": ("FlowMatchLCMScheduler", {"shift": 3.0}, None),
 }
@@ -92,7 +97,8 @@ def make(name, prediction):
     if cls_name == "DEISMultistepScheduler":
         config["thresholding"] = True  # only to read x0 where its source computes it: see own_x0
     accepted = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in config.items() if k in accepted})
+    # overrides unfiltered: a hub config carries keys __init__ does not take (Cosmos 2's sigma_max)
+    return cls.from_config({**{k: v for k, v in config.items() if k in accepted}, **overrides})
 
 
 def model(x, t):
@@ -125,6 +131,10 @@ def expected_noise_level(scheduler, i, t):
             sigma = math.sqrt(s[k] * s[k + 1])
     else:
         sigma = float(scheduler.sigmas[i])
+    if scheduler.config.get("invert_sigmas"):  # x_t = s x0 + (1 - s) eps
+        return math.inf if sigma == 0 else (1 - sigma) / sigma
+    if name.startswith("FlowMatch") and scheduler.config.get("sigma_max", 1.0) > 1.0:  # x_t = x0 + s eps
+        return sigma
     if name.startswith("FlowMatch") or scheduler.config.get("use_flow_sigmas"):  # x_t = (1 - s) x0 + s eps
         return math.inf if sigma == 1 else sigma / (1 - sigma)
     return sigma
@@ -139,7 +149,9 @@ def own_x0_formula(scheduler, i, t, sample, out):
         return (sample - (1 - ac) ** 0.5 * eps) / ac**0.5
     if name == "FlowMatchHeunDiscreteScheduler":  # denoised = sample - model_output * sigma (sigma_next at stage 2)
         return sample - base_sigmas(scheduler)[(i + 1) // 2] * out
-    return sample - float(scheduler.sigmas[i]) * out  # FlowMatch Euler / LCM: x0 = sample - sigma * model_output
+    # FlowMatch Euler / LCM: where a step, sample + (s' - s) v, to the schedule's end s' lands (1 inverted, else 0)
+    end = 1.0 if scheduler.config.get("invert_sigmas") else 0.0
+    return sample + (end - float(scheduler.sigmas[i])) * out
 
 
 def sampling_loop(scheduler, steps=STEPS):
@@ -191,7 +203,8 @@ def test_x0_and_noise_level_equal_the_schedulers_own_at_every_evaluation(name, p
         # 1e-4: the schedulers derive interpolated sigmas in float32 (KDPM2 ancestral: a difference of squares)
         assert sigma == pytest.approx(expected, rel=1e-4), f"noise level at evaluation {i}"
     # +inf exactly where the schedule starts at pure noise: FlowMatch s = 1, alphas_cumprod = 0 at zero SNR
-    assert (evaluations[0][3] == math.inf) == (name.startswith("flow_") or name in ZERO_SNR_CASES)
+    assert (evaluations[0][3] == math.inf) == (name.startswith("flow_") and name != "flow_euler_edm"
+                                               or name in ZERO_SNR_CASES)
 
 
 def test_every_supported_scheduler_and_prediction_type_is_tested():
@@ -216,7 +229,9 @@ def test_clipping_acts_on_the_x0_apg_computes():
     ("KDPM2DiscreteScheduler", {"prediction_type": "sample"}, "'sample' of KDPM2DiscreteScheduler is not supported"),
     ("EDMEulerScheduler", {"prediction_type": "sample"}, "'sample' of EDMEulerScheduler is not supported"),
     ("IPNDMScheduler", {}, "scheduler IPNDMScheduler is not supported by apg"),
-    ("FlowMatchEulerDiscreteScheduler", {"invert_sigmas": True}, "invert_sigmas=True is not supported"),
+    ("FlowMatchEulerDiscreteScheduler", {"invert_sigmas": True, "stochastic_sampling": True},
+     "invert_sigmas=True is not supported here"),
+    ("FlowMatchLCMScheduler", {"invert_sigmas": True}, "invert_sigmas=True is not supported here"),
 ])
 def test_unsupported_configurations_are_refused(cls_name, config, match):
     with pytest.raises(ValueError, match=match):

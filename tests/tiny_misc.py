@@ -292,10 +292,10 @@ def _prx():
     return pipe
 
 
-def _prx_run(pipe, steps=3, seed=0, **extra):
+def _prx_run(pipe, steps=3, seed=0, size=64, **extra):
     mask = torch.ones(1, 6, dtype=torch.bool)
     out = pipe(prompt_embeds=_randn(1, 6, 16, seed=8), negative_prompt_embeds=_randn(1, 6, 16, seed=9),
-               prompt_attention_mask=mask, negative_prompt_attention_mask=mask, height=64, width=64,
+               prompt_attention_mask=mask, negative_prompt_attention_mask=mask, height=size, width=size,
                use_resolution_binning=False, output_type="latent", num_inference_steps=steps,
                generator=_generator(seed), **extra)
     return torch.as_tensor(out[0])

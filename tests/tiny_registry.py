@@ -46,6 +46,6 @@ def class_name(key: str) -> str:
 
 # Family modules, each with CASES: dict[str, Case].
 _FAMILY_MODULES = ("tiny_cases_stock", "tiny_sd_more", "tiny_animate", "tiny_qwen", "tiny_flux", "tiny_video_more",
-                   "tiny_misc", "tiny_extra")
+                   "tiny_misc", "tiny_extra", "tiny_frames")
 
 TINY: dict[str, Case] = _gather()
